@@ -1,0 +1,103 @@
+"""The Backend protocol: what the runner needs from anything that generates text.
+
+A backend takes one `Request` (chat messages + sampling) and streams `Chunk`s. It does not
+know about plans or nodes. Capability flags tell planners and the runner what it can do
+(batch concurrent requests, share prefixes, pack branches into one sequence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request sampling. temperature 0 means greedy."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: tuple[Message, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+    filler: str = "autoregressive"
+
+    @staticmethod
+    def chat(user: str, system: str | None = None, sampling: Sampling | None = None) -> Request:
+        msgs = ((Message("system", system),) if system else ()) + (Message("user", user),)
+        return Request(msgs, sampling or Sampling())
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One streamed increment. The last chunk of a request has `finish_reason` set."""
+
+    text: str
+    tokens: int = 0
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    batched: bool = False  # concurrent requests share forward passes
+    shared_prefix: bool = False  # a common prompt prefix is prefilled once
+    tree_packing: bool = False  # branches packed into one sequence with a tree mask
+    max_concurrency: int = 8
+
+
+@runtime_checkable
+class Backend(Protocol):
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def stream(self, request: Request) -> AsyncIterator[Chunk]: ...
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """Optional: backends that count their forward passes (for run summaries)."""
+
+    @property
+    def forward_passes(self) -> int: ...
+
+
+class BackendError(RuntimeError):
+    """A backend could not serve a request (retryable unless `retryable` is False)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+async def complete(backend: Backend, request: Request) -> tuple[str, int, FinishReason | None]:
+    """Adapter: drain a stream into (text, tokens, finish_reason)."""
+    parts: list[str] = []
+    tokens = 0
+    finish: FinishReason | None = None
+    async for chunk in backend.stream(request):
+        parts.append(chunk.text)
+        tokens += chunk.tokens
+        finish = chunk.finish_reason or finish
+    return "".join(parts), tokens, finish
+
+
+def render_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]

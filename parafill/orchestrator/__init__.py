@@ -1,0 +1,1 @@
+"""Plans, scheduling and running."""

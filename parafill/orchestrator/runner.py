@@ -1,0 +1,198 @@
+"""The runner: the one module that owns tasks. Drives a Scheduler with an anyio task group.
+
+Every node whose dependencies are done starts at once (bounded by a CapacityLimiter);
+per-node timeouts and retries; a node that finally fails cancels the rest and raises
+`RunFailed`, which carries the finished nodes' results. Events go to an optional callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ObjectSendStream
+
+from parafill.backends.base import Backend, BackendError, Message, Metered, Request, Sampling
+from parafill.orchestrator.events import (
+    Event,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    NodeText,
+    PlanGrew,
+    RunFinished,
+)
+from parafill.orchestrator.plan import Growth, Node, NodeResult, Plan, RunResult, render_prompt
+from parafill.orchestrator.scheduler import Scheduler
+
+Expander = Callable[[Node, str], Growth]
+Emit = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    max_concurrency: int = 64
+    node_timeout: float | None = None  # seconds per attempt
+    retries: int = 0  # extra attempts after a retryable failure
+    retry_delay: float = 0.5  # first backoff; doubles per attempt
+    seed: int | None = None
+
+
+class RunFailed(RuntimeError):
+    """A node failed for good. `result` holds every node that did finish."""
+
+    def __init__(self, node: str, error: str, result: RunResult) -> None:
+        super().__init__(f"node {node!r} failed: {error}")
+        self.node = node
+        self.error = error
+        self.result = result
+
+
+@dataclass(frozen=True)
+class _Failure:
+    node: str
+    error: str
+
+
+async def _ignore(_: Event) -> None:
+    return None
+
+
+@dataclass
+class _Ctx:
+    backend: Backend
+    config: RunConfig
+    emit: Emit
+    limiter: anyio.CapacityLimiter
+    done: ObjectSendStream[NodeResult | _Failure]
+
+
+async def run_plan(
+    plan: Plan,
+    backend: Backend,
+    config: RunConfig | None = None,
+    *,
+    expanders: Mapping[str, Expander] | None = None,
+    emit: Emit | None = None,
+) -> RunResult:
+    """Run `plan` on `backend` until every reachable node is done (or one fails)."""
+    cfg = config or RunConfig()
+    sched = Scheduler(plan)
+    emit = emit or _ignore
+    t0, fp0 = time.perf_counter(), _passes(backend)
+    send, recv = anyio.create_memory_object_stream[NodeResult | _Failure](math.inf)
+    ctx = _Ctx(backend, cfg, emit, anyio.CapacityLimiter(cfg.max_concurrency), send)
+    failure: _Failure | None = None
+    async with send, recv, anyio.create_task_group() as tg:
+        while failure is None:
+            for node in sched.ready():
+                sched.start(node.id)
+                request = _request(node, sched.outputs(), cfg)
+                tg.start_soon(_run_node, node, request, ctx)
+            if not sched.running:
+                break
+            failure = await _apply(await recv.receive(), sched, expanders or {}, emit)
+            if failure is not None:
+                sched.fail(failure.node, failure.error)
+        tg.cancel_scope.cancel()
+    result = _result(sched, t0, fp0, backend)
+    if failure is not None:
+        sched.cancel_unfinished()
+        raise RunFailed(failure.node, failure.error, result)
+    await emit(RunFinished(result))
+    return result
+
+
+async def _apply(
+    outcome: NodeResult | _Failure,
+    sched: Scheduler,
+    expanders: Mapping[str, Expander],
+    emit: Emit,
+) -> _Failure | None:
+    if isinstance(outcome, _Failure):
+        return outcome
+    sched.finish(outcome)
+    await emit(NodeFinished(outcome))
+    node = sched.plan.node(outcome.id)
+    if node.expand is None:
+        return None
+    hook = expanders.get(node.expand)
+    if hook is None:
+        return _Failure(node.id, f"no expander named {node.expand!r} is registered")
+    try:
+        growth = hook(node, outcome.text)
+        sched.grow(growth)
+    except ValueError as exc:
+        return _Failure(node.id, f"growth from node output is invalid: {exc}")
+    await emit(PlanGrew(node.id, tuple(n.id for n in growth.nodes), growth.note))
+    return None
+
+
+def _request(node: Node, outputs: Mapping[str, str], cfg: RunConfig) -> Request:
+    user = render_prompt(node, outputs)
+    msgs = ((Message("system", node.system),) if node.system else ()) + (Message("user", user),)
+    sampling = Sampling(max_tokens=node.max_tokens, temperature=node.temperature, seed=cfg.seed)
+    return Request(msgs, sampling, filler=node.filler)
+
+
+async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
+    attempts = ctx.config.retries + 1
+    async with ctx.limiter:
+        for attempt in range(1, attempts + 1):
+            t0 = time.perf_counter()
+            await ctx.emit(NodeStarted(node.id, attempt))
+            try:
+                with anyio.fail_after(ctx.config.node_timeout):
+                    text, tokens, finish = await _stream(node.id, request, ctx)
+            except Exception as exc:  # classified below; never swallowed
+                error, retryable = _describe(exc, ctx.config.node_timeout)
+                again = retryable and attempt < attempts
+                await ctx.emit(NodeFailed(node.id, error, attempt, again))
+                if not again:
+                    await ctx.done.send(_Failure(node.id, error))
+                    return
+                await anyio.sleep(ctx.config.retry_delay * 2 ** (attempt - 1))
+                continue
+            secs = time.perf_counter() - t0
+            await ctx.done.send(NodeResult(node.id, text, tokens, secs, attempt, finish))
+            return
+
+
+async def _stream(node_id: str, request: Request, ctx: _Ctx) -> tuple[str, int, str | None]:
+    parts: list[str] = []
+    tokens, finish = 0, None
+    async for chunk in ctx.backend.stream(request):
+        parts.append(chunk.text)
+        tokens += chunk.tokens
+        finish = chunk.finish_reason or finish
+        if chunk.text:
+            await ctx.emit(NodeText(node_id, chunk.text))
+    return "".join(parts), tokens, finish
+
+
+def _describe(exc: Exception, timeout: float | None) -> tuple[str, bool]:
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout:g} s", True
+    if isinstance(exc, BackendError):
+        return str(exc), exc.retryable
+    return f"{type(exc).__name__}: {exc}", False
+
+
+def _passes(backend: Backend) -> int | None:
+    return backend.forward_passes if isinstance(backend, Metered) else None
+
+
+def _result(sched: Scheduler, t0: float, fp0: int | None, backend: Backend) -> RunResult:
+    fp1 = _passes(backend)
+    return RunResult(
+        answer=sched.answer(),
+        results=dict(sched.results),
+        plan=sched.plan,
+        seconds=time.perf_counter() - t0,
+        forward_passes=None if fp0 is None or fp1 is None else fp1 - fp0,
+        notes=tuple(sched.notes),
+        failed=dict(sched.errors),
+    )

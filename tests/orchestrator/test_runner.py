@@ -1,0 +1,117 @@
+"""Orchestration logic on the fake backend: order, overlap, growth, timeouts, retries."""
+
+import anyio
+import pytest
+
+from parafill.backends.fake import FakeBackend
+from parafill.orchestrator.events import NodeFailed, NodeText, PlanGrew
+from parafill.orchestrator.plan import Growth, Node, Plan
+from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
+
+pytestmark = pytest.mark.anyio
+
+
+def _diamond() -> Plan:
+    return Plan(
+        (
+            Node("a", "A"),
+            Node("b", "B after {{a}}", ("a",)),
+            Node("c", "C after {{a}}", ("a",)),
+            Node("d", "D", ("b", "c")),
+        ),
+        answer=("b", "c", "d"),
+    )
+
+
+async def test_dependencies_before_dependents_and_siblings_overlap():
+    fake = FakeBackend(reply=lambda p: "w " * 5, delay=0.02)
+    result = await run_plan(_diamond(), fake)
+    calls = {c.prompt.split()[0] if not c.prompt.startswith("Context") else "D": c
+             for c in fake.calls}
+    by_first = {c.prompt.split(" ")[0]: c for c in fake.calls}
+    a, b, c = by_first["A"], by_first["B"], by_first["C"]
+    d = calls["D"]
+    assert a.ended <= b.started and a.ended <= c.started
+    assert max(b.ended, c.ended) <= d.started
+    assert b.started < c.ended and c.started < b.ended  # b and c overlapped
+    assert set(result.results) == {"a", "b", "c", "d"}
+
+
+async def test_dependent_prompt_receives_outputs():
+    fake = FakeBackend(reply=lambda p: "SECRET" if p == "A" else p)
+    result = await run_plan(_diamond(), fake)
+    assert result.results["b"].text == "B after SECRET"
+    assert "[b]\nB after SECRET" in result.results["d"].text
+
+
+async def test_concurrency_cap():
+    fake = FakeBackend(delay=0.02)
+    plan = Plan(tuple(Node(f"n{i}", f"p{i}") for i in range(6)))
+    await run_plan(plan, fake, RunConfig(max_concurrency=2))
+    events = sorted([(c.started, 1) for c in fake.calls] + [(c.ended, -1) for c in fake.calls])
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    assert peak == 2
+
+
+async def test_dynamic_growth_runs_new_nodes_and_assembles_answer():
+    fake = FakeBackend(reply=lambda p: "x y" if p == "outline" else p.upper())
+
+    def grow(node: Node, text: str) -> Growth:
+        kids = tuple(Node(f"k{i}", f"expand {w}", (node.id,)) for i, w in enumerate(text.split()))
+        return Growth(kids, tuple(k.id for k in kids), note="grew")
+
+    events = []
+
+    async def emit(ev):
+        events.append(ev)
+
+    plan = Plan((Node("root", "outline", expand="g"),), answer=("root",))
+    result = await run_plan(plan, fake, expanders={"g": grow}, emit=emit)
+    assert result.answer.startswith("CONTEXT FROM EARLIER STEPS")
+    assert [n.id for n in result.plan.nodes] == ["root", "k0", "k1"]
+    assert result.plan.answer == ("k0", "k1")
+    assert result.notes == ("grew",)
+    assert any(isinstance(e, PlanGrew) and e.added == ("k0", "k1") for e in events)
+    assert any(isinstance(e, NodeText) for e in events)
+
+
+async def test_timeout_then_failure_keeps_finished_results():
+    fake = FakeBackend(hang_on=("slow",))
+    plan = Plan((Node("ok", "fast"), Node("bad", "slow one"), Node("later", "x", ("bad",))))
+    with pytest.raises(RunFailed, match="node 'bad' failed: timed out after 0.2 s") as err:
+        await run_plan(plan, fake, RunConfig(node_timeout=0.2, retries=1, retry_delay=0.01))
+    assert set(err.value.result.results) == {"ok"}
+    assert err.value.result.failed == {"bad": "timed out after 0.2 s"}
+    assert sum("slow" in c.prompt for c in fake.calls) == 2  # retried once
+
+
+async def test_retry_recovers_from_transient_failure():
+    fake = FakeBackend(fail_times={"flaky": 2})
+    events = []
+
+    async def emit(ev):
+        events.append(ev)
+
+    result = await run_plan(
+        Plan((Node("f", "flaky"),)), fake, RunConfig(retries=2, retry_delay=0.01), emit=emit
+    )
+    assert result.results["f"].attempts == 3
+    assert [e.will_retry for e in events if isinstance(e, NodeFailed)] == [True, True]
+
+
+async def test_missing_expander_fails_with_node_named():
+    with pytest.raises(RunFailed, match="no expander named 'nope'") as err:
+        await run_plan(Plan((Node("r", "x", expand="nope"),)), FakeBackend())
+    assert "r" in err.value.result.results
+
+
+async def test_cancelling_a_run_cancels_its_nodes():
+    fake = FakeBackend(hang_on=("hang",))
+    plan = Plan((Node("a", "hang a"), Node("b", "hang b")))
+    with anyio.move_on_after(0.2) as scope:
+        await run_plan(plan, fake)
+    assert scope.cancel_called
+    assert len(fake.calls) == 2 and all(c.ended is not None for c in fake.calls)
