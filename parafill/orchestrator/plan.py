@@ -37,8 +37,9 @@ class Node:
     filler: str = "autoregressive"
     system: str | None = None
     expand: str | None = None  # name of a Growth hook run on this node's output
-    prefix: str = ""  # text put before the output when the answer is assembled
+    prefix: str = ""  # the answer starts with this text; the model continues it
     temperature: float = 0.0
+    stop: tuple[str, ...] = ()  # stop strings (not included in the output)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class NodeModel(BaseModel):
     expand: str | None = None
     prefix: str = ""
     temperature: float = 0.0
+    stop: list[str] = Field(default_factory=list)
 
 
 class PlanModel(BaseModel):
@@ -164,11 +166,17 @@ class PlanModel(BaseModel):
 
     @staticmethod
     def from_plan(plan: Plan) -> PlanModel:
-        nodes = [NodeModel(**{**_fields(n), "deps": list(n.deps)}) for n in plan.nodes]
+        nodes = [
+            NodeModel(**{**_fields(n), "deps": list(n.deps), "stop": list(n.stop)})
+            for n in plan.nodes
+        ]
         return PlanModel(nodes=nodes, answer=list(plan.answer), separator=plan.separator)
 
     def to_plan(self) -> Plan:
-        nodes = tuple(Node(**{**n.model_dump(), "deps": tuple(n.deps)}) for n in self.nodes)
+        nodes = tuple(
+            Node(**{**n.model_dump(), "deps": tuple(n.deps), "stop": tuple(n.stop)})
+            for n in self.nodes
+        )
         return Plan(nodes, tuple(self.answer), self.separator)
 
 

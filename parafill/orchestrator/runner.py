@@ -134,7 +134,9 @@ async def _apply(
 def _request(node: Node, outputs: Mapping[str, str], cfg: RunConfig) -> Request:
     user = render_prompt(node, outputs)
     msgs = ((Message("system", node.system),) if node.system else ()) + (Message("user", user),)
-    sampling = Sampling(max_tokens=node.max_tokens, temperature=node.temperature, seed=cfg.seed)
+    if node.prefix:  # the answer starts with the prefix; the model continues it
+        msgs += (Message("assistant", node.prefix),)
+    sampling = Sampling(node.max_tokens, node.temperature, seed=cfg.seed, stop=node.stop)
     return Request(msgs, sampling, filler=node.filler)
 
 

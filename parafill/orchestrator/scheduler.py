@@ -90,9 +90,12 @@ class Scheduler:
         for i in self.plan.answer:
             if i in self.results:
                 node = self.plan.node(i)
-                parts.append(f"{node.prefix}{self.results[i].text.strip()}")
+                text = self.results[i].text.strip()
+                parts.append(f"{node.prefix.rstrip()} {text}" if node.prefix else text)
         return self.plan.separator.join(parts)
 
     def _expect(self, node_id: str, status: Status) -> None:
-        if self.status.get(node_id) is not status:
-            raise RuntimeError(f"node {node_id!r} is {self.status.get(node_id)}, not {status}")
+        current = self.status.get(node_id)
+        if current is not status:
+            now = current.value if current else "unknown"
+            raise RuntimeError(f"node {node_id!r} is {now}, not {status.value}")

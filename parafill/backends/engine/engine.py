@@ -1,0 +1,206 @@
+"""The decode engine: continuous admission, shared prefixes, one forward per step.
+
+Token ids only. `submit` and `cancel` are thread-safe; `step` runs one forward over every
+active sequence's new tokens (prefill chunks and decode tokens together) and returns what
+each produced. `serve` is the loop run in the engine's own thread. Tokenizing, chat templates
+and stop strings live above, in `parafill.backends.local`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from parafill.backends.engine.kv import BudgetError, CacheSpec, KVCache, Mode
+from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.sampling import GenParams, make_generator, pick
+from parafill.backends.engine.step import Seq, build_step, longest_match
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    mode: Mode = "rows"
+    budget_tokens: int = 16384  # KV slots in all
+    rows: int = 16  # rows mode: concurrent sequences (each row holds budget/rows tokens)
+    prefill_chunk: int = 512  # prompt tokens fed per step, over all sequences
+    min_share: int = 16  # shortest prefix worth sharing
+    max_seqs: int = 256  # tree mode: concurrent sequences
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    seq_id: int
+    tokens: tuple[int, ...]
+    finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: str | None = None
+
+
+@dataclass
+class _Inbox:
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    submitted: list[Seq] = field(default_factory=list)
+    cancelled: set[int] = field(default_factory=set)
+
+
+class Engine:
+    def __init__(self, model: CompactLM, config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.config = cfg = config or EngineConfig()
+        spec = CacheSpec.from_budget(cfg.mode, cfg.budget_tokens, cfg.rows)
+        self.cache = KVCache(spec, model.shapes, model.dtype, str(model.device))
+        slots = spec.rows if cfg.mode == "rows" else cfg.max_seqs
+        self.vis = torch.zeros(slots, spec.cols, dtype=torch.bool, device=model.device)
+        self.free_slots = list(range(slots))
+        self.waiting: list[Seq] = []
+        self.live: list[Seq] = []
+        self.steps = 0
+        self._inbox = _Inbox()
+        self._next_id = 0
+
+    # ---- thread-safe entry points -------------------------------------------------------
+
+    def submit(self, prompt: list[int], params: GenParams) -> int:
+        if not prompt:
+            raise ValueError("prompt is empty")
+        self.cache.check_fits(len(prompt) + params.max_tokens)
+        with self._inbox.lock:
+            seq_id = self._next_id
+            self._next_id += 1
+            self._inbox.submitted.append(Seq(seq_id, list(prompt), params, make_generator(params)))
+            self._inbox.lock.notify()
+        return seq_id
+
+    def cancel(self, seq_id: int) -> None:
+        with self._inbox.lock:
+            self._inbox.cancelled.add(seq_id)
+            self._inbox.lock.notify()
+
+    def serve(self, deliver: Callable[[list[StepOutput]], None], stop: threading.Event) -> None:
+        """Run steps until `stop` is set; idle waits do not spin."""
+        while not stop.is_set():
+            with self._inbox.lock:
+                if not (self.live or self.waiting or self._inbox.submitted):
+                    self._inbox.lock.wait(timeout=0.05)
+            outs = self.step()
+            if outs:
+                deliver(outs)
+
+    def wake(self) -> None:
+        with self._inbox.lock:
+            self._inbox.lock.notify()
+
+    # ---- one step ------------------------------------------------------------------------
+
+    def step(self) -> list[StepOutput]:
+        outs = self._drain_inbox()
+        self._admit()
+        work = [s for s in self.live if not s.done_feeding]
+        if not work:
+            return outs
+        try:
+            outs += self._forward(work)
+        except Exception as exc:  # a failed forward fails the sequences in it, not the loop
+            outs += [self._retire(s, "error", f"{type(exc).__name__}: {exc}") for s in work]
+        return outs
+
+    def _forward(self, work: list[Seq]) -> list[StepOutput]:
+        step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)
+        logits = self.model.forward(step, self.cache.k, self.cache.v)
+        self.steps += 1
+        for seq, cols in plan.written:
+            self.vis[seq.slot, torch.tensor(cols, device=self.vis.device)] = True
+            seq.fed += len(cols)
+        sampled = plan.sampled
+        tokens = pick(logits, [s.params for s in sampled], [s.gen for s in sampled])
+        outs = []
+        for seq, tok in zip(sampled, tokens, strict=True):
+            seq.generated.append(tok)
+            if tok in seq.params.eos_ids:
+                outs.append(self._retire(seq, "stop"))
+            elif len(seq.generated) >= seq.params.max_tokens:
+                outs.append(self._retire(seq, "length", tokens=(tok,)))
+            else:
+                outs.append(StepOutput(seq.id, (tok,)))
+        return outs
+
+    # ---- admission, sharing, retirement --------------------------------------------------
+
+    def _drain_inbox(self) -> list[StepOutput]:
+        with self._inbox.lock:
+            self.waiting += self._inbox.submitted
+            cancelled, self._inbox.submitted = self._inbox.cancelled, []
+            self._inbox.cancelled = set()
+        outs = [StepOutput(s.id, (), "cancelled") for s in self.waiting if s.id in cancelled]
+        self.waiting = [s for s in self.waiting if s.id not in cancelled]
+        outs += [self._retire(s, "cancelled") for s in self.live if s.id in cancelled]
+        return outs
+
+    def _admit(self) -> None:
+        still: list[Seq] = []
+        blocked = False
+        for seq in self.waiting:
+            if blocked or not self._try_admit(seq):
+                blocked = True  # first come, first served: later requests wait behind
+                still.append(seq)
+        self.waiting = still
+        self._release_unused_prefixes()
+
+    def _try_admit(self, seq: Seq) -> bool:
+        donor, m = longest_match(seq.prompt, self.live, written_only=True)
+        _, planned = longest_match(seq.prompt, self.live, written_only=False)
+        if planned >= m + self.config.min_share:
+            return False  # a shared prefix is being prefilled; fork from it next step
+        sibling = max((longest_match(seq.prompt, [w])[1] for w in self.waiting if w is not seq),
+                      default=0)
+        if sibling >= max(m + self.config.min_share, self.config.min_share):
+            prefix = Seq(-1, seq.prompt[:sibling], GenParams(max_tokens=0), None, prefix_only=True)
+            self._place(prefix, donor, m)
+            return False
+        return self._place(seq, donor if m >= self.config.min_share else None, m)
+
+    def _place(self, seq: Seq, donor: Seq | None, m: int) -> bool:
+        m = min(m, len(seq.prompt) - 1) if donor is not None else 0
+        total = len(seq.prompt) + seq.params.max_tokens
+        same_row = self.config.mode == "tree"
+        own = total - m if same_row else total
+        if not self.free_slots:
+            return False
+        got = self.cache.alloc(own)
+        if got is None:
+            return False
+        seq.row, cols = got
+        seq.slot = self.free_slots.pop()
+        self.vis[seq.slot] = False
+        if donor is not None and m > 0:
+            shared = donor.cols[:m]
+            if same_row:
+                self.cache.share(seq.row, shared)
+                cols = shared + cols
+            else:
+                self.cache.copy(donor.row, shared, seq.row, cols[:m])
+            self.vis[seq.slot, torch.tensor(cols[:m], device=self.vis.device)] = True
+        seq.cols, seq.fed = cols, m
+        seq.max_col = max(cols)
+        self.live.append(seq)
+        return True
+
+    def _release_unused_prefixes(self) -> None:
+        for p in [s for s in self.live if s.prefix_only and s.done_feeding]:
+            wanted = any(longest_match(w.prompt, [p])[1] >= self.config.min_share
+                         for w in self.waiting)
+            if not wanted:
+                self._retire(p, "stop")
+
+    def _retire(self, seq: Seq, finish: str, error: str | None = None,
+                tokens: tuple[int, ...] = ()) -> StepOutput:
+        if seq in self.live:
+            self.live.remove(seq)
+            self.cache.release(seq.row, seq.cols)
+            self.free_slots.append(seq.slot)
+        return StepOutput(seq.id, tokens, finish, error)
+
+
+__all__ = ["BudgetError", "Engine", "EngineConfig", "StepOutput"]

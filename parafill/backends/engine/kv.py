@@ -1,0 +1,98 @@
+"""The preallocated KV cache and its column allocator.
+
+The cache is R rows x L columns per layer. In `rows` mode each sequence owns one row (a
+forked prefix is copied into it); in `tree` mode there is one row and every sequence owns a
+set of its columns, sharing prefix columns by reference (refcounted). Sized once from a
+budget; allocation never grows it, so running out is a wait or a clear error, not an OOM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from parafill.backends.engine.model import Shapes
+
+Mode = Literal["rows", "tree"]
+
+
+class BudgetError(ValueError):
+    """A request can never fit in the KV budget."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    mode: Mode
+    rows: int
+    cols: int
+
+    @staticmethod
+    def from_budget(mode: Mode, budget_tokens: int, rows: int) -> CacheSpec:
+        if mode == "tree":
+            return CacheSpec("tree", 1, budget_tokens)
+        return CacheSpec("rows", rows, max(1, budget_tokens // rows))
+
+
+def bytes_per_token(shapes: Shapes, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * elem
+
+
+class KVCache:
+    def __init__(self, spec: CacheSpec, shapes: Shapes, dtype: torch.dtype, device: str) -> None:
+        self.spec = spec
+        size = (shapes.layers, spec.rows, shapes.kv_heads, spec.cols, shapes.head_dim)
+        self.k = torch.zeros(size, dtype=dtype, device=device)
+        self.v = torch.zeros(size, dtype=dtype, device=device)
+        self.refs = torch.zeros(spec.rows, spec.cols, dtype=torch.int32)  # host-side
+        self.free_cols = [spec.cols] * spec.rows
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def check_fits(self, tokens: int) -> None:
+        if tokens > self.spec.cols:
+            raise BudgetError(
+                f"request needs {tokens} KV slots but a {self.spec.mode} cache row holds "
+                f"{self.spec.cols}; raise the KV budget or lower max_tokens"
+            )
+
+    def alloc(self, n: int, row: int | None = None) -> tuple[int, list[int]] | None:
+        """Reserve n columns: in a given row, or in any free row. None if there is no room."""
+        rows = [row] if row is not None else range(self.spec.rows)
+        for r in rows:
+            if self.free_cols[r] >= n and (row is not None or self._row_empty(r)):
+                cols = torch.nonzero(self.refs[r] == 0).flatten()[:n].tolist()
+                self._ref(r, cols, +1)
+                return r, cols
+        return None
+
+    def share(self, row: int, cols: list[int]) -> None:
+        self._ref(row, cols, +1)
+
+    def release(self, row: int, cols: list[int]) -> None:
+        self._ref(row, cols, -1)
+
+    def copy(self, src_row: int, src_cols: list[int], dst_row: int, dst_cols: list[int]) -> None:
+        dev = self.k.device
+        s, d = torch.tensor(src_cols, device=dev), torch.tensor(dst_cols, device=dev)
+        self.k[:, dst_row, :, d] = self.k[:, src_row, :, s]
+        self.v[:, dst_row, :, d] = self.v[:, src_row, :, s]
+
+    def _row_empty(self, r: int) -> bool:
+        return self.spec.mode == "tree" or self.free_cols[r] == self.spec.cols
+
+    def _ref(self, row: int, cols: list[int], delta: int) -> None:
+        if not cols:
+            return
+        idx = torch.tensor(cols)
+        before = self.refs[row, idx]
+        after = before + delta
+        if bool((after < 0).any()):
+            raise RuntimeError("KV column released more often than reserved")
+        self.refs[row, idx] = after
+        self.free_cols[row] -= int((before == 0).sum()) - int((after == 0).sum())

@@ -1,0 +1,146 @@
+"""A compact forward pass over Hugging Face Llama-family weights (Llama, SmolLM2, Qwen2, Mistral).
+
+It works on a flat list of new tokens with explicit positions and KV slots, so one forward can
+serve many sequences (batch rows) or many branches of one sequence (tree mask). It reuses the
+HF module's tensors (no copy) and its rotary table; the HF forward is the reference it is
+tested against. Architectures it does not know are refused (`supports`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SUPPORTED = {"llama", "qwen2", "mistral"}
+
+
+def supports(hf_model: nn.Module) -> bool:
+    cfg = hf_model.config
+    if getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    act = getattr(cfg, "hidden_act", "silu")
+    return act == "silu" and not getattr(cfg, "mlp_bias", False)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    eps: float
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One forward's worth of new tokens. N new tokens over R rows, Q query slots per row."""
+
+    tokens: Tensor  # (N,) token ids
+    positions: Tensor  # (N,) position ids
+    rows: Tensor  # (N,) KV row each token is written to
+    cols: Tensor  # (N,) KV column each token is written to
+    qslots: Tensor  # (N,) index of the token among its row's queries
+    mask: Tensor  # (R, 1, Q, L) bool: may query attend to column
+    logits_at: Tensor  # (M,) indices into N whose next-token logits are wanted
+
+
+class CompactLM:
+    def __init__(self, hf_model: nn.Module, max_positions: int) -> None:
+        if not supports(hf_model):
+            kind = getattr(hf_model.config, "model_type", "?")
+            raise ValueError(f"compact forward does not support model type {kind!r}")
+        cfg = hf_model.config
+        base = hf_model.model
+        self.shapes = Shapes(
+            layers=cfg.num_hidden_layers,
+            heads=cfg.num_attention_heads,
+            kv_heads=cfg.num_key_value_heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+            vocab=cfg.vocab_size,
+            eps=cfg.rms_norm_eps,
+        )
+        self.embed = base.embed_tokens.weight
+        self.layers = list(base.layers)
+        self.norm = base.norm.weight
+        self.lm_head = hf_model.lm_head.weight
+        self.dtype = self.embed.dtype
+        self.device = self.embed.device
+        self.cos, self.sin = _rotary_table(base.rotary_emb, max_positions, self.embed)
+
+    @torch.inference_mode()
+    def forward(self, step: StepInput, k_cache: Tensor, v_cache: Tensor) -> Tensor:
+        """Writes the new tokens' K/V into the caches (layers, R, Hkv, L, D) and returns
+        logits (M, vocab) for `step.logits_at`."""
+        x = F.embedding(step.tokens, self.embed)  # (N, d)
+        cos, sin = self.cos[step.positions], self.sin[step.positions]  # (N, D)
+        for i, layer in enumerate(self.layers):
+            h = _rms(x, layer.input_layernorm.weight, self.shapes.eps)
+            x = x + self._attention(i, layer.self_attn, h, cos, sin, step, k_cache, v_cache)
+            h = _rms(x, layer.post_attention_layernorm.weight, self.shapes.eps)
+            mlp = layer.mlp
+            x = x + F.linear(
+                F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
+                mlp.down_proj.weight,
+            )
+        x = _rms(x[step.logits_at], self.norm, self.shapes.eps)
+        return F.linear(x, self.lm_head).float()
+
+    def _attention(
+        self,
+        i: int,
+        attn: nn.Module,
+        h: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        step: StepInput,
+        k_cache: Tensor,
+        v_cache: Tensor,
+    ) -> Tensor:
+        s = self.shapes
+        n = h.shape[0]
+        q = _proj(h, attn.q_proj).view(n, s.heads, s.head_dim)
+        k = _proj(h, attn.k_proj).view(n, s.kv_heads, s.head_dim)
+        v = _proj(h, attn.v_proj).view(n, s.kv_heads, s.head_dim)
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        k_cache[i, step.rows, :, step.cols] = k.to(k_cache.dtype)
+        v_cache[i, step.rows, :, step.cols] = v.to(v_cache.dtype)
+        r, _, nq, length = step.mask.shape
+        qp = q.new_zeros(r, nq, s.heads, s.head_dim)
+        qp[step.rows, step.qslots] = q
+        out = F.scaled_dot_product_attention(
+            qp.transpose(1, 2),  # (R, H, Q, D)
+            k_cache[i, :r, :, :length],  # (R, Hkv, L, D)
+            v_cache[i, :r, :, :length],
+            attn_mask=step.mask,
+            enable_gqa=s.heads != s.kv_heads,
+        )  # (R, H, Q, D)
+        out = out.transpose(1, 2)[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
+        return F.linear(out, attn.o_proj.weight)
+
+
+def _proj(h: Tensor, lin: nn.Linear) -> Tensor:
+    return F.linear(h, lin.weight, lin.bias)
+
+
+def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x (N, H, D); cos/sin (N, D)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def _rotary_table(rotary: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    pos = torch.arange(n, device=like.device)[None]
+    with torch.no_grad():
+        cos, sin = rotary(like[:1], pos)
+    return cos[0].to(like.dtype), sin[0].to(like.dtype)  # (P, D)

@@ -1,0 +1,179 @@
+"""The local backend: parafill's engine behind the async Backend protocol.
+
+Chat templates, tokenizing, incremental detokenizing and stop strings live here; the engine
+(token ids only) runs in its own worker thread started through anyio, and hands each step's
+tokens back to the event loop in one call. Cancelling a stream frees its room in the engine.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+import torch
+from anyio.abc import ObjectSendStream
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from parafill.backends.base import BackendError, Capabilities, Chunk, Message, Request
+from parafill.backends.base import render_messages as _render
+from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
+from parafill.backends.engine.kv import BudgetError, Mode
+from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.sampling import GenParams
+from parafill.backends.engine.weights import load
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    device: str = "auto"
+    mode: Mode = "rows"
+    budget_tokens: int = 16384
+    rows: int = 16
+    max_positions: int = 4096
+
+
+class Detokenizer:
+    """Turns token ids into text increments; holds back text that may start a stop string."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str]) -> None:
+        self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.sent = 0
+
+    def add(self, ids: Sequence[int], final: bool = False) -> tuple[str, bool]:
+        """Returns (new text, stopped)."""
+        self.ids += ids
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for s in self.stop:
+            cut = text.find(s)
+            if cut >= 0:
+                return self._emit(text[:cut]), True
+        if final:
+            return self._emit(text), False
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more tokens
+            return "", False
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        return self._emit(text[: len(text) - hold] if hold else text), False
+
+    def _emit(self, text: str) -> str:
+        new = text[self.sent :]
+        self.sent = max(self.sent, len(text))
+        return new
+
+
+class LocalBackend:
+    def __init__(self, engine: Engine, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self._streams: dict[int, ObjectSendStream[StepOutput]] = {}
+        eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self._eos = frozenset(int(e) for e in eos)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, config: LocalConfig | None = None, on_convert: Callable[[str], None] | None = None
+    ) -> AsyncIterator[LocalBackend]:
+        cfg = config or LocalConfig()
+        device = cfg.device if cfg.device != "auto" else _auto_device()
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        hf, tok = await anyio.to_thread.run_sync(partial(load, cfg.model, device, dtype, on_convert))
+        ecfg = EngineConfig(mode=cfg.mode, budget_tokens=cfg.budget_tokens, rows=cfg.rows)
+        backend = cls(Engine(CompactLM(hf, cfg.max_positions), ecfg), tok)
+        async with backend.running():
+            yield backend
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Runs the engine loop in a worker thread for the duration of the block."""
+        stop = threading.Event()
+        serve = partial(self.engine.serve, self._deliver, stop)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(anyio.to_thread.run_sync, serve, abandon_on_cancel=False))
+            try:
+                yield
+            finally:
+                stop.set()
+                self.engine.wake()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        cfg = self.engine.config
+        width = cfg.rows if cfg.mode == "rows" else cfg.max_seqs
+        return Capabilities(True, True, cfg.mode == "tree", width)
+
+    @property
+    def forward_passes(self) -> int:
+        return self.engine.steps
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        msgs = _render(messages)
+        if getattr(self.tokenizer, "chat_template", None):
+            cont = msgs[-1]["role"] == "assistant"  # continue a prefilled answer
+            out = self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=not cont, continue_final_message=cont
+            )
+            ids = out if isinstance(out, list) else out["input_ids"]
+            return [int(i) for i in ids]
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
+        return list(self.tokenizer.encode(text))
+
+    async def stream(self, request: Request) -> AsyncIterator[Chunk]:
+        s = request.sampling
+        params = GenParams(s.max_tokens, s.temperature, s.top_p, s.seed, self._eos)
+        send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
+        try:
+            seq_id = self.engine.submit(self.encode(request.messages), params)
+        except (BudgetError, ValueError) as exc:
+            raise BackendError(str(exc), retryable=False) from exc
+        self._streams[seq_id] = send
+        finished = False
+        try:
+            async with recv, send:
+                async for chunk in _chunks(recv, Detokenizer(self.tokenizer, s.stop)):
+                    finished = chunk.finish_reason is not None
+                    yield chunk
+                    if finished:
+                        return
+        finally:
+            self._streams.pop(seq_id, None)
+            if not finished:
+                self.engine.cancel(seq_id)
+
+    def _deliver(self, outs: list[StepOutput]) -> None:
+        # called in the engine thread: hand the whole step to the event loop at once
+        anyio.from_thread.run_sync(self._dispatch, outs)
+
+    def _dispatch(self, outs: list[StepOutput]) -> None:
+        for out in outs:
+            stream = self._streams.get(out.seq_id)
+            if stream is not None:
+                stream.send_nowait(out)
+
+
+async def _chunks(
+    recv: AsyncIterator[StepOutput], detok: Detokenizer
+) -> AsyncIterator[Chunk]:
+    async for out in recv:
+        if out.error or out.finish == "error":
+            raise BackendError(f"engine error: {out.error}", retryable=False)
+        if out.finish == "cancelled":
+            raise BackendError("request was cancelled in the engine", retryable=False)
+        text, stopped = detok.add(out.tokens, final=out.finish is not None)
+        if stopped:
+            yield Chunk(text, len(out.tokens), "stop")
+            return
+        if out.finish is not None:
+            yield Chunk(text, len(out.tokens), "length" if out.finish == "length" else "stop")
+            return
+        yield Chunk(text, len(out.tokens))
+
+
+def _auto_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,341 @@
+"""OpenAI-compatible HTTP backend: streams chat or text completions from one or more servers.
+
+Requests go to the base URL with the fewest outstanding requests, under a concurrency cap per
+URL. 429 / 5xx / connection failures are retried with jittered exponential backoff (honouring
+Retry-After) only while nothing has been yielded; a stream that breaks later raises a retryable
+`BackendError` so the runner can redo the whole node. No tokenizing or chat templating here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, cast
+
+import anyio
+import httpx
+
+from parafill.backends.base import (
+    BackendError,
+    Capabilities,
+    Chunk,
+    FinishReason,
+    Message,
+    Request,
+    render_messages,
+)
+
+EndpointKind = Literal["chat", "completions"]
+PromptRenderer = Callable[[Sequence[Message]], str]
+
+
+def concat_prompt(messages: Sequence[Message]) -> str:
+    """Default prompt for the completions endpoint: message contents, blank-line separated."""
+    return "\n\n".join(m.content for m in messages)
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    """Where and how to reach the servers. `timeout` bounds connecting and each wait for bytes
+    (so a stream that keeps flowing never times out; whole-node deadlines belong to the runner).
+    """
+
+    base_urls: tuple[str, ...]
+    model: str
+    api_key: str | None = None
+    endpoint: EndpointKind = "chat"
+    max_concurrency: int = 8  # per base URL
+    timeout: float = 60.0
+    max_retries: int = 3
+    backoff_base: float = 0.5
+    backoff_cap: float = 8.0
+    prompt: PromptRenderer = concat_prompt  # completions endpoint only
+    include_usage: bool = True  # ask for server token counts (stream_options)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base_urls, str) or not self.base_urls:
+            raise ValueError("base_urls must be a non-empty tuple of URLs")
+        if self.max_concurrency < 1 or self.max_retries < 0:
+            raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
+        if self.timeout <= 0 or not 0 <= self.backoff_base <= self.backoff_cap:
+            raise ValueError("need timeout > 0 and 0 <= backoff_base <= backoff_cap")
+
+    def url(self, base_url: str) -> str:
+        """Full endpoint URL; `base_url` may or may not already end in /v1."""
+        root = base_url.rstrip("/")
+        if not root.endswith("/v1"):
+            root += "/v1"
+        return f"{root}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
+
+
+def encode_body(config: OpenAIConfig, request: Request) -> bytes:
+    """The JSON body, byte-stable: model, then messages in order with fixed key order, then
+    sampling. Requests sharing leading messages share a byte prefix (prefix caches hit)."""
+    s = request.sampling
+    body: dict[str, object] = {"model": config.model}
+    if config.endpoint == "chat":
+        body["messages"] = render_messages(request.messages)
+    else:
+        body["prompt"] = config.prompt(request.messages)
+    body.update(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if s.stop:
+        body["stop"] = list(s.stop)
+    body["stream"] = True
+    if config.include_usage:
+        body["stream_options"] = {"include_usage": True}
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode()
+
+
+class _ProtocolError(Exception):
+    """The server's stream was not what the OpenAI API promises."""
+
+
+class _Retryable(Exception):
+    """An attempt failed before yielding anything; another attempt may succeed."""
+
+    def __init__(self, url: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _SSEDecoder:
+    """Server-sent events, fed line by line; returns each complete event's data."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        if not line:  # a blank line ends the event
+            data, self._data = self._data, []
+            return "\n".join(data) if data else None
+        name, _, value = line.partition(":")
+        if name == "data":  # comments (":...") and other fields are ignored
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+
+class _ChunkParser:
+    """Turns event payloads into Chunks: one token per text chunk unless usage says more."""
+
+    def __init__(self, kind: EndpointKind) -> None:
+        self._kind = kind
+        self.tokens = 0
+        self.usage: int | None = None
+        self.finish: FinishReason | None = None
+        self.done = False
+
+    def parse(self, data: str) -> Chunk | None:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return None
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            raise _ProtocolError(f"unparseable event {data[:80]!r}") from exc
+        if not isinstance(event, dict) or "error" in event:
+            raise _ProtocolError(f"error event {data[:200]!r}")
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.usage = usage["completion_tokens"]
+        choices = event.get("choices")
+        return self._choice(choices[0]) if isinstance(choices, list) and choices else None
+
+    def _choice(self, choice: dict[str, object]) -> Chunk | None:
+        reason = choice.get("finish_reason")
+        if reason:
+            self.finish = "length" if reason == "length" else "stop"
+        if self._kind == "chat":
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else None
+        else:
+            text = choice.get("text")
+        if not isinstance(text, str) or not text:
+            return None
+        self.tokens += 1
+        return Chunk(text, tokens=1)
+
+    def final(self) -> Chunk:
+        if self.finish is None:  # also after a bare [DONE]: some servers cut streams that way
+            end = "[DONE]" if self.done else "end of stream"
+            raise _ProtocolError(f"{end} after {self.tokens} chunks without a finish_reason")
+        extra = max(0, self.usage - self.tokens) if self.usage is not None else 0
+        return Chunk("", tokens=extra, finish_reason=self.finish)
+
+
+class _Endpoint:
+    """One base URL: its concurrency cap and how many requests it has outstanding."""
+
+    def __init__(self, url: str, max_concurrency: int) -> None:
+        self.url = url
+        self.limiter = anyio.CapacityLimiter(max_concurrency)
+        self.outstanding = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        # Counted before waiting on the cap, so concurrent picks see each other at once.
+        self.outstanding += 1
+        borrower = object()  # one per attempt: a task may drive several streams at once
+        try:
+            await self.limiter.acquire_on_behalf_of(borrower)
+            try:
+                yield
+            finally:
+                self.limiter.release_on_behalf_of(borrower)
+        finally:
+            self.outstanding -= 1
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    try:
+        seconds = float(headers.get("retry-after", ""))
+    except ValueError:
+        return None  # absent, or an HTTP date: fall back to backoff
+    return seconds if seconds >= 0 else None
+
+
+def _describe(exc: Exception, timeout: float) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__}: no bytes for {timeout:g}s)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _check_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    detail = (await response.aread())[:300].decode(errors="replace")
+    if status in (408, 429) or status >= 500:
+        raise _Retryable(url, f"HTTP {status}", _retry_after(response.headers))
+    raise BackendError(f"{url}: HTTP {status} (not retried): {detail}", retryable=False)
+
+
+class _Backoff:
+    """Delays between attempts; raises BackendError once the retries are spent."""
+
+    def __init__(self, config: OpenAIConfig, rng: random.Random) -> None:
+        self._config = config
+        self._rng = rng
+        self.failures = 0
+
+    def delay(self, failure: _Retryable) -> float:
+        self.failures += 1
+        if self.failures > self._config.max_retries:
+            raise BackendError(
+                f"{failure.url}: gave up after {self.failures} attempts; last: {failure.reason}"
+            ) from failure
+        if failure.retry_after is not None:
+            return failure.retry_after
+        cfg = self._config
+        ceiling: float = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (self.failures - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
+
+
+class OpenAIBackend:
+    """`async with OpenAIBackend(config) as backend:` owns one pooled httpx.AsyncClient.
+
+    Close a stream you stop reading early (`contextlib.aclosing`) or cancel its task: either
+    closes the HTTP response, which tells the server to stop generating.
+    """
+
+    def __init__(self, config: OpenAIConfig, *, rng: random.Random | None = None) -> None:
+        self._config = config
+        self._rng = rng or random.Random()
+        self._client: httpx.AsyncClient | None = None
+        self._endpoints: list[_Endpoint] = []
+        self._turn = 0
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        total = self._config.max_concurrency * len(self._config.base_urls)
+        return Capabilities(batched=True, shared_prefix=True, max_concurrency=total)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding or waiting for an endpoint slot right now."""
+        return sum(e.outstanding for e in self._endpoints)
+
+    async def __aenter__(self) -> OpenAIBackend:
+        cfg = self._config
+        self._endpoints = [_Endpoint(cfg.url(u), cfg.max_concurrency) for u in cfg.base_urls]
+        total = cfg.max_concurrency * len(cfg.base_urls)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(cfg.timeout),
+            limits=httpx.Limits(max_connections=total, max_keepalive_connections=total),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _pick(self, avoid: _Endpoint | None) -> _Endpoint:
+        """Least outstanding; ties rotate, and a just-failed endpoint loses ties."""
+        n = len(self._endpoints)
+        self._turn += 1
+        order = [self._endpoints[(self._turn + i) % n] for i in range(n)]
+        return min(order, key=lambda e: (e.outstanding, e is avoid))
+
+    async def stream(self, request: Request) -> AsyncGenerator[Chunk, None]:
+        if self._client is None:
+            raise RuntimeError("use `async with OpenAIBackend(config) as backend:` first")
+        body = encode_body(self._config, request)
+        backoff = _Backoff(self._config, self._rng)
+        avoid: _Endpoint | None = None
+        while True:
+            endpoint = self._pick(avoid)
+            try:
+                async with endpoint.slot(), aclosing(self._attempt(endpoint.url, body)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            except _Retryable as failure:
+                avoid = endpoint
+                delay = backoff.delay(failure)
+            await anyio.sleep(delay)
+
+    async def _attempt(self, url: str, body: bytes) -> AsyncGenerator[Chunk, None]:
+        """One HTTP request. Fails with _Retryable only if nothing was yielded yet."""
+        assert self._client is not None
+        parser = _ChunkParser(self._config.endpoint)
+        yielded = False
+        try:
+            async with self._client.stream("POST", url, content=body, headers=self._headers) as r:
+                await _check_status(r, url)
+                sse = _SSEDecoder()
+                # aiter_lines is an async generator; close it with the response, not at GC.
+                lines = cast(AsyncGenerator[str, None], r.aiter_lines())
+                async with aclosing(lines):
+                    async for line in lines:
+                        data = sse.feed(line)
+                        chunk = parser.parse(data) if data is not None else None
+                        if chunk is not None:
+                            yielded = True
+                            yield chunk
+                        if parser.done:
+                            break
+                final = parser.final()
+        except (httpx.TransportError, _ProtocolError) as exc:
+            reason = _describe(exc, self._config.timeout)
+            if yielded:
+                msg = f"{url}: stream broke after {parser.tokens} chunks: {reason}"
+                raise BackendError(msg, retryable=True) from exc
+            raise _Retryable(url, reason) from exc
+        yield final

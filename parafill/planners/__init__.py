@@ -1,0 +1,1 @@
+"""Planners: turn a request into a Plan."""

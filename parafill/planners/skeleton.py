@@ -1,0 +1,114 @@
+"""Skeleton-of-Thought: outline as numbered points, expand every point in parallel, join.
+
+The skeleton node's output grows the plan with one expansion node per parsed point; the
+expansion prompts share everything up to the point number, so a prefix-sharing backend
+prefills it once. A skeleton that does not parse falls back to a direct answer, with a note.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from parafill.orchestrator.plan import Growth, Node, Plan
+from parafill.orchestrator.runner import Expander
+from parafill.planners.static import direct_node
+
+SKELETON_SYSTEM = (
+    "You're an organizer responsible for only giving the skeleton (not the full content) "
+    "for answering the question."
+)
+SKELETON_PROMPT = (
+    "Provide the skeleton in a list of points (numbered 1., 2., 3., etc.) to answer the "
+    "question. Instead of writing a full sentence, each skeleton point should be very short "
+    "with only 3~5 words. Generally, the skeleton should have 3~10 points.\n\n"
+    "Question: {question}"
+)
+POINT_SYSTEM = "You are a helpful assistant."
+POINT_PROMPT = (
+    "Question: {question}\n\nThe answer has these points:\n{skeleton}\n\n"
+    "Write only point {k} in 1~2 sentences."
+)
+
+_NUMBERED = re.compile(r"^\s*(?:[*_#>]+\s*)?(?:step|point)?\s*(\d{1,2})\s*[.):\]-]\s*(.+)$", re.I)
+_BULLET = re.compile(r"^\s*[-*\u2022+]\s+(.+)$")
+_MARKUP = re.compile(r"[*_`#]+")
+
+
+def parse_points(text: str, max_points: int = 10) -> list[str]:
+    """Points of a skeleton as small models really write them. Numbered items win over
+    bullets (bullets then are sub-points); duplicates and empty items are dropped."""
+    numbered, bullets = [], []
+    for line in text.splitlines():
+        if m := _NUMBERED.match(line):
+            numbered.append(m.group(2))
+        elif m := _BULLET.match(line):
+            bullets.append(m.group(1))
+    points: list[str] = []
+    seen: set[str] = set()
+    for raw in numbered or bullets:
+        point = _clean(raw)
+        key = point.lower()
+        if point and key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points[:max_points]
+
+
+def _clean(raw: str) -> str:
+    text = _MARKUP.sub("", raw).strip()
+    head, sep, _ = text.partition(":")
+    if sep and 2 <= len(head) <= 60:  # "Exercise: long explanation" → "Exercise"
+        text = head
+    return text.strip(" .;:-\u2013\u2014\"'").strip()
+
+
+@dataclass(frozen=True)
+class SkeletonPlanner:
+    max_points: int = 8
+    min_points: int = 2
+    skeleton_tokens: int = 128
+    point_tokens: int = 96
+    direct_tokens: int = 512
+
+    def plan(self, question: str) -> Plan:
+        skeleton = Node(
+            "skeleton",
+            SKELETON_PROMPT.format(question=question),
+            max_tokens=self.skeleton_tokens,
+            system=SKELETON_SYSTEM,
+            expand="skeleton",
+        )
+        return Plan((skeleton,), answer=())
+
+    @property
+    def expanders(self) -> Mapping[str, Expander]:
+        return {"skeleton": self._expand}
+
+    def _expand(self, node: Node, text: str) -> Growth:
+        question = _question_of(node)
+        points = parse_points(text, self.max_points)
+        if len(points) < self.min_points:
+            why = "no numbered points" if not points else f"only {len(points)} point"
+            answer = direct_node(question, self.direct_tokens, "direct")
+            note = f"skeleton did not parse ({why}); answered directly"
+            return Growth((answer,), ("direct",), note=note)
+        listing = "\n".join(f"{k}. {p}" for k, p in enumerate(points, 1))
+        nodes = tuple(
+            Node(
+                f"point-{k}",
+                POINT_PROMPT.format(question=question, skeleton=listing, k=k, point=p),
+                max_tokens=self.point_tokens,
+                system=POINT_SYSTEM,
+                prefix=f"{k}. {p}:",
+                stop=("\n",),  # one paragraph per point; small models run on into the list
+            )
+            for k, p in enumerate(points, 1)
+        )
+        return Growth(nodes, tuple(n.id for n in nodes), note=f"skeleton: {len(points)} points")
+
+
+def _question_of(node: Node) -> str:
+    marker = "Question: "
+    return node.prompt[node.prompt.rindex(marker) + len(marker) :]

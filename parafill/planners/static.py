@@ -1,0 +1,25 @@
+"""The simplest planner: answer directly with one node (the baseline, and every fallback)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from parafill.orchestrator.plan import Node, Plan
+from parafill.orchestrator.runner import Expander
+
+
+def direct_node(question: str, max_tokens: int, node_id: str = "answer") -> Node:
+    return Node(node_id, question, max_tokens=max_tokens)
+
+
+@dataclass(frozen=True)
+class DirectPlanner:
+    max_tokens: int = 512
+
+    def plan(self, question: str) -> Plan:
+        return Plan((direct_node(question, self.max_tokens),), answer=("answer",))
+
+    @property
+    def expanders(self) -> Mapping[str, Expander]:
+        return {}

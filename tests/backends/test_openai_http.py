@@ -1,0 +1,283 @@
+"""OpenAIBackend against a scripted fault-injecting server and a real llama.cpp server."""
+
+from __future__ import annotations
+
+import random
+from contextlib import aclosing
+
+import anyio
+import pytest
+from fault_server import Reply, fault_server
+from llama_server import LlamaServer
+
+from parafill.backends.base import Backend, BackendError, Message, Request, Sampling, complete
+from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig, encode_body
+
+pytestmark = pytest.mark.anyio
+
+
+def config(*urls: str, **overrides: object) -> OpenAIConfig:
+    fast = {"timeout": 5.0, "max_retries": 3, "backoff_base": 0.01, "backoff_cap": 0.05}
+    return OpenAIConfig(base_urls=urls, model="test", **{**fast, **overrides})  # type: ignore[arg-type]
+
+
+def backend(cfg: OpenAIConfig) -> OpenAIBackend:
+    return OpenAIBackend(cfg, rng=random.Random(0))
+
+
+# --- request bodies ---------------------------------------------------------------------------
+
+
+def test_bodies_are_byte_stable_and_share_prefixes() -> None:
+    cfg = OpenAIConfig(base_urls=("http://x",), model="m")
+    system = Message("system", "You write outlines.")
+    shared = (system, Message("user", "Plan an essay on tides."))
+    a = Request((*shared, Message("assistant", "1. Moon")), Sampling(max_tokens=9))
+    b = Request((*shared, Message("assistant", "2. Sun")), Sampling(seed=3, stop=("\n",)))
+    assert encode_body(cfg, a) == encode_body(cfg, Request(a.messages, Sampling(max_tokens=9)))
+    body_a, body_b = encode_body(cfg, a), encode_body(cfg, b)
+    prefix = b'{"model":"m","messages":[{"role":"system","content":"You write outlines."},'
+    assert body_a.startswith(prefix) and body_b.startswith(prefix)
+    common = len(prefix) + len(b'{"role":"user","content":"Plan an essay on tides."},')
+    assert body_a[:common] == body_b[:common]
+
+
+def test_completions_body_renders_prompt() -> None:
+    cfg = OpenAIConfig(("http://x/v1/",), "m", endpoint="completions", prompt=lambda ms: "P")
+    assert cfg.url(cfg.base_urls[0]) == "http://x/v1/completions"
+    assert encode_body(cfg, Request.chat("hi")).startswith(b'{"model":"m","prompt":"P",')
+
+
+def test_config_validates() -> None:
+    with pytest.raises(ValueError):
+        OpenAIConfig(base_urls=(), model="m")
+    with pytest.raises(ValueError):
+        OpenAIConfig(base_urls="http://x", model="m")  # type: ignore[arg-type]
+
+
+# --- streaming and token counts ------------------------------------------------------------
+
+
+async def test_streams_chat_and_counts_chunks() -> None:
+    async with fault_server() as server, backend(config(server.url)) as b:
+        assert isinstance(b, Backend)
+        chunks = [c async for c in b.stream(Request.chat("hi"))]
+    assert "".join(c.text for c in chunks) == "Hello world"
+    assert sum(c.tokens for c in chunks) == 3
+    assert chunks[-1].finish_reason == "stop"
+    assert [s.path for s in server.requests] == ["/v1/chat/completions"]
+    assert b'"stream":true' in server.requests[0].body
+
+
+async def test_server_usage_wins_over_chunk_count() -> None:
+    async with fault_server([Reply(usage=7, finish="length")]) as server:
+        async with backend(config(server.url, endpoint="completions")) as b:
+            text, tokens, finish = await complete(b, Request.chat("hi"))
+    assert (text, tokens, finish) == ("Hello world", 7, "length")
+    assert server.requests[0].path == "/v1/completions"
+
+
+async def test_not_entered_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="async with"):
+        await complete(backend(config("http://127.0.0.1:9")), Request.chat("hi"))
+
+
+# --- retries -----------------------------------------------------------------------------------
+
+
+async def test_429_waits_for_retry_after() -> None:
+    script = [Reply(429, headers=(("Retry-After", "1"),))]
+    async with fault_server(script) as server, backend(config(server.url)) as b:
+        text, _, _ = await complete(b, Request.chat("hi"))
+    assert text == "Hello world"
+    (gap,) = server.gaps()
+    assert 0.95 <= gap < 1.6  # Retry-After, not the 0.01 s backoff
+
+
+async def test_500_retried_with_growing_backoff() -> None:
+    script = [Reply(500), Reply(500)]
+    async with fault_server(script) as server:
+        async with backend(config(server.url, backoff_base=0.2, backoff_cap=5.0)) as b:
+            text, _, _ = await complete(b, Request.chat("hi"))
+    assert text == "Hello world"
+    first, second = server.gaps()
+    assert 0.1 <= first < 0.4 and 0.2 <= second < 0.7  # equal jitter: [c/2, c], c = 0.2, 0.4
+
+
+async def test_exhausted_retries_name_endpoint_and_status() -> None:
+    async with fault_server(default=Reply(503)) as server, backend(config(server.url)) as b:
+        with pytest.raises(BackendError, match=r"127\.0\.0\.1.*4 attempts.*HTTP 503") as err:
+            await complete(b, Request.chat("hi"))
+    assert err.value.retryable and len(server.requests) == 4
+
+
+async def test_client_errors_are_not_retried() -> None:
+    async with fault_server(default=Reply(400)) as server, backend(config(server.url)) as b:
+        with pytest.raises(BackendError, match="HTTP 400") as err:
+            await complete(b, Request.chat("hi"))
+    assert not err.value.retryable and len(server.requests) == 1
+
+
+async def test_slow_server_times_out_clearly() -> None:
+    async with fault_server(default=Reply(delay=3.0)) as server:
+        async with backend(config(server.url, timeout=0.3, max_retries=1)) as b:
+            start = anyio.current_time()
+            with pytest.raises(BackendError, match=r"127\.0\.0\.1.*timed out.*0\.3s"):
+                await complete(b, Request.chat("hi"))
+            elapsed = anyio.current_time() - start
+    assert len(server.requests) == 2 and 0.6 <= elapsed < 2.0
+
+
+async def test_drop_before_first_chunk_is_retried() -> None:
+    async with fault_server([Reply(drop_after=0)]) as server, backend(config(server.url)) as b:
+        text, _, _ = await complete(b, Request.chat("hi"))
+    assert text == "Hello world" and len(server.requests) == 2
+
+
+async def test_drop_mid_stream_is_not_retried() -> None:
+    got: list[str] = []
+    async with fault_server(default=Reply(drop_after=1)) as server:
+        async with backend(config(server.url)) as b:
+            with pytest.raises(BackendError, match="stream broke after 1 chunks") as err:
+                async for chunk in b.stream(Request.chat("hi")):
+                    got.append(chunk.text)  # noqa: PERF401 -- keep what came before the error
+    assert got == ["Hel"] and err.value.retryable and len(server.requests) == 1
+
+
+async def test_stall_mid_stream_times_out_without_retry() -> None:
+    stall = Reply(chunks=("a", "b"), chunk_delay=2.0)
+    async with fault_server(default=stall) as server:
+        async with backend(config(server.url, timeout=0.3)) as b:
+            with pytest.raises(BackendError, match="after 1 chunks: timed out") as err:
+                await complete(b, Request.chat("hi"))
+    assert err.value.retryable and len(server.requests) == 1
+
+
+async def test_unreachable_endpoint_is_avoided() -> None:
+    async with fault_server() as server:
+        dead = "http://127.0.0.1:9"  # discard port: nothing listens
+        async with backend(config(dead, server.url, max_retries=1)) as b:
+            for _ in range(3):
+                assert (await complete(b, Request.chat("hi")))[0] == "Hello world"
+        async with backend(config(dead, max_retries=1)) as b:
+            with pytest.raises(BackendError, match="ConnectError"):
+                await complete(b, Request.chat("hi"))
+
+
+# --- balancing, caps, cancellation -------------------------------------------------------------
+
+
+async def test_balances_across_endpoints_under_caps() -> None:
+    slow = Reply(chunk_delay=0.05)
+    async with fault_server(default=slow) as s1, fault_server(default=slow) as s2:
+        async with backend(config(s1.url, s2.url, max_concurrency=2)) as b:
+            assert b.capabilities.max_concurrency == 4
+
+            async def one() -> None:
+                assert (await complete(b, Request.chat("hi")))[0] == "Hello world"
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(one)
+            assert b.in_flight == 0
+    assert len(s1.requests) + len(s2.requests) == 10
+    assert len(s1.requests) >= 4 and len(s2.requests) >= 4
+    assert s1.max_active == 2 and s2.max_active == 2
+
+
+async def test_sequential_requests_alternate() -> None:
+    async with fault_server() as s1, fault_server() as s2:
+        async with backend(config(s1.url, s2.url)) as b:
+            for _ in range(4):
+                await complete(b, Request.chat("hi"))
+    assert len(s1.requests) == len(s2.requests) == 2
+
+
+async def test_cancelling_the_consumer_closes_the_stream() -> None:
+    endless = Reply(chunks=("tok",) * 400, chunk_delay=0.02)
+    async with fault_server(default=endless) as server, backend(config(server.url)) as b:
+        got = 0
+        with anyio.CancelScope() as scope:
+            async for _ in b.stream(Request.chat("hi")):
+                got += 1
+                if got == 3:
+                    scope.cancel()
+        assert got == 3 and b.in_flight == 0
+        with anyio.fail_after(3):
+            await server.hung_up.wait()
+
+
+async def test_closing_a_stream_early_closes_the_response() -> None:
+    endless = Reply(chunks=("tok",) * 400, chunk_delay=0.02)
+    async with fault_server(default=endless) as server, backend(config(server.url)) as b:
+        async with aclosing(b.stream(Request.chat("hi"))) as chunks:
+            async for _ in chunks:
+                break
+        assert b.in_flight == 0
+        with anyio.fail_after(3):
+            await server.hung_up.wait()
+
+
+# --- a real llama.cpp server ---------------------------------------------------------------------
+
+
+def llama_backend(server: LlamaServer, **overrides: object) -> OpenAIBackend:
+    return OpenAIBackend(OpenAIConfig((server.url,), server.model, **overrides))  # type: ignore[arg-type]
+
+
+GREEDY = Sampling(max_tokens=48, temperature=0.0, seed=1)
+
+
+async def test_llama_streams_text_and_tokens(llama: LlamaServer) -> None:
+    async with llama_backend(llama, timeout=120.0) as b:
+        chunks = [c async for c in b.stream(Request.chat("Name three colours.", sampling=GREEDY))]
+    text = "".join(c.text for c in chunks)
+    tokens = sum(c.tokens for c in chunks)
+    assert text.strip() and len(chunks) > 3  # streamed, not one blob
+    assert 0 < tokens <= GREEDY.max_tokens
+    assert chunks[-1].finish_reason in ("stop", "length")
+
+
+async def test_llama_completions_endpoint(llama: LlamaServer) -> None:
+    async with llama_backend(llama, endpoint="completions", timeout=120.0) as b:
+        request = Request.chat("The capital of France is", sampling=Sampling(max_tokens=8))
+        text, tokens, finish = await complete(b, request)
+    assert text and 0 < tokens <= 8 and finish in ("stop", "length")
+
+
+async def test_llama_greedy_is_deterministic(llama: LlamaServer) -> None:
+    request = Request.chat("Write one sentence about the sea.", sampling=GREEDY)
+    async with llama_backend(llama, timeout=120.0) as b:
+        first = await complete(b, request)
+        second = await complete(b, request)
+    assert first == second and first[0].strip()
+
+
+async def test_llama_concurrent_requests_complete(llama: LlamaServer) -> None:
+    results: dict[int, tuple[str, int, object]] = {}
+    async with llama_backend(llama, max_concurrency=4, timeout=120.0) as b:
+
+        async def one(i: int) -> None:
+            prompt = f"Count from 1 to {i + 3}."
+            results[i] = await complete(b, Request.chat(prompt, sampling=GREEDY))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(one, i)
+    assert sorted(results) == [0, 1, 2, 3]
+    assert all(text and tokens > 0 and finish for text, tokens, finish in results.values())
+
+
+async def test_llama_cancel_closes_the_stream(llama: LlamaServer) -> None:
+    request = Request.chat("Tell a long story about a lighthouse.", sampling=Sampling(512))
+    async with llama_backend(llama, timeout=120.0) as b:
+        with anyio.CancelScope() as scope:
+            async for chunk in b.stream(request):
+                if chunk.text:
+                    scope.cancel()
+        assert scope.cancelled_caught and b.in_flight == 0
+        with anyio.fail_after(30):  # the server stops generating once it sees the hang-up
+            while "disconnected" not in llama.log.read_text(errors="replace").lower():  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+            text, _, _ = await complete(b, Request.chat("Say hi.", sampling=Sampling(8)))
+    assert text
