@@ -37,6 +37,7 @@ class PlanGrew:
     node: str
     added: tuple[str, ...]
     note: str | None
+    labels: tuple[str, ...] = ()  # what each added node is (its answer prefix, else its id)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ async def _apply(
         sched.grow(growth)
     except ValueError as exc:
         return _Failure(node.id, f"growth from node output is invalid: {exc}")
-    await emit(PlanGrew(node.id, tuple(n.id for n in growth.nodes), growth.note))
+    labels = tuple(n.prefix or n.id for n in growth.nodes)
+    await emit(PlanGrew(node.id, tuple(n.id for n in growth.nodes), growth.note, labels))
     return None
 
 

@@ -33,6 +33,7 @@ POINT_PROMPT = (
 
 _NUMBERED = re.compile(r"^\s*(?:[*_#>]+\s*)?(?:step|point)?\s*(\d{1,2})\s*[.):\]-]\s*(.+)$", re.I)
 _BULLET = re.compile(r"^\s*[-*\u2022+]\s+(.+)$")
+MAX_POINT_WORDS = 12
 _MARKUP = re.compile(r"[*_`#]+")
 
 
@@ -40,7 +41,12 @@ def parse_points(text: str, max_points: int = 10) -> list[str]:
     """Points of a skeleton as small models really write them. Numbered items win over
     bullets (bullets then are sub-points); duplicates and empty items are dropped."""
     numbered, bullets = [], []
+    in_code = False
     for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        if in_code:
+            continue  # a list inside a code block is code, not an outline
         if m := _NUMBERED.match(line):
             numbered.append(m.group(2))
         elif m := _BULLET.match(line):
@@ -61,6 +67,10 @@ def _clean(raw: str) -> str:
     head, sep, _ = text.partition(":")
     if sep and 2 <= len(head) <= 60:  # "Exercise: long explanation" → "Exercise"
         text = head
+    text = re.split(r"(?<=[a-z0-9)])[.!?]\s", text, maxsplit=1)[0]  # first sentence only
+    words = text.split()
+    if len(words) > MAX_POINT_WORDS:
+        text = " ".join(words[:MAX_POINT_WORDS])
     return text.strip(" .;:-\u2013\u2014\"'").strip()
 
 

@@ -59,7 +59,7 @@ def _command(model: Path, port: int, n_ctx: int) -> list[str]:
     return [
         *(sys.executable, "-m", "llama_cpp.server", "--model", str(model)),
         *("--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port)),
-        *("--n_ctx", str(n_ctx), "--n_threads", str(os.cpu_count() or 1)),
+        *("--n_ctx", str(n_ctx), "--n_threads", os.environ.get("LLAMA_THREADS", str(os.cpu_count() or 1))),
         # Its default cuts a running stream short whenever another request arrives.
         *("--interrupt_requests", "False", "--verbose", "False"),
     ]

@@ -119,7 +119,7 @@ class CompactLM:
             enable_gqa=s.heads != s.kv_heads,
         )  # (R, H, Q, D)
         out = out.transpose(1, 2)[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
-        return F.linear(out, attn.o_proj.weight)
+        return _proj(out, attn.o_proj)  # o_proj has a bias in Llama with attention_bias
 
 
 def _proj(h: Tensor, lin: nn.Linear) -> Tensor:

@@ -1,0 +1,145 @@
+"""The `parafill` command line: run a question (skeleton-of-thought) or a JSON plan.
+
+Progress goes to stderr (a live view on a terminal, plain lines when piped); the answer, the
+summary and `--json` output go to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+
+from parafill.backends.engine.weights import ModelNotFound
+from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.cli_view import RunView, summary
+from parafill.orchestrator.plan import Plan, PlanError, RunResult
+from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
+from parafill.planners.base import Planner
+from parafill.planners.skeleton import SkeletonPlanner
+from parafill.planners.static import DirectPlanner
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Local HF model directory or .gguf file.")
+]
+ModeOpt = Annotated[str, typer.Option("--mode", help="Engine packing: rows | tree.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@app.command()
+def run(
+    question: str,
+    model: ModelOpt = None,
+    compare: Annotated[bool, typer.Option(help="Also answer directly; print both times.")] = False,
+    as_json: JsonOpt = False,
+    max_points: int = 8,
+    point_tokens: int = 96,
+    skeleton_tokens: int = 128,
+    direct_tokens: int = 512,
+    mode: ModeOpt = "rows",
+) -> None:
+    """Answer QUESTION with skeleton-of-thought: outline, then fill every point in parallel."""
+    planner = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
+    direct = DirectPlanner(direct_tokens) if compare else None
+    _guard(lambda: anyio.run(_run, question, planner, direct, model, mode, as_json))
+
+
+@app.command("plan")
+def run_plan_file(
+    path: Path, model: ModelOpt = None, as_json: JsonOpt = False, mode: ModeOpt = "rows"
+) -> None:
+    """Run a hand-written JSON plan (nodes with dependencies; see README)."""
+    try:
+        plan = Plan.from_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] cannot use plan {str(path)!r}: {exc}")
+        raise typer.Exit(2) from exc
+    _guard(lambda: anyio.run(_run, plan, None, None, model, mode, as_json))
+
+
+async def _run(
+    target: str | Plan,
+    planner: Planner | None,
+    direct: Planner | None,
+    model: str | None,
+    mode: str,
+    as_json: bool,
+) -> None:
+    cfg = LocalConfig(model=model, mode=mode)  # type: ignore[arg-type]
+    async with LocalBackend.open(cfg, on_convert=lambda m: err.print(f"[yellow]{m}[/yellow]")) as b:
+        result = await _one(target, planner, b, show=True)
+        baseline = await _one(target, direct, b, show=False) if direct else None
+    if as_json:
+        out.print_json(json.dumps(_as_dict(result, baseline)))
+        return
+    out.print(result.answer, markup=False, soft_wrap=True)
+    if result.notes:
+        out.print(f"\n[dim]{'; '.join(result.notes)}[/dim]", soft_wrap=True)
+    out.print(f"[bold]parafill[/bold]: {summary(result)}")
+    if baseline is not None:
+        out.print(f"[bold]direct[/bold]:   {summary(baseline)}")
+        ratio = baseline.seconds / max(result.seconds, 1e-9)
+        out.print(f"speed-up vs direct: {ratio:.2f}× (wall time, same model and engine)")
+
+
+async def _one(
+    target: str | Plan, planner: Planner | None, backend: LocalBackend, show: bool
+) -> RunResult:
+    plan = target if isinstance(target, Plan) else planner.plan(target)  # type: ignore[union-attr]
+    hooks = dict(planner.expanders) if planner else {}
+    view = RunView.create(err) if show else None
+    try:
+        return await run_plan(plan, backend, RunConfig(), expanders=hooks, emit=view)
+    finally:
+        if view:
+            view.close()
+
+
+def _as_dict(result: RunResult, baseline: RunResult | None) -> dict[str, object]:
+    def one(r: RunResult) -> dict[str, object]:
+        return {
+            "answer": r.answer,
+            "seconds": r.seconds,
+            "tokens": r.tokens,
+            "forward_passes": r.forward_passes,
+            "notes": list(r.notes),
+            "nodes": {k: asdict(v) for k, v in r.results.items()},
+            "plan": json.loads(r.plan.to_json()),
+        }
+
+    data = one(result)
+    if baseline is not None:
+        data["direct"] = one(baseline)
+        data["speedup"] = baseline.seconds / max(result.seconds, 1e-9)
+    return data
+
+
+def _guard(fn: typer.models.CommandFunctionType) -> None:
+    try:
+        fn()
+    except ModelNotFound as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except RunFailed as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        if exc.result.results:
+            err.print(f"finished nodes kept: {', '.join(exc.result.results)}")
+            out.print(exc.result.answer, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    except PlanError as exc:
+        err.print(f"[red]error:[/red] invalid plan: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(sys.argv[1:])

