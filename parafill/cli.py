@@ -26,8 +26,8 @@ from parafill.planners.skeleton import SkeletonPlanner
 from parafill.planners.static import DirectPlanner
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Local HF model directory or .gguf file.")
@@ -82,9 +82,9 @@ async def _run(
     if as_json:
         out.print_json(json.dumps(_as_dict(result, baseline)))
         return
-    out.print(result.answer, markup=False, soft_wrap=True)
+    out.print(result.answer, markup=False)
     if result.notes:
-        out.print(f"\n[dim]{'; '.join(result.notes)}[/dim]", soft_wrap=True)
+        out.print(f"\n[dim]{'; '.join(result.notes)}[/dim]")
     out.print(f"[bold]parafill[/bold]: {summary(result)}")
     if baseline is not None:
         out.print(f"[bold]direct[/bold]:   {summary(baseline)}")
@@ -134,7 +134,7 @@ def _guard(fn: typer.models.CommandFunctionType) -> None:
         err.print(f"[red]error:[/red] {exc}")
         if exc.result.results:
             err.print(f"finished nodes kept: {', '.join(exc.result.results)}")
-            out.print(exc.result.answer, markup=False, soft_wrap=True)
+            out.print(exc.result.answer, markup=False)
         raise typer.Exit(1) from exc
     except PlanError as exc:
         err.print(f"[red]error:[/red] invalid plan: {exc}")

@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import anyio
 import torch
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from parafill.backends.base import BackendError, Capabilities, Chunk, Message, Request
@@ -49,7 +50,7 @@ class Detokenizer:
     def add(self, ids: Sequence[int], final: bool = False) -> tuple[str, bool]:
         """Returns (new text, stopped)."""
         self.ids += ids
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         for s in self.stop:
             cut = text.find(s)
             if cut >= 0:
@@ -71,7 +72,7 @@ class LocalBackend:
     def __init__(self, engine: Engine, tokenizer: PreTrainedTokenizerBase) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
-        self._streams: dict[int, ObjectSendStream[StepOutput]] = {}
+        self._streams: dict[int, MemoryObjectSendStream[StepOutput]] = {}
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self._eos = frozenset(int(e) for e in eos)
 
@@ -83,7 +84,8 @@ class LocalBackend:
         cfg = config or LocalConfig()
         device = cfg.device if cfg.device != "auto" else _auto_device()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        hf, tok = await anyio.to_thread.run_sync(partial(load, cfg.model, device, dtype, on_convert))
+        loader = partial(load, cfg.model, device, dtype, on_convert)
+        hf, tok = await anyio.to_thread.run_sync(loader)
         ecfg = EngineConfig(mode=cfg.mode, budget_tokens=cfg.budget_tokens, rows=cfg.rows)
         backend = cls(Engine(CompactLM(hf, cfg.max_positions), ecfg), tok)
         async with backend.running():
@@ -116,10 +118,10 @@ class LocalBackend:
         msgs = _render(messages)
         if getattr(self.tokenizer, "chat_template", None):
             cont = msgs[-1]["role"] == "assistant"  # continue a prefilled answer
-            out = self.tokenizer.apply_chat_template(
+            out: Any = self.tokenizer.apply_chat_template(
                 msgs, add_generation_prompt=not cont, continue_final_message=cont
             )
-            ids = out if isinstance(out, list) else out["input_ids"]
+            ids = out if isinstance(out, list) else out["input_ids"]  # BatchEncoding
             return [int(i) for i in ids]
         text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
         return list(self.tokenizer.encode(text))

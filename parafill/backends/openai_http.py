@@ -203,6 +203,8 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 
 
 def _describe(exc: Exception, timeout: float) -> str:
+    if isinstance(exc, _ProtocolError):
+        return f"bad stream: {exc}"
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__}: no bytes for {timeout:g}s)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -214,7 +216,7 @@ async def _check_status(response: httpx.Response, url: str) -> None:
         return
     detail = (await response.aread())[:300].decode(errors="replace")
     if status in (408, 429) or status >= 500:
-        raise _Retryable(url, f"HTTP {status}", _retry_after(response.headers))
+        raise _Retryable(url, f"HTTP {status}: {detail[:120]}", _retry_after(response.headers))
     raise BackendError(f"{url}: HTTP {status} (not retried): {detail}", retryable=False)
 
 
@@ -259,6 +261,8 @@ class OpenAIBackend:
     @property
     def capabilities(self) -> Capabilities:
         total = self._config.max_concurrency * len(self._config.base_urls)
+        # Servers worth pointing this at (vLLM, llama.cpp, SGLang) batch concurrent requests
+        # and reuse cached prefixes; encode_body keeps sibling prefixes byte-identical for them.
         return Capabilities(batched=True, shared_prefix=True, max_concurrency=total)
 
     @property

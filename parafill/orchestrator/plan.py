@@ -167,7 +167,7 @@ class PlanModel(BaseModel):
     @staticmethod
     def from_plan(plan: Plan) -> PlanModel:
         nodes = [
-            NodeModel(**{**_fields(n), "deps": list(n.deps), "stop": list(n.stop)})
+            NodeModel.model_validate({**_fields(n), "deps": list(n.deps), "stop": list(n.stop)})
             for n in plan.nodes
         ]
         return PlanModel(nodes=nodes, answer=list(plan.answer), separator=plan.separator)

@@ -29,7 +29,7 @@ class Reply:
     chunk_delay: float = 0.0
     drop_after: int | None = None  # close the socket after this many chunks, mid-body
     usage: int | None = None  # completion_tokens in a final usage event
-    finish: str = "stop"
+    finish: str | None = "stop"  # None: a final event without finish_reason
 
 
 @dataclass(frozen=True)

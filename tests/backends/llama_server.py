@@ -56,10 +56,13 @@ def _free_port() -> int:
 
 
 def _command(model: Path, port: int, n_ctx: int) -> list[str]:
+    # One thread by default: ggml's worker threads spin-wait on each other, and on a busy
+    # 2-core machine two of them ran 1-40 tok/s where one held a steady ~30.
+    threads = os.environ.get("PARAFILL_LLAMA_THREADS", "1")
     return [
         *(sys.executable, "-m", "llama_cpp.server", "--model", str(model)),
         *("--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port)),
-        *("--n_ctx", str(n_ctx), "--n_threads", os.environ.get("LLAMA_THREADS", str(os.cpu_count() or 1))),
+        *("--n_ctx", str(n_ctx), "--n_threads", threads, "--n_threads_batch", threads),
         # Its default cuts a running stream short whenever another request arrives.
         *("--interrupt_requests", "False", "--verbose", "False"),
     ]

@@ -153,6 +153,13 @@ async def test_stall_mid_stream_times_out_without_retry() -> None:
     assert err.value.retryable and len(server.requests) == 1
 
 
+async def test_stream_without_finish_reason_is_an_error() -> None:
+    cut = Reply(chunks=("a",), finish=None)  # [DONE] but no finish_reason
+    async with fault_server(default=cut) as server, backend(config(server.url)) as b:
+        with pytest.raises(BackendError, match=r"after 1 chunks: bad stream: \[DONE\]"):
+            await complete(b, Request.chat("hi"))
+
+
 async def test_unreachable_endpoint_is_avoided() -> None:
     async with fault_server() as server:
         dead = "http://127.0.0.1:9"  # discard port: nothing listens

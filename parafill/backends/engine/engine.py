@@ -135,7 +135,7 @@ class Engine:
             self._inbox.cancelled = set()
         outs = [StepOutput(s.id, (), "cancelled") for s in self.waiting if s.id in cancelled]
         self.waiting = [s for s in self.waiting if s.id not in cancelled]
-        outs += [self._retire(s, "cancelled") for s in self.live if s.id in cancelled]
+        outs += [self._retire(s, "cancelled") for s in list(self.live) if s.id in cancelled]
         return outs
 
     def _admit(self) -> None:

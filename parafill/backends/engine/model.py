@@ -9,15 +9,16 @@ tested against. Architectures it does not know are refused (`supports`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 
 
-def supports(hf_model: nn.Module) -> bool:
+def supports(hf_model: Any) -> bool:
     cfg = hf_model.config
     if getattr(cfg, "model_type", None) not in SUPPORTED:
         return False
@@ -49,7 +50,7 @@ class StepInput:
 
 
 class CompactLM:
-    def __init__(self, hf_model: nn.Module, max_positions: int) -> None:
+    def __init__(self, hf_model: Any, max_positions: int) -> None:
         if not supports(hf_model):
             kind = getattr(hf_model.config, "model_type", "?")
             raise ValueError(f"compact forward does not support model type {kind!r}")
@@ -63,12 +64,12 @@ class CompactLM:
             vocab=cfg.vocab_size,
             eps=cfg.rms_norm_eps,
         )
-        self.embed = base.embed_tokens.weight
-        self.layers = list(base.layers)
-        self.norm = base.norm.weight
-        self.lm_head = hf_model.lm_head.weight
-        self.dtype = self.embed.dtype
-        self.device = self.embed.device
+        self.embed: Tensor = base.embed_tokens.weight
+        self.layers: list[Any] = list(base.layers)
+        self.norm: Tensor = base.norm.weight
+        self.lm_head: Tensor = hf_model.lm_head.weight
+        self.dtype: torch.dtype = self.embed.dtype
+        self.device: torch.device = self.embed.device
         self.cos, self.sin = _rotary_table(base.rotary_emb, max_positions, self.embed)
 
     @torch.inference_mode()
@@ -92,7 +93,7 @@ class CompactLM:
     def _attention(
         self,
         i: int,
-        attn: nn.Module,
+        attn: Any,
         h: Tensor,
         cos: Tensor,
         sin: Tensor,
@@ -122,7 +123,7 @@ class CompactLM:
         return _proj(out, attn.o_proj)  # o_proj has a bias in Llama with attention_bias
 
 
-def _proj(h: Tensor, lin: nn.Linear) -> Tensor:
+def _proj(h: Tensor, lin: Any) -> Tensor:
     return F.linear(h, lin.weight, lin.bias)
 
 
@@ -139,7 +140,7 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def _rotary_table(rotary: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+def _rotary_table(rotary: Any, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
     pos = torch.arange(n, device=like.device)[None]
     with torch.no_grad():
         cos, sin = rotary(like[:1], pos)

@@ -108,7 +108,9 @@ def _tensors(
     q = max(per_row.values())
     length = max(s.max_col for s, _ in feeds) + 1
     mask = _mask(feeds, vis, owner, order, cols, (r, q, length), rows, qslots)
-    t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    def t(xs: list[int]) -> Tensor:
+        return torch.tensor(xs, dtype=torch.long, device=device)
+
     step = StepInput(t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at))
     return step, StepPlan(written, sampled)
 

@@ -73,7 +73,7 @@ def _converted(gguf: Path, on_convert: Callable[[str], None] | None) -> Path:
     kw = {"gguf_file": gguf.name, "local_files_only": True}
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-    model.hf_quantizer = None  # dequantized fp32 weights; drop the gguf marker to save
+    setattr(model, "hf_quantizer", None)  # noqa: B010 -- dequantized fp32 weights; drop the gguf marker to save
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     model.save_pretrained(str(tmp))
@@ -91,4 +91,6 @@ def load(
     path = resolve(model, on_convert)
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    return hf.to(device).eval(), tok
+    hf.to(device)  # type: ignore[arg-type]
+    hf.train(False)
+    return hf, tok

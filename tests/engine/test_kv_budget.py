@@ -1,0 +1,115 @@
+"""The KV budget: requests that can never fit fail at submit; a full cache makes requests wait.
+
+A waiting request is admitted when room frees up and still decodes exactly; columns shared by
+reference (tree mode) stay alive while any sequence still reads them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_ref import RefCache, Run, drain, greedy, make_engine, rand_prompt, step
+
+from parafill.backends.engine.kv import BudgetError
+
+MODES = ["rows", "tree"]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models: dict[str, torch.nn.Module]) -> torch.nn.Module:
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_refs: dict[str, RefCache]) -> RefCache:
+    return tiny_refs["llama"]
+
+
+@pytest.mark.parametrize(("mode", "budget", "rows", "room"), [
+    ("rows", 256, 4, 64),  # a row holds budget / rows
+    ("tree", 64, 4, 64),  # one row holds the whole budget
+])
+def test_request_larger_than_a_row_is_refused_at_submit(
+    llama: torch.nn.Module, mode: str, budget: int, rows: int, room: int
+) -> None:
+    eng, _ = make_engine(llama, mode=mode, budget_tokens=budget, rows=rows)
+    prompt = rand_prompt(torch.Generator().manual_seed(1), 40)
+    with pytest.raises(BudgetError, match=rf"needs {room + 1} KV slots.*holds {room}"):
+        eng.submit(prompt, greedy(room + 1 - 40))
+    assert not eng.waiting and not eng.live
+    i = eng.submit(prompt, greedy(room - 40))  # exactly a row's worth is fine
+    run = Run()
+    drain(eng, run, [i])
+    assert run.finish[i] == "length"
+
+
+def test_empty_prompt_is_refused(llama: torch.nn.Module) -> None:
+    eng, _ = make_engine(llama, budget_tokens=64, rows=1)
+    with pytest.raises(ValueError, match="empty"):
+        eng.submit([], greedy(4))
+
+
+@pytest.mark.parametrize(("mode", "budget", "rows"), [("rows", 128, 2), ("tree", 100, 4)])
+def test_full_cache_makes_requests_wait_then_admits_them(
+    llama: torch.nn.Module, ref: RefCache, mode: str, budget: int, rows: int
+) -> None:
+    """A (40 slots) and B (16) fill the cache; C (50) waits for B; D waits behind C."""
+    gen = torch.Generator().manual_seed(2)
+    prompts = [rand_prompt(gen, 10) for _ in range(4)]
+    lengths = [30, 6, 40, 4]
+    eng, _ = make_engine(llama, mode=mode, budget_tokens=budget, rows=rows)
+    ia, ib, ic, idd = (eng.submit(p, greedy(n)) for p, n in zip(prompts, lengths, strict=True))
+    run = Run()
+    step(eng, run)
+    assert {s.id for s in eng.live} == {ia, ib}
+    assert [s.id for s in eng.waiting] == [ic, idd]
+    while ib not in run.finish:
+        assert ic not in run.tokens
+        step(eng, run)
+    step(eng, run)
+    assert ic in {s.id for s in eng.live}
+    drain(eng, run, [ia, ib, ic, idd])
+    for i, p, n in zip((ia, ib, ic, idd), prompts, lengths, strict=True):
+        assert run.tokens[i] == ref(p, n)
+    assert int(eng.cache.refs.sum()) == 0
+
+
+def test_tree_mode_waits_for_a_free_sequence_slot(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    gen = torch.Generator().manual_seed(3)
+    prompts = [rand_prompt(gen, 8) for _ in range(3)]
+    eng, _ = make_engine(llama, mode="tree", budget_tokens=512, max_seqs=2)
+    ids = [eng.submit(p, greedy(n)) for p, n in zip(prompts, (5, 9, 6), strict=True)]
+    run = Run()
+    step(eng, run)
+    assert len(eng.live) == 2 and [s.id for s in eng.waiting] == [ids[2]]
+    drain(eng, run, ids)
+    for i, p, n in zip(ids, prompts, (5, 9, 6), strict=True):
+        assert run.tokens[i] == ref(p, n)
+
+
+def test_shared_columns_outlive_the_sequence_that_wrote_them(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """Tree mode: B reads A's prefix columns by reference; A retires and D is admitted into
+    the freed room. D must not get (and overwrite) the columns B still reads."""
+    gen = torch.Generator().manual_seed(4)
+    a = rand_prompt(gen, 24)
+    b = a[:20] + rand_prompt(gen, 3)
+    d = rand_prompt(gen, 30)
+    eng, _ = make_engine(llama, mode="tree", budget_tokens=80)
+    ia = eng.submit(a, greedy(2))  # 26 slots
+    run = Run()
+    step(eng, run)
+    ib = eng.submit(b, greedy(20))  # 20 shared + 23 own
+    step(eng, run, 2)
+    assert ia in run.finish and ib not in run.finish
+    assert eng.cache.free_cols[0] == 80 - 20 - 23  # the shared 20 are still reserved
+    idd = eng.submit(d, greedy(6))  # 36 slots: fits now, beside B's columns
+    step(eng, run)
+    assert {s.id for s in eng.live} == {ib, idd}
+    drain(eng, run, [ia, ib, idd])
+    assert run.tokens[ib] == ref(b, 20)
+    assert run.tokens[idd] == ref(d, 6)
+    assert int(eng.cache.refs.sum()) == 0
