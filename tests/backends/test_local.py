@@ -66,9 +66,16 @@ async def together(local: LocalBackend) -> tuple[list[tuple[str, int, str | None
     return results, local.forward_passes - before
 
 
-async def _idle(local: LocalBackend) -> None:
-    with anyio.fail_after(10):
-        while local.engine.live or local.engine.waiting:
+def _empty(local: LocalBackend) -> bool:
+    eng, cache = local.engine, local.engine.cache
+    full = cache.free_cols == [cache.spec.cols] * cache.spec.rows
+    return not (eng.live or eng.waiting) and full and int(cache.refs.sum()) == 0
+
+
+async def _idle(local: LocalBackend, seconds: float = 10) -> None:
+    """Wait until the engine holds no sequence and no KV column (it runs in its own thread)."""
+    with anyio.fail_after(seconds):
+        while not _empty(local):
             await anyio.sleep(0.02)
 
 
@@ -132,25 +139,27 @@ async def test_stop_string_frees_the_engine_room(local: LocalBackend) -> None:
     stop = first.strip()[:3]
     assert stop
     before = local.forward_passes
-    _, _, finish = await complete(local, _req(QUESTIONS[2], max_tokens=200, stop=(stop,)))
-    assert finish == "stop"
-    await anyio.sleep(0.3)
-    assert not local.engine.live
-    assert local.forward_passes - before < 20
+    try:
+        _, _, finish = await complete(local, _req(QUESTIONS[2], max_tokens=200, stop=(stop,)))
+        assert finish == "stop"
+        await anyio.sleep(0.3)
+        assert not local.engine.live
+        assert local.forward_passes - before < 20
+    finally:  # leave an idle engine to the next test either way
+        for seq in list(local.engine.live):
+            local.engine.cancel(seq.id)
 
 
 async def test_cancelled_consumer_frees_its_engine_room(local: LocalBackend) -> None:
     await _idle(local)
-    cache = local.engine.cache
-    free = list(cache.free_cols)
     got: list[str] = []
     with anyio.move_on_after(1.0) as scope:
         async for chunk in local.stream(_req(QUESTIONS[3], max_tokens=400)):
             got.append(chunk.text)
     assert scope.cancelled_caught
     assert got  # it was decoding when cancelled
-    await _idle(local)
-    assert cache.free_cols == free and int(cache.refs.sum()) == 0
+    await _idle(local, seconds=2)  # 400 tokens would take far longer than this
+    assert _empty(local)
 
 
 async def test_request_over_the_budget_is_refused(local: LocalBackend) -> None:

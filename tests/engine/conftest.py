@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_ref import TINY_KINDS, RefCache, tiny
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from engine_ref import TINY_KINDS, Chat, RefCache, Smol, tiny
 
 from parafill.backends.engine.weights import ModelNotFound, load
 
@@ -21,7 +20,7 @@ def tiny_refs(tiny_models: dict[str, torch.nn.Module]) -> dict[str, RefCache]:
 
 
 @pytest.fixture(scope="session")
-def smol() -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def smol() -> Smol:
     """The embedded SmolLM2-135M-Instruct (converted once, then cached)."""
     try:
         return load(None)
@@ -30,12 +29,12 @@ def smol() -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
 
 
 @pytest.fixture(scope="session")
-def smol_ref(smol: tuple[torch.nn.Module, PreTrainedTokenizerBase]) -> RefCache:
+def smol_ref(smol: Smol) -> RefCache:
     return RefCache(smol[0])
 
 
 @pytest.fixture(scope="session")
-def chat(smol: tuple[torch.nn.Module, PreTrainedTokenizerBase]):  # noqa: ANN201
+def chat(smol: Smol) -> Chat:
     """Token ids of a chat prompt (system + user, generation prompt added)."""
     tok = smol[1]
 

@@ -11,13 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.model import CompactLM, StepInput
 from parafill.backends.engine.sampling import GenParams
 
 VOCAB = 256
+Smol = tuple[torch.nn.Module, PreTrainedTokenizerBase]  # the embedded model and its tokenizer
+Chat = Callable[..., list[int]]  # (user, system=None) -> chat prompt token ids
 TINY_KINDS: dict[str, tuple[Callable[..., object], dict[str, object]]] = {
     "llama": (LlamaConfig, {"num_hidden_layers": 3}),
     "llama-bias-hd32": (LlamaConfig, {"attention_bias": True, "head_dim": 32}),
@@ -105,7 +109,7 @@ class RecordingLM(CompactLM):
         super().__init__(hf, max_positions)
         self.steps: list[StepInput] = []
 
-    def forward(self, step: StepInput, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    def forward(self, step: StepInput, k_cache: Tensor, v_cache: Tensor) -> Tensor:
         self.steps.append(step)
         return super().forward(step, k_cache, v_cache)
 

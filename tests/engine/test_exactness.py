@@ -12,8 +12,10 @@ import pytest
 import torch
 from engine_ref import (
     TINY_KINDS,
+    Chat,
     RefCache,
     Run,
+    Smol,
     drain,
     greedy,
     hf_logits,
@@ -73,7 +75,7 @@ def test_logits_match_hf_tiny(kind: str, tiny_models: dict[str, torch.nn.Module]
     torch.testing.assert_close(got, hf_logits(hf, prompt), atol=ATOL, rtol=0)
 
 
-def test_logits_match_hf_smollm2(smol, chat) -> None:  # noqa: ANN001
+def test_logits_match_hf_smollm2(smol: Smol, chat: Chat) -> None:
     hf = smol[0]
     prompt = chat("Name three colours.")
     lm = CompactLM(hf, 512)
@@ -131,7 +133,9 @@ def test_greedy_shared_prefix_tiny(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_greedy_shared_system_prompt_smollm2(mode: str, smol, chat, smol_ref) -> None:  # noqa: ANN001
+def test_greedy_shared_system_prompt_smollm2(
+    mode: str, smol: Smol, chat: Chat, smol_ref: RefCache
+) -> None:
     system = "You are a concise assistant. Answer in one short sentence, plainly."
     questions = ["What is the capital of France?", "Why is the sky blue?", "What is 2+2?"]
     prompts = [chat(q, system) for q in questions]
@@ -254,7 +258,9 @@ def test_eos_stops_without_emitting_it(
     assert run.finish[i] == "stop"
 
 
-def test_reference_loop_matches_hf_generate(smol, chat, smol_ref) -> None:  # noqa: ANN001
+def test_reference_loop_matches_hf_generate(
+    smol: Smol, chat: Chat, smol_ref: RefCache
+) -> None:
     """The hand-written reference agrees with HF generate (explicit mask: pad == eos here)."""
     hf, tok = smol
     prompt = chat("List two fruits.")

@@ -1,0 +1,104 @@
+"""Decode step time of parafill's engine vs HF generate, at widths 1/4/16/64.
+
+    python benchmarks/engine_step.py [--shapes smollm2,1.1b,8b] [--widths 1,4,16,64]
+
+Random-weight Llama models of real shapes (step time does not depend on weight values).
+Engine: ms per decode step with W sequences active (rows mode). HF: ms per generated token
+step of `generate` at batch W (eager, dynamic cache). Also the weight-streaming floor
+(weight bytes / memory bandwidth, --bandwidth GB/s) when on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from parafill.backends.engine.engine import Engine, EngineConfig
+from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.sampling import GenParams
+
+SHAPES = {
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                    tie_word_embeddings=True),
+    "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                 num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+}
+
+
+def build(name: str, device: str, dtype: torch.dtype):
+    cfg = LlamaConfig(**SHAPES[name], max_position_embeddings=4096)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def engine_ms(model, width: int, steps: int, device: str) -> float:
+    eng = Engine(CompactLM(model, 4096), EngineConfig(rows=max(width, 1),
+                                                      budget_tokens=max(width, 1) * 512))
+    for i in range(width):
+        eng.submit([1 + i, 2, 3, 4, 5, 6, 7, 8], GenParams(max_tokens=steps + 8))
+    for _ in range(3):  # prefill + warm-up
+        eng.step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        eng.step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def hf_ms(model, width: int, steps: int, device: str) -> float:
+    x = torch.arange(1, 9, device=device).repeat(width, 1)
+    kw = dict(attention_mask=torch.ones_like(x), do_sample=False, pad_token_id=0)
+    model.generate(x, max_new_tokens=2, min_new_tokens=2, **kw)
+    sync(device)
+    t0 = time.perf_counter()
+    model.generate(x, max_new_tokens=1, min_new_tokens=1, **kw)
+    sync(device)
+    t_prefill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.generate(x, max_new_tokens=steps + 1, min_new_tokens=steps + 1, **kw)
+    sync(device)
+    return (time.perf_counter() - t0 - t_prefill) / steps * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="smollm2")
+    ap.add_argument("--widths", default="1,4,16,64")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s (H100 SXM: 3350)")
+    a = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    hw = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()}"
+    print(f"hardware: {hw}, dtype {dtype}, torch {torch.__version__}")
+    print("| shape | width | engine ms/step | HF generate ms/step | HF / engine | floor ms |"
+          " engine / floor |\n|---|---|---|---|---|---|---|")
+    for name in a.shapes.split(","):
+        model = build(name, device, dtype)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        floor = weight_bytes / (a.bandwidth * 1e9) * 1e3 if device == "cuda" else float("nan")
+        for w in (int(x) for x in a.widths.split(",")):
+            e = engine_ms(model, w, a.steps, device)
+            h = hf_ms(model, w, a.steps, device)
+            print(f"| {name} | {w} | {e:.2f} | {h:.2f} | {h / e:.2f}× | {floor:.2f} | "
+                  f"{e / floor:.1f}× |", flush=True)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
