@@ -51,8 +51,9 @@ class Detokenizer:
         """Returns (new text, stopped)."""
         self.ids += ids
         text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        lead = len(text) - len(text.lstrip())  # stops never match in leading whitespace
         for s in self.stop:
-            cut = text.find(s)
+            cut = text.find(s, lead)
             if cut >= 0:
                 return self._emit(text[:cut]), True
         if final:

@@ -89,6 +89,7 @@ class SkeletonPlanner:
             max_tokens=self.skeleton_tokens,
             system=SKELETON_SYSTEM,
             expand="skeleton",
+            prefix="1.",  # start the list for the model: small models otherwise answer in prose
         )
         return Plan((skeleton,), answer=())
 
@@ -98,7 +99,7 @@ class SkeletonPlanner:
 
     def _expand(self, node: Node, text: str) -> Growth:
         question = _question_of(node)
-        points = parse_points(text, self.max_points)
+        points = parse_points(node.prefix + text, self.max_points)
         if len(points) < self.min_points:
             why = "no numbered points" if not points else f"only {len(points)} point"
             answer = direct_node(question, self.direct_tokens, "direct")

@@ -89,7 +89,7 @@ def test_unparseable_skeleton_falls_back_to_direct_answer():
 def test_expansion_prompts_share_a_prefix_and_prefill_the_point():
     planner = SkeletonPlanner()
     skeleton = planner.plan("How to learn piano?").nodes[0]
-    growth = planner.expanders["skeleton"](skeleton, "1. Find a teacher\n2. Practice daily")
+    growth = planner.expanders["skeleton"](skeleton, " Find a teacher\n2. Practice daily")
     a, b = growth.nodes
     assert isinstance(a, Node) and a.prefix == "1. Find a teacher:"
     common = len(__import__("os").path.commonprefix([a.prompt, b.prompt]))
