@@ -136,18 +136,17 @@ class LocalBackend:
         except (BudgetError, ValueError) as exc:
             raise BackendError(str(exc), retryable=False) from exc
         self._streams[seq_id] = send
-        finished = False
         try:
             async with recv, send:
                 async for chunk in _chunks(recv, Detokenizer(self.tokenizer, s.stop)):
-                    finished = chunk.finish_reason is not None
                     yield chunk
-                    if finished:
+                    if chunk.finish_reason is not None:
                         return
         finally:
             self._streams.pop(seq_id, None)
-            if not finished:
-                self.engine.cancel(seq_id)
+            # a stop string, a consumer that left, or cancellation: free the engine's room
+            # (a no-op when the engine already retired the sequence)
+            self.engine.cancel(seq_id)
 
     def _deliver(self, outs: list[StepOutput]) -> None:
         # called in the engine thread: hand the whole step to the event loop at once

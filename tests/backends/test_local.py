@@ -6,7 +6,7 @@ stop strings cut; a cancelled consumer frees its engine room; over-budget reques
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
@@ -30,6 +30,16 @@ N = 16
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """A 135M model on a busy 2-core box runs faster on one thread than on two that wait
+    for each other; torch's setting is process-wide, so it covers the engine thread too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +141,6 @@ async def test_stop_string_cuts_the_text(
     assert 0 < tokens < N
 
 
-@pytest.mark.xfail(strict=True, reason="local.stream does not cancel the engine sequence "
-                   "when a stop string ends it; the engine decodes on to max_tokens")
 async def test_stop_string_frees_the_engine_room(local: LocalBackend) -> None:
     await _idle(local)
     first, _, _ = await complete(local, _req(QUESTIONS[2], max_tokens=4))

@@ -126,8 +126,10 @@ class RecordingLM(CompactLM):
         )
 
 
-def make_engine(hf: torch.nn.Module, **config: object) -> tuple[Engine, RecordingLM]:
-    lm = RecordingLM(hf, 512)
+def make_engine(
+    hf: torch.nn.Module, max_positions: int = 512, **config: object
+) -> tuple[Engine, RecordingLM]:
+    lm = RecordingLM(hf, max_positions)
     return Engine(lm, EngineConfig(**config)), lm  # type: ignore[arg-type]
 
 

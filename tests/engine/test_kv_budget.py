@@ -113,3 +113,76 @@ def test_shared_columns_outlive_the_sequence_that_wrote_them(
     assert run.tokens[ib] == ref(b, 20)
     assert run.tokens[idd] == ref(d, 6)
     assert int(eng.cache.refs.sum()) == 0
+
+
+@pytest.mark.parametrize("config", [
+    {"mode": "rows", "rows": 1, "budget_tokens": 64},
+    {"mode": "tree", "max_seqs": 1, "budget_tokens": 128},
+], ids=["rows", "tree"])
+def test_one_sequence_slot_still_serves_requests_sharing_a_prefix(
+    llama: torch.nn.Module, ref: RefCache, config: dict[str, object]
+) -> None:
+    """A shared-prefix holder must not take the last slot: its forks could never start."""
+    gen = torch.Generator().manual_seed(5)
+    common = rand_prompt(gen, 24)
+    prompts = [common + rand_prompt(gen, 2), common + rand_prompt(gen, 3)]
+    eng, _ = make_engine(llama, **config)
+    ids = [eng.submit(p, greedy(5)) for p in prompts]
+    run = Run()
+    drain(eng, run, ids, max_steps=50)
+    for i, p in zip(ids, prompts, strict=True):
+        assert run.tokens[i] == ref(p, 5)
+
+
+def test_request_past_the_position_table_is_refused_at_submit(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """Fits the KV budget but not the model's 64 positions: refused up front, so it cannot
+    fail the forward (and with it every request sharing the step) when it gets there."""
+    gen = torch.Generator().manual_seed(6)
+    short, long = rand_prompt(gen, 8), rand_prompt(gen, 60)
+    eng, _ = make_engine(llama, max_positions=64, mode="tree", budget_tokens=1024)
+    i = eng.submit(short, greedy(20))
+    with pytest.raises(BudgetError, match="needs 70 positions.*set up for 64"):
+        eng.submit(long, greedy(10))
+    run = Run()
+    drain(eng, run, [i])
+    assert run.tokens[i] == ref(short, 20) and run.finish[i] == "length"
+
+
+@pytest.mark.parametrize("config", [
+    {"mode": "rows", "rows": 3, "budget_tokens": 192},
+    {"mode": "tree", "max_seqs": 3, "budget_tokens": 512},
+], ids=["rows", "tree"])
+def test_more_forks_than_room_wait_for_the_shared_prefix(
+    llama: torch.nn.Module, ref: RefCache, config: dict[str, object]
+) -> None:
+    """Four requests share a prefix but only two fit beside its holder: the others fork later
+    from the same (kept) prefix, which is prefilled once."""
+    gen = torch.Generator().manual_seed(7)
+    common = rand_prompt(gen, 20)
+    prompts = [common + [10 + k, *rand_prompt(gen, 2)] for k in range(4)]
+    lengths = [4, 9, 6, 5]
+    eng, lm = make_engine(llama, **config)
+    ids = [eng.submit(p, greedy(n)) for p, n in zip(prompts, lengths, strict=True)]
+    run = Run()
+    step(eng, run, 2)
+    assert [s.id for s in eng.waiting] == ids[2:]
+    drain(eng, run, ids)
+    for i, p, n in zip(ids, prompts, lengths, strict=True):
+        assert run.tokens[i] == ref(p, n)
+    assert lm.fed_where(lambda _t, pos: pos < len(common)) == len(common)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_identical_prompts_share_all_but_their_last_token(
+    llama: torch.nn.Module, ref: RefCache, mode: str
+) -> None:
+    prompt = rand_prompt(torch.Generator().manual_seed(8), 20)
+    eng, lm = make_engine(llama, mode=mode, budget_tokens=512, rows=4)
+    ids = [eng.submit(prompt, greedy(n)) for n in (3, 7, 5)]
+    run = Run()
+    drain(eng, run, ids)
+    for i, n in zip(ids, (3, 7, 5), strict=True):
+        assert run.tokens[i] == ref(prompt, n)
+    assert lm.fed - (2 + 6 + 4) == len(prompt) + 3  # the prefix once, then each last token

@@ -65,7 +65,11 @@ class Engine:
     def submit(self, prompt: list[int], params: GenParams) -> int:
         if not prompt:
             raise ValueError("prompt is empty")
-        self.cache.check_fits(len(prompt) + params.max_tokens)
+        need = len(prompt) + params.max_tokens
+        self.cache.check_fits(need)
+        if need > len(self.model.cos):  # past the rotary table the step fails for everyone in it
+            raise BudgetError(f"request needs {need} positions but the model is set up for "
+                              f"{len(self.model.cos)}; raise max_positions or lower max_tokens")
         with self._inbox.lock:
             seq_id = self._next_id
             self._next_id += 1
@@ -155,7 +159,8 @@ class Engine:
             return False  # a shared prefix is being prefilled; fork from it next step
         sibling = max((longest_match(seq.prompt, [w])[1] for w in self.waiting if w is not seq),
                       default=0)
-        if sibling >= max(m + self.config.min_share, self.config.min_share):
+        roomy = len(self.free_slots) >= 2  # a prefix in the last slot would block its forks
+        if roomy and sibling >= max(m + self.config.min_share, self.config.min_share):
             prefix = Seq(-1, seq.prompt[:sibling], GenParams(max_tokens=0), None, prefix_only=True)
             self._place(prefix, donor, m)
             return False
