@@ -141,5 +141,12 @@ def _guard(fn: typer.models.CommandFunctionType) -> None:
         raise typer.Exit(2) from exc
 
 
+# Subcommands that live in their own modules register themselves here (one line each).
+# Imported at the bottom: those modules may import helpers from this one.
+from parafill import cli_commands  # noqa: E402
+
+cli_commands.register_all(app)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
