@@ -20,7 +20,14 @@ import torch
 from anyio.streams.memory import MemoryObjectSendStream
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from parafill.backends.base import BackendError, Capabilities, Chunk, Message, Request
+from parafill.backends.base import (
+    BackendError,
+    Capabilities,
+    Chunk,
+    Message,
+    Request,
+    Sampling,
+)
 from parafill.backends.base import render_messages as _render
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.kv import BudgetError, Mode
@@ -127,12 +134,15 @@ class LocalBackend:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
         return list(self.tokenizer.encode(text))
 
-    async def stream(self, request: Request) -> AsyncIterator[Chunk]:
-        s = request.sampling
+    def stream(self, request: Request) -> AsyncIterator[Chunk]:
+        return self.stream_ids(self.encode(request.messages), request.sampling)
+
+    async def stream_ids(self, ids: list[int], s: Sampling) -> AsyncIterator[Chunk]:
+        """Stream a continuation of raw token ids (no chat template: completions endpoints)."""
         params = GenParams(s.max_tokens, s.temperature, s.top_p, s.seed, self._eos)
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
         try:
-            seq_id = self.engine.submit(self.encode(request.messages), params)
+            seq_id = self.engine.submit(ids, params)
         except (BudgetError, ValueError) as exc:
             raise BackendError(str(exc), retryable=False) from exc
         self._streams[seq_id] = send
