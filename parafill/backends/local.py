@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -137,7 +137,7 @@ class LocalBackend:
     def stream(self, request: Request) -> AsyncIterator[Chunk]:
         return self.stream_ids(self.encode(request.messages), request.sampling)
 
-    async def stream_ids(self, ids: list[int], s: Sampling) -> AsyncIterator[Chunk]:
+    async def stream_ids(self, ids: list[int], s: Sampling) -> AsyncGenerator[Chunk, None]:
         """Stream a continuation of raw token ids (no chat template: completions endpoints)."""
         params = GenParams(s.max_tokens, s.temperature, s.top_p, s.seed, self._eos)
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)

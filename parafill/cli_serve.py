@@ -1,0 +1,87 @@
+"""`parafill serve`: the OpenAI-compatible HTTP server (parafill.server) run by uvicorn.
+
+Opens the local engine once, then serves until Ctrl-C; binds 127.0.0.1 unless told otherwise.
+The API key comes from --api-key or PARAFILL_API_KEY (none: no key is asked for).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+import uvicorn
+from rich.console import Console
+
+from parafill.backends.engine.weights import ModelNotFound
+from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.planners.skeleton import SkeletonPlanner
+from parafill.server import ServerSettings, create_app
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_QUANT = re.compile(r"\.(q\d\w*|f16|f32|bf16)$", re.I)
+
+
+def served_name(model: str | None) -> str:
+    """What /v1/models calls the model: its directory name or GGUF file stem, no quant tag."""
+    if model is None:
+        return "SmolLM2-135M-Instruct"
+    path = Path(model)
+    return _QUANT.sub("", path.stem if path.suffix == ".gguf" else path.name)
+
+
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Local HF model directory or .gguf file.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="PARAFILL_API_KEY", help="Require this Bearer key.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="Engine packing: rows | tree.")] = "rows",
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 1024,
+    default_max_tokens: Annotated[int, typer.Option(help="When a request does not say.")] = 256,
+    budget_tokens: Annotated[int, typer.Option(help="KV cache size in tokens.")] = 16384,
+    rows: Annotated[int, typer.Option(help="rows mode: concurrent sequences.")] = 16,
+    name: Annotated[str | None, typer.Option(help="Model id in /v1/models.")] = None,
+    skeleton_tokens: Annotated[int, typer.Option(help="parafill-sot skeleton cap.")] = 128,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible)."""
+    if mode not in ("rows", "tree"):
+        err.print(f"[red]error:[/red] --mode must be rows or tree, not {mode!r}")
+        raise typer.Exit(2)
+    local = LocalConfig(model=model, mode=mode, budget_tokens=budget_tokens, rows=rows)  # type: ignore[arg-type]
+    settings = ServerSettings(
+        model_name=name or served_name(model),
+        max_tokens=max_tokens,
+        default_max_tokens=default_max_tokens,
+        api_key=api_key or None,
+        sot=SkeletonPlanner(skeleton_tokens=skeleton_tokens),
+    )
+    try:
+        anyio.run(_serve, local, settings, (host, port, log_level))
+    except ModelNotFound as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+async def _serve(local: LocalConfig, settings: ServerSettings, where: tuple[str, int, str]) -> None:
+    host, port, log_level = where
+    async with LocalBackend.open(
+        local, on_convert=lambda m: err.print(f"[yellow]{m}[/yellow]")
+    ) as b:
+        uv = uvicorn.Config(create_app(b, settings), host=host, port=port, log_level=log_level)
+        key = " (API key required)" if settings.api_key else ""
+        err.print(
+            f"parafill serve: {settings.model_name!r} and 'parafill-sot' on "
+            f"http://{host}:{port}/v1{key}"
+        )
+        await uvicorn.Server(uv).serve()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,193 @@
+"""`create_app(backend, settings)`: the FastAPI app of `parafill serve` over an open LocalBackend.
+
+Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions. Handlers validate,
+check limits against the engine's context *before* anything is submitted (so a bad request is a
+400, never a broken stream), then hand a `Job` to `direct` (the model itself) or `sot`
+(`parafill-sot`). The backend's lifetime belongs to the caller (the CLI or a test).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from parafill.backends.base import BackendError, Sampling
+from parafill.backends.local import LocalBackend
+from parafill.orchestrator.runner import RunFailed
+from parafill.planners.skeleton import SkeletonPlanner
+from parafill.server import direct, sot
+from parafill.server.direct import Job, Kind
+from parafill.server.errors import APIError, APIKeyGate, install_handlers
+from parafill.server.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    unsupported,
+)
+from parafill.server.sse import EventStream
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_name: str = "SmolLM2-135M-Instruct"
+    max_tokens: int = 1024  # the most a request may ask for (larger: 400)
+    default_max_tokens: int = 256  # chat requests that do not say
+    api_key: str | None = None
+    sot: SkeletonPlanner = field(default_factory=SkeletonPlanner)
+
+
+def create_app(backend: LocalBackend, settings: ServerSettings | None = None) -> FastAPI:
+    cfg = settings or ServerSettings()
+    app = FastAPI(title="parafill serve", docs_url=None, redoc_url=None, openapi_url=None)
+    install_handlers(app)
+    if cfg.api_key:
+        app.add_middleware(APIKeyGate, key=cfg.api_key)
+    born = int(time.time())
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        ids = (cfg.model_name, sot.NAME)
+        return ModelList(data=[ModelCard(id=i, created=born) for i in ids])
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest) -> Response:
+        return await _chat(backend, cfg, req)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest) -> Response:
+        return await _text(backend, cfg, req)
+
+    return app
+
+
+async def _chat(backend: LocalBackend, cfg: ServerSettings, req: ChatRequest) -> Response:
+    _check_common(cfg, req)
+    if not req.messages:
+        raise APIError(400, "messages must contain at least one message", param="messages")
+    msgs = tuple(m.to_message() for m in req.messages)
+    ids = backend.encode(msgs)
+    if req.model == sot.NAME:
+        return await _sot(backend, cfg, req, ids)
+    job = _job("chat", backend, cfg, req, ids, "messages")
+    return await _respond(backend, job, req.stream)
+
+
+async def _text(backend: LocalBackend, cfg: ServerSettings, req: CompletionRequest) -> Response:
+    _check_common(cfg, req)
+    if req.model == sot.NAME:
+        raise APIError(
+            400,
+            f"{sot.NAME} is a chat model: use /v1/chat/completions",
+            param="model",
+            code="model_not_supported",
+        )
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        if len(prompt) != 1:
+            raise APIError(400, "send one prompt per request", param="prompt")
+        prompt = prompt[0]
+    ids = (
+        [int(i) for i in prompt]
+        if isinstance(prompt, list)
+        else list(backend.tokenizer.encode(prompt, add_special_tokens=False))
+    )
+    job = _job("text", backend, cfg, req, ids, "prompt")
+    return await _respond(backend, job, req.stream)
+
+
+def _check_common(cfg: ServerSettings, req: ChatRequest | CompletionRequest) -> None:
+    if req.model not in (cfg.model_name, sot.NAME):
+        raise APIError(
+            404,
+            f"the model {req.model!r} does not exist; this server has "
+            f"{cfg.model_name!r} and {sot.NAME!r}",
+            param="model",
+            code="model_not_found",
+        )
+    if bad := unsupported(req):
+        raise APIError(400, bad[1], param=bad[0], code="unsupported_parameter")
+    if (asked := req.limit) is not None and asked > cfg.max_tokens:
+        name = (
+            "max_completion_tokens"
+            if isinstance(req, ChatRequest) and req.max_completion_tokens
+            else "max_tokens"
+        )
+        raise APIError(
+            400,
+            f"{name} is {asked}, over this server's limit of {cfg.max_tokens}",
+            param=name,
+            code="max_tokens_over_limit",
+        )
+
+
+def _room(
+    backend: LocalBackend, cfg: ServerSettings, n_prompt: int, asked: int | None, param: str
+) -> int:
+    """Tokens to generate: as asked, or the default cut to what the context leaves."""
+    engine = backend.engine
+    context = min(engine.cache.spec.cols, len(engine.model.cos))  # KV row, rotary table
+    if n_prompt == 0:
+        raise APIError(400, f"{param} is empty", param=param)
+    want = asked or min(cfg.default_max_tokens, cfg.max_tokens)
+    if asked is None and n_prompt < context:
+        want = min(want, context - n_prompt)
+    if n_prompt + want > context:
+        raise APIError(
+            400,
+            f"this model's context holds {context} tokens; the {param} has "
+            f"{n_prompt} and max_tokens asks for {want}",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return want
+
+
+def _job(
+    kind: Kind,
+    backend: LocalBackend,
+    cfg: ServerSettings,
+    req: ChatRequest | CompletionRequest,
+    ids: list[int],
+    param: str,
+) -> Job:
+    n = _room(backend, cfg, len(ids), req.limit, param)
+    s = Sampling(n, req.temperature, req.top_p, req.seed, req.stops)
+    return Job.new(kind, req.model, ids, s, req.include_usage)
+
+
+async def _respond(backend: LocalBackend, job: Job, streaming: bool) -> Response:
+    if streaming:
+        return EventStream(direct.stream(backend, job), _describe)
+    try:
+        whole = await direct.complete(backend, job)
+    except BackendError as exc:
+        raise APIError(500, f"generation failed: {exc}") from exc
+    return JSONResponse(whole.model_dump(exclude_none=True))
+
+
+async def _sot(
+    backend: LocalBackend, cfg: ServerSettings, req: ChatRequest, ids: list[int]
+) -> Response:
+    users = [m for m in req.messages if m.role == "user"]
+    if not users:
+        raise APIError(400, f"{sot.NAME} needs a user message (the question)", param="messages")
+    question = users[-1].to_message().content
+    planner = sot.planner_for(cfg.sot, req.limit)
+    _room(backend, cfg, len(ids), planner.point_tokens, "messages")
+    job = Job.new("chat", req.model, ids, Sampling(planner.point_tokens), req.include_usage)
+    if req.stream:
+        return EventStream(sot.stream(backend, planner, question, job), _describe)
+    try:
+        whole = await sot.complete(backend, planner, question, job)
+    except RunFailed as exc:
+        raise APIError(500, f"{sot.NAME} failed: {exc}") from exc
+    return JSONResponse(whole.model_dump(exclude_none=True))
+
+
+def _describe(exc: Exception) -> dict[str, dict[str, str | None]]:
+    return APIError(500, f"generation failed: {exc}").body()

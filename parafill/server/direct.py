@@ -1,0 +1,132 @@
+"""The plain model: one prompt's continuation from LocalBackend, whole or as OpenAI chunks.
+
+Chat and text completions differ only in the prompt (chat template or raw ids, decided by the
+handler) and in the shape of a choice; both are a `Job` here. Token counts come from the
+engine: prompt ids as submitted, completion tokens as summed from `Chunk.tokens`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from parafill.backends.base import Sampling
+from parafill.backends.local import LocalBackend
+from parafill.server.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChunkChoice,
+    Completion,
+    Delta,
+    ObjectKind,
+    TextChoice,
+    Usage,
+)
+from parafill.server.sse import Produce, Write, event
+
+Kind = Literal["chat", "text"]
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: Kind
+    model: str
+    prompt: tuple[int, ...]
+    sampling: Sampling
+    include_usage: bool = False
+    id: str = ""
+    created: int = 0
+
+    @staticmethod
+    def new(kind: Kind, model: str, prompt: list[int], sampling: Sampling, usage: bool) -> Job:
+        prefix = "chatcmpl" if kind == "chat" else "cmpl"
+        return Job(
+            kind,
+            model,
+            tuple(prompt),
+            sampling,
+            usage,
+            f"{prefix}-{secrets.token_hex(12)}",
+            int(time.time()),
+        )
+
+    def whole(self, text: str, finish: str | None, usage: Usage) -> Completion:
+        choices: list[ChatChoice] | list[TextChoice]
+        if self.kind == "chat":
+            msg = AssistantMessage(content=text)
+            choices = [ChatChoice(message=msg, finish_reason=finish)]
+        else:
+            choices = [TextChoice(text=text, finish_reason=finish)]
+        obj: ObjectKind = "chat.completion" if self.kind == "chat" else "text_completion"
+        return Completion(
+            id=self.id,
+            object=obj,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=usage,
+        )
+
+    def chunk(
+        self,
+        text: str | None,
+        finish: str | None = None,
+        *,
+        first: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """One SSE event carrying a text increment (and/or the finish reason)."""
+        choices: list[ChunkChoice] | list[TextChoice]
+        if self.kind == "chat":
+            delta = Delta(role="assistant" if first else None, content=text)
+            choices = [ChunkChoice(delta=delta, finish_reason=finish)]
+        else:
+            choices = [TextChoice(text=text or "", finish_reason=finish)]
+        obj: ObjectKind = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        body = Completion(
+            id=self.id,
+            object=obj,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            parafill=extra,
+        )
+        return event(body.model_dump_json(exclude_none=True))
+
+    def usage_chunk(self, usage: Usage) -> str:
+        """The last event when stream_options.include_usage: no choices, only usage."""
+        obj: ObjectKind = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        body = Completion(
+            id=self.id, object=obj, created=self.created, model=self.model, choices=[], usage=usage
+        )
+        return event(body.model_dump_json(exclude_none=True))
+
+
+async def complete(backend: LocalBackend, job: Job) -> Completion:
+    parts: list[str] = []
+    tokens, finish = 0, None
+    async with aclosing(backend.stream_ids(list(job.prompt), job.sampling)) as chunks:
+        async for c in chunks:
+            parts.append(c.text)
+            tokens += c.tokens
+            finish = c.finish_reason or finish
+    return job.whole("".join(parts), finish, Usage.of(len(job.prompt), tokens))
+
+
+def stream(backend: LocalBackend, job: Job) -> Produce:
+    async def produce(write: Write) -> None:
+        if job.kind == "chat":
+            await write(job.chunk("", first=True))  # OpenAI opens with the role
+        tokens = 0
+        async with aclosing(backend.stream_ids(list(job.prompt), job.sampling)) as chunks:
+            async for c in chunks:
+                tokens += c.tokens
+                if c.text or c.finish_reason:
+                    await write(job.chunk(c.text, c.finish_reason))
+        if job.include_usage:
+            await write(job.usage_chunk(Usage.of(len(job.prompt), tokens)))
+
+    return produce
