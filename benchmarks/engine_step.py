@@ -3,8 +3,10 @@
     python benchmarks/engine_step.py [--shapes smollm2,1.1b,8b] [--widths 1,4,16,64]
 
 Random-weight Llama models of real shapes (step time does not depend on weight values).
-Engine: ms per decode step with W sequences active (rows mode). HF: ms per generated token
-step of `generate` at batch W (eager, dynamic cache). Also the weight-streaming floor
+Engine: ms per decode step with W sequences active (rows mode; on CUDA the static-shape
+step replayed as a CUDA graph, and the eager step beside it). HF: ms per generated token
+step of `generate` at batch W (eager, dynamic cache; and with --hf-static, the static cache
+that transformers compiles with torch.compile). Also the weight-streaming floor
 (weight bytes / memory bandwidth, --bandwidth GB/s) when on CUDA.
 """
 
@@ -43,9 +45,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def engine_ms(model, width: int, steps: int, device: str) -> float:
-    eng = Engine(CompactLM(model, 4096), EngineConfig(rows=max(width, 1),
-                                                      budget_tokens=max(width, 1) * 512))
+def engine_ms(model, width: int, steps: int, device: str, decode: str = "auto") -> float:
+    cfg = EngineConfig(rows=max(width, 1), budget_tokens=max(width, 1) * 512, decode=decode)
+    eng = Engine(CompactLM(model, 4096), cfg)
     for i in range(width):
         eng.submit([1 + i, 2, 3, 4, 5, 6, 7, 8], GenParams(max_tokens=steps + 8))
     for _ in range(3):  # prefill + warm-up
@@ -58,9 +60,12 @@ def engine_ms(model, width: int, steps: int, device: str) -> float:
     return (time.perf_counter() - t0) / steps * 1e3
 
 
-def hf_ms(model, width: int, steps: int, device: str) -> float:
+def hf_ms(model, width: int, steps: int, device: str, static: bool = False) -> float:
     x = torch.arange(1, 9, device=device).repeat(width, 1)
     kw = dict(attention_mask=torch.ones_like(x), do_sample=False, pad_token_id=0)
+    if static:  # transformers compiles the forward itself when the cache is static
+        kw["cache_implementation"] = "static"
+        model.generate(x, max_new_tokens=steps + 1, min_new_tokens=steps + 1, **kw)
     model.generate(x, max_new_tokens=2, min_new_tokens=2, **kw)
     sync(device)
     t0 = time.perf_counter()
@@ -79,22 +84,30 @@ def main() -> None:
     ap.add_argument("--widths", default="1,4,16,64")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s (H100 SXM: 3350)")
+    ap.add_argument("--hf-static", default="", help="shapes to also time HF static cache + "
+                    "torch.compile on (slow to compile), e.g. 1.1b")
     a = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     hw = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(f"hardware: {hw}, dtype {dtype}, torch {torch.__version__}")
-    print("| shape | width | engine ms/step | HF generate ms/step | HF / engine | floor ms |"
-          " engine / floor |\n|---|---|---|---|---|---|---|")
+    cuda = device == "cuda"
+    print("| shape | width | engine ms/step | engine eager ms | HF generate ms | HF static+compile ms"
+          " | HF / engine | floor ms | engine / floor | engine / width-1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in a.shapes.split(","):
         model = build(name, device, dtype)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        floor = weight_bytes / (a.bandwidth * 1e9) * 1e3 if device == "cuda" else float("nan")
+        floor = weight_bytes / (a.bandwidth * 1e9) * 1e3 if cuda else float("nan")
+        base = None
         for w in (int(x) for x in a.widths.split(",")):
             e = engine_ms(model, w, a.steps, device)
+            eager = engine_ms(model, w, a.steps, device, "eager") if cuda else float("nan")
             h = hf_ms(model, w, a.steps, device)
-            print(f"| {name} | {w} | {e:.2f} | {h:.2f} | {h / e:.2f}× | {floor:.2f} | "
-                  f"{e / floor:.1f}× |", flush=True)
+            hs = hf_ms(model, w, a.steps, device, True) if name in a.hf_static else float("nan")
+            base = base or e
+            print(f"| {name} | {w} | {e:.2f} | {eager:.2f} | {h:.2f} | {hs:.2f} | {h / e:.2f}× "
+                  f"| {floor:.2f} | {e / floor:.2f}× | {e / base:.2f}× |", flush=True)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()

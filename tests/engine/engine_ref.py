@@ -129,8 +129,14 @@ class RecordingLM(CompactLM):
 def make_engine(
     hf: torch.nn.Module, max_positions: int = 512, **config: object
 ) -> tuple[Engine, RecordingLM]:
+    """`mode` may be "rows-static" / "tree-static": decode steps then run at static shapes
+    with device-side state (the CUDA-graph path, run eagerly on CPU)."""
+    mode = str(config.pop("mode", "rows"))
+    if mode.endswith("-static"):
+        config["decode"] = "static"
     lm = RecordingLM(hf, max_positions)
-    return Engine(lm, EngineConfig(**config)), lm  # type: ignore[arg-type]
+    engine = Engine(lm, EngineConfig(mode=mode.removesuffix("-static"), **config))  # type: ignore[arg-type]
+    return engine, lm
 
 
 @dataclass

@@ -45,6 +45,7 @@ def test_same_seed_same_tokens(llama: torch.nn.Module, prompt: list[int],
     assert len(seeded_alone) == N
     assert _alone(llama, prompt, SEEDED) == seeded_alone
     assert _alone(llama, prompt, SEEDED, mode="tree") == seeded_alone
+    assert _alone(llama, prompt, SEEDED, mode="tree-static") == seeded_alone
 
 
 def test_different_seeds_differ(llama: torch.nn.Module, prompt: list[int],
@@ -53,7 +54,7 @@ def test_different_seeds_differ(llama: torch.nn.Module, prompt: list[int],
     assert all(o != seeded_alone for o in others)
 
 
-@pytest.mark.parametrize("mode", ["rows", "tree"])
+@pytest.mark.parametrize("mode", ["rows", "tree", "rows-static", "tree-static"])
 def test_seeded_tokens_do_not_depend_on_step_mates(
     llama: torch.nn.Module, prompt: list[int], seeded_alone: list[int], mode: str
 ) -> None:

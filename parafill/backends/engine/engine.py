@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
+from parafill.backends.engine.graphs import StaticDecoder
 from parafill.backends.engine.kv import BudgetError, CacheSpec, KVCache, Mode
 from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import GenParams, make_generator, pick
@@ -28,6 +30,9 @@ class EngineConfig:
     prefill_chunk: int = 512  # prompt tokens fed per step, over all sequences
     min_share: int = 16  # shortest prefix worth sharing
     max_seqs: int = 256  # tree mode: concurrent sequences
+    # decode-only steps: "eager" builds inputs on the host each step; "static" runs them at
+    # fixed shapes with device-side state (CUDA graphs on a GPU); "auto": static on CUDA
+    decode: Literal["auto", "eager", "static"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,12 @@ class Engine:
         spec = CacheSpec.from_budget(cfg.mode, cfg.budget_tokens, cfg.rows)
         self.cache = KVCache(spec, model.shapes, model.dtype, str(model.device))
         slots = spec.rows if cfg.mode == "rows" else cfg.max_seqs
-        self.vis = torch.zeros(slots, spec.cols, dtype=torch.bool, device=model.device)
+        # which KV columns each slot's sequence sees; the extra last slot is for padding lanes
+        self.vis = torch.zeros(slots + 1, self.cache.width, dtype=torch.bool, device=model.device)
         self.free_slots = list(range(slots))
+        cuda = model.device.type == "cuda"
+        static = cfg.decode == "static" or (cfg.decode == "auto" and cuda)
+        self.decoder = StaticDecoder(model, self.cache, self.vis, slots, cuda) if static else None
         self.waiting: list[Seq] = []
         self.live: list[Seq] = []
         self.steps = 0
@@ -111,14 +120,29 @@ class Engine:
         return outs
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
-        step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)
-        logits = self.model.forward(step, self.cache.k, self.cache.v)
+        decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
+        if self.decoder is not None and decode_only:
+            tokens = self.decoder.step(work)  # device-side state; marks the columns visible
+            for seq in work:
+                seq.fed += 1
+            sampled = work
+        else:
+            sampled, tokens = self._eager_forward(work)
         self.steps += 1
+        return self._emit(sampled, tokens)
+
+    def _eager_forward(self, work: list[Seq]) -> tuple[list[Seq], list[int]]:
+        step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)
+        if self.decoder is not None:
+            self.decoder.fresh = False  # its device-side tokens and positions are now stale
+        logits = self.model.forward(step, self.cache.k, self.cache.v)
         for seq, cols in plan.written:
             self.vis[seq.slot, torch.tensor(cols, device=self.vis.device)] = True
             seq.fed += len(cols)
         sampled = plan.sampled
-        tokens = pick(logits, [s.params for s in sampled], [s.gen for s in sampled])
+        return sampled, pick(logits, [s.params for s in sampled], [s.gen for s in sampled])
+
+    def _emit(self, sampled: list[Seq], tokens: list[int]) -> list[StepOutput]:
         outs = []
         for seq, tok in zip(sampled, tokens, strict=True):
             seq.generated.append(tok)

@@ -4,6 +4,8 @@ The cache is R rows x L columns per layer. In `rows` mode each sequence owns one
 forked prefix is copied into it); in `tree` mode there is one row and every sequence owns a
 set of its columns, sharing prefix columns by reference (refcounted). Sized once from a
 budget; allocation never grows it, so running out is a wait or a clear error, not an OOM.
+Each row has spare columns past `spec.cols` that are never allocated: the static decode step
+sends its padding lanes' K/V to the first of them (`scratch`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def bytes_per_token(shapes: Shapes, dtype: torch.dtype) -> int:
 class KVCache:
     def __init__(self, spec: CacheSpec, shapes: Shapes, dtype: torch.dtype, device: str) -> None:
         self.spec = spec
-        size = (shapes.layers, spec.rows, shapes.kv_heads, spec.cols, shapes.head_dim)
+        self.scratch = spec.cols
+        self.width = -(-(spec.cols + 1) // 8) * 8  # physical columns: aligned, with scratch
+        size = (shapes.layers, spec.rows, shapes.kv_heads, self.width, shapes.head_dim)
         self.k = torch.zeros(size, dtype=dtype, device=device)
         self.v = torch.zeros(size, dtype=dtype, device=device)
         self.refs = torch.zeros(spec.rows, spec.cols, dtype=torch.int32)  # host-side

@@ -112,15 +112,24 @@ class CompactLM:
         r, _, nq, length = step.mask.shape
         qp = q.new_zeros(r, nq, s.heads, s.head_dim)
         qp[step.rows, step.qslots] = q
-        out = F.scaled_dot_product_attention(
-            qp.transpose(1, 2),  # (R, H, Q, D)
-            k_cache[i, :r, :, :length],  # (R, Hkv, L, D)
-            v_cache[i, :r, :, :length],
-            attn_mask=step.mask,
-            enable_gqa=s.heads != s.kv_heads,
-        )  # (R, H, Q, D)
-        out = out.transpose(1, 2)[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
+        out = _grouped_attention(
+            qp, k_cache[i, :r, :, :length], v_cache[i, :r, :, :length], step.mask, s.kv_heads
+        )  # (R, Q, H, D)
+        out = out[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
         return _proj(out, attn.o_proj)  # o_proj has a bias in Llama with attention_bias
+
+
+def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: int) -> Tensor:
+    """q (R, Q, H, D), k/v (R, Hkv, L, D), mask (R, 1, Q, L) -> (R, Q, H, D).
+
+    The G = H / Hkv query heads that share a KV head are folded into the query axis, so the
+    kernel reads each KV head once (no repeated K/V, and the fused kernels accept it)."""
+    r, nq, h, d = q.shape
+    g = h // kv_heads
+    qg = q.view(r, nq, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(r, kv_heads, g * nq, d)
+    m = mask[:, :, None].expand(r, 1, g, nq, mask.shape[-1]).reshape(r, 1, g * nq, -1)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m)  # (R, Hkv, G*Q, D)
+    return out.view(r, kv_heads, g, nq, d).permute(0, 3, 1, 2, 4).reshape(r, nq, h, d)
 
 
 def _proj(h: Tensor, lin: Any) -> Tensor:

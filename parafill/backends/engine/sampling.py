@@ -39,11 +39,11 @@ def pick(
     greedy = logits.argmax(dim=-1).tolist()
     for i, (p, gen) in enumerate(zip(params, gens, strict=True)):
         if gen is not None:
-            greedy[i] = _sample(logits[i].cpu(), p, gen)
+            greedy[i] = sample_one(logits[i].cpu(), p, gen)
     return [int(t) for t in greedy]
 
 
-def _sample(logits: Tensor, p: GenParams, gen: torch.Generator) -> int:
+def sample_one(logits: Tensor, p: GenParams, gen: torch.Generator) -> int:
     probs = torch.softmax(logits / p.temperature, dim=-1)
     if p.top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)

@@ -1,0 +1,162 @@
+"""Decode steps at static shapes, replayed as CUDA graphs: the engine's GPU fast path.
+
+A decode-only step (every active sequence feeds one token) runs over fixed lanes: in rows
+mode one lane per cache row; in tree mode the lanes are padded to a power-of-two bucket and
+all query row 0. Tokens, positions and slots stay on the device: the step looks up each
+lane's KV column in a per-slot column table, marks it visible, builds the attention mask
+from the visibility table, writes K/V, takes the greedy token and advances the positions —
+no host work per lane. The host re-uploads lane state only when the set of lanes changes or
+an eager step ran in between. On CPU the same step runs eagerly (that is how it is tested
+against the reference); on CUDA it is captured once per bucket and replayed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from parafill.backends.engine.kv import KVCache
+from parafill.backends.engine.model import CompactLM, StepInput
+from parafill.backends.engine.sampling import sample_one
+from parafill.backends.engine.step import Seq
+
+TOKEN, POSITION, SLOT, LIVE = range(4)
+
+
+@dataclass(frozen=True)
+class _Lanes:
+    """Static buffers of one bucket of B lanes."""
+
+    state: Tensor  # (4, B) long: token, position, slot, live (1 for a real lane)
+    rows: Tensor  # (B,) KV row of each lane's query
+    qslots: Tensor  # (B,) query index of each lane within its row
+    index: Tensor  # (B,) arange: every lane wants logits
+    logits: Tensor  # (B, V) float
+    out: Tensor  # (B,) greedy next token
+
+
+class StaticDecoder:
+    def __init__(
+        self, model: CompactLM, cache: KVCache, vis: Tensor, max_lanes: int, graphs: bool
+    ) -> None:
+        self.model, self.cache, self.vis = model, cache, vis  # vis: (slots + 1, width)
+        self.tree = cache.spec.mode == "tree"
+        self.max_lanes = max_lanes
+        self.pad_slot = vis.shape[0] - 1
+        self.graphs = graphs
+        dev = model.device
+        self.col_table = torch.full(
+            (vis.shape[0], cache.spec.cols), cache.scratch, dtype=torch.long, device=dev
+        )  # (slots + 1, cols): KV column of each position; the pad slot maps to scratch
+        self._table_owner: dict[int, int] = {}  # slot -> seq id whose columns are uploaded
+        self._lanes: dict[int, _Lanes] = {}
+        self._captured: dict[int, torch.cuda.CUDAGraph] = {}
+        self._pool: Any = None  # one CUDA graph memory pool for every bucket
+        self._key: tuple[int, ...] = ()
+        self.fresh = False  # device lane state matches the host's sequences
+        self.replays = 0  # static steps run (for tests and benchmarks)
+
+    def step(self, work: list[Seq]) -> list[int]:
+        """One decode step for `work` (each feeds exactly one token); next token per seq."""
+        layout = self._layout(work)
+        lanes = self._get_lanes(len(layout))
+        key = tuple(s.id if s is not None else -1 for s in layout)
+        if key != self._key or not self.fresh:
+            self._upload(lanes, layout)
+            self._key = key
+        self._run(lanes)
+        self.replays += 1
+        toks = lanes.out.tolist()  # the one host sync per step
+        for b, s in enumerate(layout):
+            if s is not None and s.gen is not None:  # sampled (not greedy) lanes
+                toks[b] = sample_one(lanes.logits[b].cpu(), s.params, s.gen)
+                lanes.state[TOKEN, b] = toks[b]
+        self.fresh = True
+        lane_of = {s.id: b for b, s in enumerate(layout) if s is not None}
+        return [int(toks[lane_of[s.id]]) for s in work]
+
+    def _layout(self, work: list[Seq]) -> list[Seq | None]:
+        if not self.tree:
+            layout: list[Seq | None] = [None] * self.cache.spec.rows
+            for s in work:
+                layout[s.row] = s
+            return layout
+        bucket = 1
+        while bucket < len(work):
+            bucket *= 2
+        return [*work, *([None] * (min(bucket, self.max_lanes) - len(work)))]
+
+    def _get_lanes(self, b: int) -> _Lanes:
+        if b not in self._lanes:
+            dev = self.model.device
+            ar = torch.arange(b, device=dev)
+            zeros = torch.zeros(b, dtype=torch.long, device=dev)
+            rows, qslots = (zeros, ar) if self.tree else (ar, zeros)
+            state = torch.zeros(4, b, dtype=torch.long, device=dev)
+            logits = torch.zeros(b, self.model.shapes.vocab, device=dev)
+            self._lanes[b] = _Lanes(state, rows, qslots, ar, logits, zeros.clone())
+        return self._lanes[b]
+
+    def _upload(self, lanes: _Lanes, layout: list[Seq | None]) -> None:
+        host = [
+            [0] * len(layout),
+            [0] * len(layout),
+            [self.pad_slot] * len(layout),
+            [0] * len(layout),
+        ]
+        for b, s in enumerate(layout):
+            if s is None:
+                continue
+            host[TOKEN][b], host[POSITION][b] = s.token(s.fed), s.fed
+            host[SLOT][b], host[LIVE][b] = s.slot, 1
+            if self._table_owner.get(s.slot) != s.id:  # a new sequence in this slot
+                cols = torch.tensor(s.cols, dtype=torch.long)
+                self.col_table[s.slot, : len(s.cols)] = cols.to(self.col_table.device)
+                self._table_owner[s.slot] = s.id
+        lanes.state.copy_(torch.tensor(host, dtype=torch.long))
+
+    def _body(self, lanes: _Lanes) -> None:
+        """The captured step. Every shape is fixed by the bucket."""
+        slots, pos = lanes.state[SLOT], lanes.state[POSITION]
+        cols = self.col_table[slots, pos]  # (B,)
+        self.vis[slots, cols] = True
+        seen = self.vis[slots]  # (B, width)
+        mask = seen[None, None] if self.tree else seen[:, None, None]  # (R, 1, Q, width)
+        step = StepInput(lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index)
+        logits = self.model.forward(step, self.cache.k, self.cache.v)
+        lanes.logits.copy_(logits)
+        lanes.out.copy_(logits.argmax(dim=-1))
+        lanes.state[TOKEN].copy_(lanes.out)
+        lanes.state[POSITION].add_(lanes.state[LIVE])
+
+    def _run(self, lanes: _Lanes) -> None:
+        b = lanes.index.shape[0]
+        if not self.graphs:
+            self._body(lanes)
+            return
+        if b not in self._captured:
+            self._captured[b] = self._capture(lanes)
+        self._captured[b].replay()
+
+    def _capture(self, lanes: _Lanes) -> torch.cuda.CUDAGraph:
+        """Warm up and capture on padding lanes only (they touch scratch columns), then put
+        the real lane state back."""
+        real = lanes.state.clone()
+        pad = torch.tensor([0, 0, self.pad_slot, 0], device=real.device)[:, None]
+        lanes.state.copy_(pad.expand_as(real))
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._body(lanes)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._body(lanes)
+        lanes.state.copy_(real)
+        return graph
