@@ -1,0 +1,134 @@
+"""The official `openai` client against `parafill serve`: models, chat and completions, whole and
+streamed; texts equal what the LocalBackend produces directly at temperature 0; usage counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from conftest import KEY, MODEL, Served
+from openai import OpenAI
+
+from parafill.backends.base import Message, Request, Sampling, complete
+from parafill.backends.local import LocalBackend
+
+QUESTION = "Explain what a compiler does."
+N = 12
+
+
+@pytest.fixture(scope="module")
+def client(served: Served) -> Iterator[OpenAI]:
+    with OpenAI(base_url=served.url, api_key=KEY, max_retries=0, timeout=120) as c:
+        yield c
+
+
+def _direct(served: Served, question: str, sampling: Sampling) -> tuple[str, int, str | None]:
+    req = Request((Message("user", question),), sampling)
+    return served.portal.call(complete, served.backend, req)
+
+
+async def _raw(backend: LocalBackend, ids: list[int], n: int) -> tuple[str, int]:
+    parts, tokens = [], 0
+    async for c in backend.stream_ids(ids, Sampling(max_tokens=n)):
+        parts.append(c.text)
+        tokens += c.tokens
+    return "".join(parts), tokens
+
+
+def test_models_lists_the_model_and_the_pipeline(client: OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL, "parafill-sot"]
+
+
+def test_chat_equals_the_local_backend_and_counts_usage(client: OpenAI, served: Served) -> None:
+    got = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        max_tokens=N,
+        temperature=0,
+    )
+    want, tokens, finish = _direct(served, QUESTION, Sampling(max_tokens=N))
+    assert got.choices[0].message.content == want and want
+    assert got.choices[0].finish_reason == finish == "length"
+    prompt = len(served.backend.encode((Message("user", QUESTION),)))
+    assert got.usage is not None
+    assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (prompt, tokens) == (prompt, N)
+    assert got.usage.total_tokens == prompt + N
+    assert got.object == "chat.completion" and got.id.startswith("chatcmpl-")
+
+
+def test_streamed_chat_equals_the_whole_one(client: OpenAI) -> None:
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(
+        model=MODEL,
+        messages=msgs,
+        max_tokens=N,  # type: ignore[arg-type]
+        temperature=0,
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=msgs,
+            max_tokens=N,
+            temperature=0,
+            stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and not any(finishes[:-1])
+    assert not chunks[-1].choices and chunks[-1].usage == whole.usage  # the usage chunk
+    assert all(c.usage is None for c in chunks[:-1])
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_completions_use_the_raw_prompt(client: OpenAI, served: Served) -> None:
+    prompt = "The three primary colors are"
+    got = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0)
+    ids = list(served.backend.tokenizer.encode(prompt, add_special_tokens=False))
+    want, tokens = served.portal.call(_raw, served.backend, ids, 8)
+    assert got.choices[0].text == want and want.strip()
+    assert got.usage is not None and (got.usage.prompt_tokens, got.usage.completion_tokens) == (
+        len(ids),
+        tokens,
+    )
+    streamed = client.completions.create(
+        model=MODEL, prompt=[prompt], max_tokens=8, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == want
+    by_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0)
+    assert by_ids.choices[0].text == want
+
+
+def test_stop_strings_and_max_completion_tokens(client: OpenAI, served: Served) -> None:
+    text, _, _ = _direct(served, QUESTION, Sampling(max_tokens=N))
+    k = len(text) // 2
+    stop = text[k : k + 3]
+    got = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_completion_tokens=N,
+        stop=["\x00never", stop],
+    )
+    assert got.choices[0].message.content == text[: text.find(stop)]
+    assert got.choices[0].finish_reason == "stop"
+    assert got.usage is not None and got.usage.completion_tokens < N
+
+
+def test_seed_makes_sampling_reproducible(client: OpenAI) -> None:
+    def once(seed: int) -> str | None:
+        got = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Name a fruit."}],
+            max_tokens=6,
+            temperature=1.5,
+            top_p=1.0,
+            seed=seed,
+        )
+        return got.choices[0].message.content
+
+    assert once(11) == once(11)
+    assert len({once(s) for s in (1, 2, 3)}) > 1  # the seed reaches the sampler
