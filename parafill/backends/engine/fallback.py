@@ -1,0 +1,144 @@
+"""The slow path for architectures the compact forward does not know (GPT-2, Phi, Gemma, ...).
+
+Same surface as `Engine` (submit / cancel / step / serve), but each sequence keeps its own
+HF cache and every step runs the HF model's own forward once per active sequence: no packing,
+no shared prefixes, no static shapes. It exists so any causal LM works, correctly; the local
+backend says so when it picks it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
+from parafill.backends.engine.kv import BudgetError
+from parafill.backends.engine.model import CompactLM, supports
+from parafill.backends.engine.sampling import GenParams, make_generator, pick
+
+
+@dataclass(eq=False)
+class _Seq:
+    id: int
+    prompt: list[int]
+    params: GenParams
+    gen: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    past: Any = None  # the HF cache of this sequence
+
+
+class FallbackEngine:
+    def __init__(self, hf_model: Any, config: EngineConfig, max_positions: int) -> None:
+        self.hf = hf_model
+        self.config = config
+        self.max_positions = max_positions
+        self.device = next(hf_model.parameters()).device
+        self.live: list[_Seq] = []
+        self.waiting: list[_Seq] = []
+        self.steps = 0
+        self._lock = threading.Condition()
+        self._submitted: list[_Seq] = []
+        self._cancelled: set[int] = set()
+        self._next_id = 0
+
+    def submit(self, prompt: list[int], params: GenParams) -> int:
+        if not prompt:
+            raise ValueError("prompt is empty")
+        need = len(prompt) + params.max_tokens
+        if need > min(self.max_positions, self.config.budget_tokens):
+            raise BudgetError(
+                f"request needs {need} positions/KV slots but this model is set "
+                f"up for {min(self.max_positions, self.config.budget_tokens)}"
+            )
+        with self._lock:
+            seq_id, self._next_id = self._next_id, self._next_id + 1
+            self._submitted.append(_Seq(seq_id, list(prompt), params, make_generator(params)))
+            self._lock.notify()
+        return seq_id
+
+    def cancel(self, seq_id: int) -> None:
+        with self._lock:
+            self._cancelled.add(seq_id)
+            self._lock.notify()
+
+    def wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
+    def serve(self, deliver: Callable[[list[StepOutput]], None], stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._lock:
+                if not (self.live or self.waiting or self._submitted):
+                    self._lock.wait(timeout=0.05)
+            outs = self.step()
+            if outs:
+                deliver(outs)
+
+    def step(self) -> list[StepOutput]:
+        outs = self._drain()
+        outs += [self._safe_advance(seq) for seq in list(self.live)]
+        if self.live or outs:
+            self.steps += 1
+        return outs
+
+    def _drain(self) -> list[StepOutput]:
+        with self._lock:
+            self.waiting += self._submitted
+            cancelled, self._submitted, self._cancelled = self._cancelled, [], set()
+        outs = [
+            StepOutput(s.id, (), "cancelled") for s in self.waiting + self.live if s.id in cancelled
+        ]
+        self.waiting = [s for s in self.waiting if s.id not in cancelled]
+        self.live = [s for s in self.live if s.id not in cancelled]
+        while self.waiting and self._fits(self.waiting[0]):
+            self.live.append(self.waiting.pop(0))
+        return outs
+
+    def _fits(self, seq: _Seq) -> bool:
+        held = sum(len(s.prompt) + s.params.max_tokens for s in self.live)
+        room = held + len(seq.prompt) + seq.params.max_tokens <= self.config.budget_tokens
+        return room and len(self.live) < self.config.max_seqs
+
+    def _safe_advance(self, seq: _Seq) -> StepOutput:
+        try:
+            return self._advance(seq)
+        except Exception as exc:  # a failed forward fails its sequence, not the loop
+            self.live.remove(seq)
+            return StepOutput(seq.id, (), "error", f"{type(exc).__name__}: {exc}")
+
+    @torch.inference_mode()
+    def _advance(self, seq: _Seq) -> StepOutput:
+        new = seq.prompt if seq.past is None else seq.generated[-1:]
+        ids = torch.tensor([new], device=self.device)
+        seen = len(seq.prompt) + len(seq.generated)
+        mask = torch.ones(1, seen, dtype=torch.long, device=self.device)
+        out = self.hf(input_ids=ids, attention_mask=mask, past_key_values=seq.past, use_cache=True)
+        seq.past = out.past_key_values
+        tok = pick(out.logits[0, -1:].float(), [seq.params], [seq.gen])[0]
+        seq.generated.append(tok)
+        if tok in seq.params.eos_ids:
+            self.live.remove(seq)
+            return StepOutput(seq.id, (), "stop")
+        if len(seq.generated) >= seq.params.max_tokens:
+            self.live.remove(seq)
+            return StepOutput(seq.id, (tok,), "length")
+        return StepOutput(seq.id, (tok,))
+
+
+def build_engine(
+    hf_model: Any, config: EngineConfig, max_positions: int, notify: Callable[[str], None]
+) -> Engine | FallbackEngine:
+    """The compact engine where the architecture is known; the HF fallback (with a notice)
+    otherwise."""
+    if supports(hf_model):
+        return Engine(CompactLM(hf_model, max_positions), config)
+    kind = getattr(hf_model.config, "model_type", "?")
+    notify(
+        f"model type {kind!r} is not supported by parafill's compact forward; using the "
+        "slower HF fallback (one forward per request per step, no prefix sharing or packing)"
+    )
+    return FallbackEngine(hf_model, config, max_positions)
