@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import typer
 
-from parafill import cli_serve
+from parafill import cli_plans, cli_serve
 
 
 def register_all(app: typer.Typer) -> None:
     """Attach every out-of-module subcommand to the `parafill` app."""
     _ = app  # modules add one line each below
     cli_serve.register(app)
+    cli_plans.register(app)
