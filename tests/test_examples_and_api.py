@@ -74,3 +74,24 @@ async def test_stream_cancellation_frees_the_engine(backend):
     with anyio.fail_after(5):
         while backend.engine.live or backend.engine.waiting:
             await anyio.sleep(0.05)
+
+
+async def test_dag_example_prints_steps_with_their_inputs(capsys):
+    question = "What is the total cost of 3 books at 12 dollars each and 2 pens at 3 dollars each?"
+    result = await _load("dag_question").main(question, 10, 12)
+    printed = capsys.readouterr().out
+    grown = result.plan.nodes[1:]
+    for node in grown:
+        assert f"[{node.id}] uses {', '.join(node.deps) or 'nothing'}:" in printed
+    if result.plan.answer == ("join",):  # the plan parsed: the join used every step
+        assert result.plan.node("join").deps == tuple(n.id for n in grown[:-1])
+    else:  # it did not: the answer came directly and the notes say why
+        assert any("answered directly" in n for n in result.notes)
+
+
+async def test_parallel_reasoning_example_prints_the_vote(capsys):
+    result = await _load("parallel_reasoning").main("What is 12 times 4?", 3, 20)
+    printed = capsys.readouterr().out
+    assert printed.count("[branch-") == 3
+    (note,) = result.notes
+    assert note in printed and note.startswith(("vote over 3 branches", "synthesis over 3"))
