@@ -127,3 +127,16 @@ async def test_real_model_vote_counts_every_branch():
     (winner_id,) = result.plan.answer
     assert extract_answer(result.results[winner_id].text) == max(counts, key=counts.get)
     assert all(result.results[f"branch-{k}"].tokens <= 24 for k in (1, 2, 3))
+
+
+def test_cli_rejects_bad_join_and_branch_counts_before_loading_a_model():
+    from typer.testing import CliRunner
+
+    from parafill.cli import app
+
+    res = CliRunner().invoke(app, ["reason", "Q?", "--join", "median"])
+    assert (
+        res.exit_code == 2 and "--join must be auto, vote or synthesis, not 'median'" in res.output
+    )
+    res = CliRunner().invoke(app, ["reason", "Q?", "--branches", "0"])
+    assert res.exit_code == 2 and "--branches must be 1..16, not 0" in res.output
