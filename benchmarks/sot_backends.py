@@ -1,0 +1,140 @@
+"""Skeleton-of-thought through a llama.cpp server vs asking it directly, vs parafill's own engine.
+
+    python benchmarks/sot_backends.py [--limit 20] [--direct-tokens 256] [--note "idle machine"]
+
+Questions: the first --limit of benchmarks/data/mt_bench_first20.jsonl (MT-bench, Apache-2.0).
+Per question, in one run and back to back: (1) parafill SoT over `python -m llama_cpp.server`
+(embedded SmolLM2 Q4_1 GGUF, started on 127.0.0.1 as the tests do) through OpenAIBackend,
+(2) the same server answering directly, (3) SoT on parafill's LocalBackend (SmolLM2 fp32),
+(4) LocalBackend answering directly. Greedy throughout. Note: llama-cpp-python's server runs
+one request at a time (a global lock; no parallel slots), so SoT's points queue there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import anyio
+import torch
+
+import parafill
+from parafill.backends.local import LocalBackend
+from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig
+from parafill.orchestrator.plan import RunResult
+from parafill.planners.static import DirectPlanner
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "backends"))
+from llama_server import llama_server, skip_reason  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "mt_bench_first20.jsonl"
+OUT = Path(__file__).parent / "results" / "sot_backends_cpu.md"
+COLUMNS = ("llama SoT", "llama direct", "local SoT", "local direct")
+
+
+def cell(r: RunResult) -> str:
+    return f"{r.seconds:.1f} s / {r.tokens}"
+
+
+def points(r: RunResult) -> str:
+    n = sum(1 for a in r.plan.answer if a.startswith("point-"))
+    return str(n) if n else "direct"
+
+
+async def one_question(
+    q: str, llama: OpenAIBackend, local: LocalBackend, args: argparse.Namespace
+) -> list[RunResult]:
+    sot = parafill.SkeletonPlanner(
+        skeleton_tokens=args.skeleton_tokens,
+        point_tokens=args.point_tokens,
+        direct_tokens=args.direct_tokens,
+    )
+    direct = DirectPlanner(args.direct_tokens)
+    out = []
+    for backend, planner in ((llama, sot), (llama, direct), (local, sot), (local, direct)):
+        out.append(await parafill.arun(q, backend=backend, planner=planner))
+    return out
+
+
+def summary(rows: list[list[RunResult]]) -> list[str]:
+    total = [sum(r[i].seconds for r in rows) for i in range(4)]
+    med = [
+        statistics.median(r[a].seconds / r[b].seconds for r in rows)
+        for a, b in ((1, 0), (3, 2), (0, 2), (1, 3))
+    ]
+    return [
+        "",
+        "| | llama SoT | llama direct | local SoT | local direct |",
+        "|---|---|---|---|---|",
+        "| total wall s | " + " | ".join(f"{t:.1f}" for t in total) + " |",
+        "| total tokens | "
+        + " | ".join(str(sum(r[i].tokens for r in rows)) for i in range(4))
+        + " |",
+        "",
+        f"- SoT speed-up on llama.cpp (direct / SoT, median per question): {med[0]:.2f}× "
+        f"(totals {total[1] / total[0]:.2f}×)",
+        f"- SoT speed-up on parafill's engine (direct / SoT, median): {med[1]:.2f}× "
+        f"(totals {total[3] / total[2]:.2f}×)",
+        f"- SoT: llama.cpp time / parafill-engine time (median; > 1: the engine is faster): "
+        f"{med[2]:.2f}×",
+        f"- direct: llama.cpp time / parafill-engine time (median): {med[3]:.2f}×",
+    ]
+
+
+async def main(args: argparse.Namespace, qs: list[str]) -> str:
+    lines = [
+        f"# SoT over llama.cpp vs parafill's engine\n\n{hardware(args)}\n",
+        "Cells: wall s / tokens. llama = `python -m llama_cpp.server` (SmolLM2-135M Q4_1, "
+        f"{os.environ.get('PARAFILL_LLAMA_THREADS', '1')} thread(s), one request at a time:"
+        " no parallel slots in llama-cpp-python's server); local = parafill LocalBackend "
+        f"(SmolLM2-135M fp32, rows mode). Greedy; direct max {args.direct_tokens} tokens.\n",
+        "| # | points (llama / local) | " + " | ".join(COLUMNS) + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = []
+    with llama_server(Path(args.log), n_ctx=2048) as server:
+        cfg = OpenAIConfig(base_urls=(server.url,), model=server.model, timeout=600)
+        async with OpenAIBackend(cfg) as llama, LocalBackend.open() as local:
+            for i, q in enumerate(qs, 1):
+                rows.append(await one_question(q, llama, local, args))
+                r = rows[-1]
+                lines.append(
+                    f"| {i} | {points(r[0])} / {points(r[2])} | "
+                    + " | ".join(cell(x) for x in r)
+                    + " |"
+                )
+                print(lines[-1], flush=True)
+    return "\n".join(lines + summary(rows)) + "\n"
+
+
+def hardware(args: argparse.Namespace) -> str:
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"hardware: {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}; "
+        f"{args.note}"
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--skeleton-tokens", type=int, default=128)
+    ap.add_argument("--point-tokens", type=int, default=96)
+    ap.add_argument("--direct-tokens", type=int, default=256)
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--log", default="/tmp/parafill_llama_server.log")
+    ap.add_argument("--note", default="machine state not stated")
+    a = ap.parse_args()
+    if (why := skip_reason()) is not None:
+        sys.exit(f"cannot run: {why}")
+    questions = [json.loads(line)["turns"][0] for line in DATA.read_text().splitlines()]
+    report = anyio.run(main, a, questions[: a.limit])
+    print("\n" + report)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(report)
