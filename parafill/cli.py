@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
 import anyio
+import torch
 import typer
 from rich.console import Console
 
@@ -22,6 +23,8 @@ from parafill.cli_view import RunView, summary
 from parafill.orchestrator.plan import Plan, PlanError, RunResult
 from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
 from parafill.planners.base import Planner
+from parafill.planners.costs import CostModel, cache_path, cached
+from parafill.planners.router import RouterPlanner, features
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.planners.static import DirectPlanner
 
@@ -47,9 +50,17 @@ def run(
     skeleton_tokens: int = 128,
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
+    plan: Annotated[
+        str, typer.Option("--plan", help="auto (router decides) | always (decompose) | never.")
+    ] = "auto",
 ) -> None:
-    """Answer QUESTION with skeleton-of-thought: outline, then fill every point in parallel."""
-    planner = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
+    """Answer QUESTION: the router decides whether skeleton-of-thought (outline, then fill
+    every point in parallel) pays, or whether to answer directly; the result says why."""
+    if plan not in ("auto", "always", "never"):
+        err.print(f"[red]error:[/red] --plan must be auto, always or never, not {plan!r}")
+        raise typer.Exit(2)
+    skeleton = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
+    planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     direct = DirectPlanner(direct_tokens) if compare else None
     _guard(lambda: anyio.run(_run, question, planner, direct, model, mode, as_json))
 
@@ -77,6 +88,8 @@ async def _run(
 ) -> None:
     cfg = LocalConfig(model=model, mode=mode)  # type: ignore[arg-type]
     async with LocalBackend.open(cfg, on_convert=lambda m: err.print(f"[yellow]{m}[/yellow]")) as b:
+        if isinstance(planner, RouterPlanner) and _needs_costs(planner, target):
+            planner = replace(planner, cost=await _costs(b, model, mode))
         result = await _one(target, planner, b, show=True)
         baseline = await _one(target, direct, b, show=False) if direct else None
     if as_json:
@@ -103,6 +116,22 @@ async def _one(
     finally:
         if view:
             view.close()
+
+
+def _needs_costs(planner: RouterPlanner, target: str | Plan) -> bool:
+    auto = planner.mode == "auto" and planner.cost is None
+    return auto and isinstance(target, str) and features(target) is None
+
+
+async def _costs(backend: LocalBackend, model: str | None, mode: str) -> CostModel:
+    key = f"{model or 'embedded-smollm2'}-{mode}-{_device_name()}"
+    if not cache_path(key).exists():
+        err.print("[dim]router: measuring this backend's step time once (cached)...[/dim]")
+    return await cached(backend, key)
+
+
+def _device_name() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _as_dict(result: RunResult, baseline: RunResult | None) -> dict[str, object]:

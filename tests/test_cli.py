@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from parafill.backends.engine import weights
 from parafill.cli import app
 
-SMALL = ["--max-points", "3", "--point-tokens", "12", "--skeleton-tokens", "40",
+SMALL = ["--plan", "always", "--max-points", "3", "--point-tokens", "12", "--skeleton-tokens", "40",
          "--direct-tokens", "16"]
 runner = CliRunner()
 
@@ -60,3 +60,17 @@ def test_plan_file_errors_name_the_node(tmp_path):
     bad.write_text("{not json")
     res = runner.invoke(app, ["plan", str(bad)])
     assert res.exit_code == 2 and "cannot use plan" in res.output
+
+
+def test_router_answers_short_facts_directly_and_says_why():
+    res = runner.invoke(app, ["run", "What is the capital of France?", "--direct-tokens", "12"])
+    assert res.exit_code == 0, res.output
+    assert "router: direct — short factual question (6 words)" in res.output
+    assert "skeleton" not in res.output.split("router:")[0]  # no skeleton node ran
+    assert "Paris" in res.output
+
+
+def test_plan_option_is_validated():
+    res = runner.invoke(app, ["run", "hi", "--plan", "sometimes"])
+    assert res.exit_code == 2
+    assert "--plan must be auto, always or never" in res.output

@@ -47,6 +47,7 @@ class Plan:
     nodes: tuple[Node, ...]
     answer: tuple[str, ...] = ()  # node ids joined into the answer, in order
     separator: str = "\n\n"
+    notes: tuple[str, ...] = ()  # planner decisions (e.g. the router's), kept in the result
 
     def node(self, node_id: str) -> Node:
         for n in self.nodes:
@@ -163,6 +164,7 @@ class PlanModel(BaseModel):
     nodes: list[NodeModel]
     answer: list[str] = Field(default_factory=list)
     separator: str = "\n\n"
+    notes: list[str] = Field(default_factory=list)
 
     @staticmethod
     def from_plan(plan: Plan) -> PlanModel:
@@ -170,14 +172,16 @@ class PlanModel(BaseModel):
             NodeModel.model_validate({**_fields(n), "deps": list(n.deps), "stop": list(n.stop)})
             for n in plan.nodes
         ]
-        return PlanModel(nodes=nodes, answer=list(plan.answer), separator=plan.separator)
+        return PlanModel(
+            nodes=nodes, answer=list(plan.answer), separator=plan.separator, notes=list(plan.notes)
+        )
 
     def to_plan(self) -> Plan:
         nodes = tuple(
             Node(**{**n.model_dump(), "deps": tuple(n.deps), "stop": tuple(n.stop)})
             for n in self.nodes
         )
-        return Plan(nodes, tuple(self.answer), self.separator)
+        return Plan(nodes, tuple(self.answer), self.separator, tuple(self.notes))
 
 
 def _fields(n: Node) -> dict[str, object]:

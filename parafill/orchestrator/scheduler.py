@@ -28,7 +28,7 @@ class Scheduler:
         self.status: dict[str, Status] = {n.id: Status.PENDING for n in plan.nodes}
         self.results: dict[str, NodeResult] = {}
         self.errors: dict[str, str] = {}
-        self.notes: list[str] = []
+        self.notes: list[str] = list(plan.notes)
 
     def ready(self) -> list[Node]:
         """Pending nodes whose dependencies are all done, in plan order."""
