@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from parafill.backends.base import BackendError, Sampling
+from parafill.backends.engine.fallback import FallbackEngine
 from parafill.backends.local import LocalBackend
 from parafill.orchestrator.runner import RunFailed
 from parafill.planners.skeleton import SkeletonPlanner
@@ -129,8 +130,7 @@ def _room(
     backend: LocalBackend, cfg: ServerSettings, n_prompt: int, asked: int | None, param: str
 ) -> int:
     """Tokens to generate: as asked, or the default cut to what the context leaves."""
-    engine = backend.engine
-    context = min(engine.cache.spec.cols, len(engine.model.cos))  # KV row, rotary table
+    context = _context(backend)
     if n_prompt == 0:
         raise APIError(400, f"{param} is empty", param=param)
     want = asked or min(cfg.default_max_tokens, cfg.max_tokens)
@@ -145,6 +145,15 @@ def _room(
             code="context_length_exceeded",
         )
     return want
+
+
+def _context(backend: LocalBackend) -> int:
+    """The most tokens (prompt + completion) one sequence may hold; the engines' submit
+    checks the same bounds, but a request must be refused before its stream starts."""
+    eng = backend.engine
+    if isinstance(eng, FallbackEngine):
+        return min(eng.max_positions, eng.config.budget_tokens)
+    return min(eng.cache.spec.cols, len(eng.model.cos))  # a KV row, the rotary table
 
 
 def _job(
