@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from parafill import cli_plans, cli_serve
+from parafill import cli_plans, cli_serve, cli_write
 
 
 def register_all(app: typer.Typer) -> None:
@@ -15,3 +15,4 @@ def register_all(app: typer.Typer) -> None:
     _ = app  # modules add one line each below
     cli_serve.register(app)
     cli_plans.register(app)
+    cli_write.register(app)

@@ -1,0 +1,98 @@
+"""`parafill write "topic" --out doc.md`: plan a document, fill its sections in parallel with a
+live view, write the Markdown file and print the run summary.
+
+It only wires the document planner to the local backend and the shared run view; planning and
+assembling live in `parafill.planners.document`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+
+from parafill.backends.engine.weights import ModelNotFound
+from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.cli_view import RunView, summary
+from parafill.orchestrator.plan import RunResult
+from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
+from parafill.planners.document import DocumentPlanner, OutlineLimits
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("write")(write)
+
+
+def write(
+    topic: str,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Markdown file to write (default: print it).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Local HF model directory or .gguf file.")
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Engine packing: rows | tree.")] = "rows",
+    max_sections: Annotated[int, typer.Option(help="Cap on top-level sections.")] = 5,
+    max_subsections: Annotated[int, typer.Option(help="Cap on subsections per section.")] = 3,
+    section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
+    outline_tokens: Annotated[int, typer.Option(help="Token budget of the outline.")] = 120,
+) -> None:
+    """Write a Markdown document on TOPIC: outline, then every section filled in parallel."""
+    if out_path is not None and not out_path.parent.is_dir():
+        err.print(f"[red]error:[/red] cannot write {str(out_path)!r}: its folder does not exist")
+        raise typer.Exit(2)
+    try:
+        limits = OutlineLimits(max_sections=max_sections, max_subsections=max_subsections)
+        planner = DocumentPlanner(
+            limits,
+            outline_tokens=outline_tokens,
+            section_tokens=section_tokens,
+            summary_tokens=max(8, section_tokens // 4),
+            frame_tokens=section_tokens,
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    config = LocalConfig(model=model, mode=mode)  # type: ignore[arg-type]
+    try:
+        result = anyio.run(_write, topic, planner, config)
+    except ModelNotFound as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except RunFailed as exc:  # keep what was written: the file gets every finished part
+        err.print(f"[red]error:[/red] {exc}")
+        _emit(planner, exc.result, out_path)
+        raise typer.Exit(1) from exc
+    _emit(planner, result, out_path)
+
+
+async def _write(topic: str, planner: DocumentPlanner, config: LocalConfig) -> RunResult:
+    on_convert = lambda m: err.print(f"[yellow]{m}[/yellow]")  # noqa: E731
+    async with LocalBackend.open(config, on_convert=on_convert) as backend:
+        view = RunView.create(err)
+        try:
+            plan = planner.plan(topic)
+            return await run_plan(
+                plan, backend, RunConfig(), expanders=planner.expanders, emit=view
+            )
+        finally:
+            view.close()
+
+
+def _emit(planner: DocumentPlanner, result: RunResult, path: Path | None) -> None:
+    document = planner.markdown(result)
+    if result.notes:
+        out.print(f"[dim]{'; '.join(result.notes)}[/dim]")
+    if path is None:
+        out.print(document, markup=False)
+    else:
+        path.write_text(document, encoding="utf-8")
+        headings = sum(1 for line in document.splitlines() if line.startswith("## "))
+        out.print(f"wrote {path} ({headings} sections, {len(document.split())} words)")
+    out.print(f"[bold]parafill write[/bold]: {summary(result)}")
