@@ -95,3 +95,15 @@ async def test_parallel_reasoning_example_prints_the_vote(capsys):
     assert printed.count("[branch-") == 3
     (note,) = result.notes
     assert note in printed and note.startswith(("vote over 3 branches", "synthesis over 3"))
+
+
+async def test_write_document_example_writes_intro_last_but_first_in_markdown(capsys):
+    md = await _load("write_document").main("How bees make honey", 3, 12)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("[outline] ") and printed[1].startswith("outline: 3 sections")
+    done = [ln[1 : ln.index("]")] for ln in printed if ln.startswith("[")]
+    bodies = [d for d in done if d[0].isdigit()]
+    assert len(bodies) == 3 and done.index("intro") > max(done.index(b) for b in bodies)
+    headings = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert headings[0] == "## Introduction" and headings[-1] == "## Conclusion"
+    assert [h[3:5] for h in headings[1:-1]] == ["1.", "2.", "3."]

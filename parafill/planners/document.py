@@ -54,7 +54,8 @@ class OutlineLimits:
             raise ValueError(f"max_depth is {self.max_depth}: 1 (sections) or 2 (subsections)")
         if not 1 <= self.min_sections <= self.max_sections or self.max_subsections < 0:
             raise ValueError(
-                f"need 1 <= min_sections <= max_sections, max_subsections >= 0: {self}"
+                f"need 1 <= min_sections ({self.min_sections}) <= max_sections "
+                f"({self.max_sections}) and max_subsections ({self.max_subsections}) >= 0"
             )
 
 
@@ -284,9 +285,8 @@ _STOP: Stops = ("\n#",)  # a new heading means the model ran on into the next pa
 
 @dataclass(frozen=True)
 class DocumentPlanner:
-    """Plans a Markdown document. Section summaries are small nodes of their own (one short
-    parallel stage after the bodies) so the introduction and conclusion read one sentence per
-    section instead of every body: shorter prompts, which a small model follows better."""
+    """Section summaries are nodes of their own (one short parallel stage after the bodies):
+    intro and conclusion then read a sentence per section, not every body (short prompts)."""
 
     limits: OutlineLimits = OutlineLimits()
     outline_tokens: int = 120
@@ -296,9 +296,10 @@ class DocumentPlanner:
     direct_tokens: int = 512
 
     def plan(self, question: str) -> Plan:
-        prompt = OUTLINE_PROMPT.format(topic=question)
-        node = _node("outline", self.outline_tokens, prompt, stop=("\n\n",))  # list ends
-        return Plan((replace(node, expand="outline", prefix=OUTLINE_PREFIX),), answer=())
+        stop = ("\n\n", f"\n{self.limits.max_sections + 3}.")  # list ended, or runs on
+        node = _node("outline", self.outline_tokens, OUTLINE_PROMPT.format(topic=question))
+        node = replace(node, expand="outline", prefix=OUTLINE_PREFIX, stop=stop)
+        return Plan((node,), answer=())
 
     @property
     def expanders(self) -> Mapping[str, Expander]:
