@@ -51,6 +51,7 @@ class StaticDecoder:
         self.col_table = torch.full(
             (vis.shape[0], cache.spec.cols), cache.scratch, dtype=torch.long, device=dev
         )  # (slots + 1, cols): KV column of each position; the pad slot maps to scratch
+        self._true = torch.ones((), dtype=torch.bool, device=dev)  # no host scalar in capture
         self._table_owner: dict[int, int] = {}  # slot -> seq id whose columns are uploaded
         self._lanes: dict[int, _Lanes] = {}
         self._captured: dict[int, torch.cuda.CUDAGraph] = {}
@@ -122,7 +123,7 @@ class StaticDecoder:
         """The captured step. Every shape is fixed by the bucket."""
         slots, pos = lanes.state[SLOT], lanes.state[POSITION]
         cols = self.col_table[slots, pos]  # (B,)
-        self.vis[slots, cols] = True
+        self.vis.index_put_((slots, cols), self._true)
         seen = self.vis[slots]  # (B, width)
         mask = seen[None, None] if self.tree else seen[:, None, None]  # (R, 1, Q, width)
         step = StepInput(lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index)
