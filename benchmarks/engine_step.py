@@ -45,8 +45,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def engine_ms(model, width: int, steps: int, device: str, decode: str = "auto") -> float:
-    cfg = EngineConfig(rows=max(width, 1), budget_tokens=max(width, 1) * 512, decode=decode)
+def engine_ms(model, width: int, steps: int, device: str, decode: str = "auto",
+              compile: bool = False) -> float:
+    cfg = EngineConfig(rows=max(width, 1), budget_tokens=max(width, 1) * 512, decode=decode,
+                       compile=compile)
     eng = Engine(CompactLM(model, 4096), cfg)
     for i in range(width):
         eng.submit([1 + i, 2, 3, 4, 5, 6, 7, 8], GenParams(max_tokens=steps + 8))
@@ -84,6 +86,8 @@ def main() -> None:
     ap.add_argument("--widths", default="1,4,16,64")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s (H100 SXM: 3350)")
+    ap.add_argument("--compile", default="", help="shapes to also time the engine's "
+                    "torch.compile'd static step on (slow to compile), e.g. 1.1b")
     ap.add_argument("--hf-static", default="", help="shapes to also time HF static cache + "
                     "torch.compile on (slow to compile), e.g. 1.1b")
     a = ap.parse_args()
@@ -93,8 +97,8 @@ def main() -> None:
     print(f"hardware: {hw}, dtype {dtype}, torch {torch.__version__}")
     cuda = device == "cuda"
     print("| shape | width | engine ms/step | engine eager ms | HF generate ms | HF static+compile ms"
-          " | HF / engine | floor ms | engine / floor | engine / width-1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " | engine compiled ms | HF / engine | floor ms | engine / floor | engine / width-1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.shapes.split(","):
         model = build(name, device, dtype)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -105,8 +109,11 @@ def main() -> None:
             eager = engine_ms(model, w, a.steps, device, "eager") if cuda else float("nan")
             h = hf_ms(model, w, a.steps, device)
             hs = hf_ms(model, w, a.steps, device, True) if name in a.hf_static else float("nan")
+            ec = (engine_ms(model, w, a.steps, device, "static", True) if name in a.compile
+                  else float("nan"))
             base = base or e
-            print(f"| {name} | {w} | {e:.2f} | {eager:.2f} | {h:.2f} | {hs:.2f} | {h / e:.2f}× "
+            print(f"| {name} | {w} | {e:.2f} | {eager:.2f} | {h:.2f} | {hs:.2f} | {ec:.2f} "
+                  f"| {h / e:.2f}× "
                   f"| {floor:.2f} | {e / floor:.2f}× | {e / base:.2f}× |", flush=True)
         del model
         if device == "cuda":

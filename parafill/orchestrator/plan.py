@@ -40,6 +40,7 @@ class Node:
     prefix: str = ""  # the answer starts with this text; the model continues it
     temperature: float = 0.0
     stop: tuple[str, ...] = ()  # stop strings (not included in the output)
+    seed: int | None = None  # sampling seed for this node (else the run's seed)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class NodeModel(BaseModel):
     prefix: str = ""
     temperature: float = 0.0
     stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
 
 
 class PlanModel(BaseModel):

@@ -137,7 +137,8 @@ def _request(node: Node, outputs: Mapping[str, str], cfg: RunConfig) -> Request:
     msgs = ((Message("system", node.system),) if node.system else ()) + (Message("user", user),)
     if node.prefix:  # the answer starts with the prefix; the model continues it
         msgs += (Message("assistant", node.prefix),)
-    sampling = Sampling(node.max_tokens, node.temperature, seed=cfg.seed, stop=node.stop)
+    seed = node.seed if node.seed is not None else cfg.seed
+    sampling = Sampling(node.max_tokens, node.temperature, seed=seed, stop=node.stop)
     return Request(msgs, sampling, filler=node.filler)
 
 

@@ -152,6 +152,7 @@ class ReasoningPlanner:
     branch_tokens: int = 128
     join_tokens: int = 192
     temperature: float = 0.0
+    seed: int = 0  # branch k samples with seed + k (reproducible, and branches differ)
     max_branches: int = 16
     _tallies: dict[str, _Tally] = field(default_factory=dict, init=False, repr=False)
     _runs: itertools.count[int] = field(default_factory=itertools.count, init=False, repr=False)
@@ -177,6 +178,7 @@ class ReasoningPlanner:
             system=BRANCH_SYSTEM,
             expand=hook,
             temperature=self.temperature,
+            seed=self.seed + k if self.temperature > 0 else None,
             stop=("\nQuestion:",),  # small models start asking themselves new questions
         )
 

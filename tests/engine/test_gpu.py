@@ -37,12 +37,12 @@ def _prompts() -> tuple[list[list[int]], list[int]]:
     return prompts, [12, 20, 9, 15, 7]
 
 
-@pytest.mark.parametrize("mode", ["rows", "tree"])
-def test_cuda_graph_decode_matches_reference_fp32(mode: str) -> None:
+@pytest.mark.parametrize(("mode", "compile"), [("rows", False), ("tree", False), ("rows", True)])
+def test_cuda_graph_decode_matches_reference_fp32(mode: str, compile: bool) -> None:
     hf = tiny("llama")
     ref = RefCache(hf)
     prompts, lengths = _prompts()
-    eng, _ = make_engine(hf.cuda(), mode=mode, budget_tokens=512, rows=8)
+    eng, _ = make_engine(hf.cuda(), mode=mode, budget_tokens=512, rows=8, compile=compile)
     assert eng.decoder is not None and eng.decoder.graphs  # auto: graphs on CUDA
     run, ids = _mix(eng, prompts, lengths)
     assert eng.decoder.replays > 0

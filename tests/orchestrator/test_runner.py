@@ -115,3 +115,17 @@ async def test_cancelling_a_run_cancels_its_nodes():
         await run_plan(plan, fake)
     assert scope.cancel_called
     assert len(fake.calls) == 2 and all(c.ended is not None for c in fake.calls)
+
+
+@pytest.mark.anyio
+async def test_node_seed_reaches_the_backend_and_overrides_the_run_seed() -> None:
+    seen: dict[str, int | None] = {}
+
+    class Recorder(FakeBackend):
+        def stream(self, request):  # type: ignore[no-untyped-def]
+            seen[request.messages[-1].content] = request.sampling.seed
+            return super().stream(request)
+
+    plan = Plan((Node("a", "A", seed=7, temperature=0.5), Node("b", "B")), answer=("a", "b"))
+    await run_plan(plan, Recorder(), RunConfig(seed=3))
+    assert seen == {"A": 7, "B": 3}

@@ -33,6 +33,7 @@ class EngineConfig:
     # decode-only steps: "eager" builds inputs on the host each step; "static" runs them at
     # fixed shapes with device-side state (CUDA graphs on a GPU); "auto": static on CUDA
     decode: Literal["auto", "eager", "static"] = "auto"
+    compile: bool = False  # static decode: torch.compile the step first (slow start, faster)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class Engine:
         self.free_slots = list(range(slots))
         cuda = model.device.type == "cuda"
         static = cfg.decode == "static" or (cfg.decode == "auto" and cuda)
-        self.decoder = StaticDecoder(model, self.cache, self.vis, slots, cuda) if static else None
+        self.decoder = (
+            StaticDecoder(model, self.cache, self.vis, slots, cuda, cfg.compile) if static else None
+        )
         self.waiting: list[Seq] = []
         self.live: list[Seq] = []
         self.steps = 0
@@ -77,8 +80,10 @@ class Engine:
         need = len(prompt) + params.max_tokens
         self.cache.check_fits(need)
         if need > len(self.model.cos):  # past the rotary table the step fails for everyone in it
-            raise BudgetError(f"request needs {need} positions but the model is set up for "
-                              f"{len(self.model.cos)}; raise max_positions or lower max_tokens")
+            raise BudgetError(
+                f"request needs {need} positions but the model is set up for "
+                f"{len(self.model.cos)}; raise max_positions or lower max_tokens"
+            )
         with self._inbox.lock:
             seq_id = self._next_id
             self._next_id += 1
@@ -181,8 +186,9 @@ class Engine:
         _, planned = longest_match(seq.prompt, self.live, written_only=False)
         if planned >= m + self.config.min_share:
             return False  # a shared prefix is being prefilled; fork from it next step
-        sibling = max((longest_match(seq.prompt, [w])[1] for w in self.waiting if w is not seq),
-                      default=0)
+        sibling = max(
+            (longest_match(seq.prompt, [w])[1] for w in self.waiting if w is not seq), default=0
+        )
         roomy = len(self.free_slots) >= 2  # a prefix in the last slot would block its forks
         if roomy and sibling >= max(m + self.config.min_share, self.config.min_share):
             prefix = Seq(-1, seq.prompt[:sibling], GenParams(max_tokens=0), None, prefix_only=True)
@@ -218,13 +224,15 @@ class Engine:
 
     def _release_unused_prefixes(self) -> None:
         for p in [s for s in self.live if s.prefix_only and s.done_feeding]:
-            wanted = any(longest_match(w.prompt, [p])[1] >= self.config.min_share
-                         for w in self.waiting)
+            wanted = any(
+                longest_match(w.prompt, [p])[1] >= self.config.min_share for w in self.waiting
+            )
             if not wanted:
                 self._retire(p, "stop")
 
-    def _retire(self, seq: Seq, finish: str, error: str | None = None,
-                tokens: tuple[int, ...] = ()) -> StepOutput:
+    def _retire(
+        self, seq: Seq, finish: str, error: str | None = None, tokens: tuple[int, ...] = ()
+    ) -> StepOutput:
         if seq in self.live:
             self.live.remove(seq)
             self.cache.release(seq.row, seq.cols)

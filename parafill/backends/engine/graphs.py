@@ -40,7 +40,13 @@ class _Lanes:
 
 class StaticDecoder:
     def __init__(
-        self, model: CompactLM, cache: KVCache, vis: Tensor, max_lanes: int, graphs: bool
+        self,
+        model: CompactLM,
+        cache: KVCache,
+        vis: Tensor,
+        max_lanes: int,
+        graphs: bool,
+        compile: bool = False,
     ) -> None:
         self.model, self.cache, self.vis = model, cache, vis  # vis: (slots + 1, width)
         self.tree = cache.spec.mode == "tree"
@@ -59,7 +65,10 @@ class StaticDecoder:
         self._key: tuple[int, ...] = ()
         self.fresh = False  # device lane state matches the host's sequences
         self.replays = 0  # static steps run (for tests and benchmarks)
+        # torch.compile fuses the step's many small kernels; the graph then replays those
+        self._fn = torch.compile(self._body, dynamic=False) if compile else self._body
 
+    @torch.inference_mode()
     def step(self, work: list[Seq]) -> list[int]:
         """One decode step for `work` (each feeds exactly one token); next token per seq."""
         layout = self._layout(work)
@@ -127,7 +136,7 @@ class StaticDecoder:
         seen = self.vis[slots]  # (B, width)
         mask = seen[None, None] if self.tree else seen[:, None, None]  # (R, 1, Q, width)
         step = StepInput(lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index)
-        logits = self.model.forward(step, self.cache.k, self.cache.v)
+        logits = self.model.run(step, self.cache.k, self.cache.v)
         lanes.logits.copy_(logits)
         lanes.out.copy_(logits.argmax(dim=-1))
         lanes.state[TOKEN].copy_(lanes.out)
@@ -136,7 +145,7 @@ class StaticDecoder:
     def _run(self, lanes: _Lanes) -> None:
         b = lanes.index.shape[0]
         if not self.graphs:
-            self._body(lanes)
+            self._fn(lanes)
             return
         if b not in self._captured:
             self._captured[b] = self._capture(lanes)
@@ -152,12 +161,12 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._body(lanes)
+                self._fn(lanes)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._body(lanes)
+            self._fn(lanes)
         lanes.state.copy_(real)
         return graph

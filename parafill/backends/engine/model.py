@@ -76,11 +76,19 @@ class CompactLM:
     def forward(self, step: StepInput, k_cache: Tensor, v_cache: Tensor) -> Tensor:
         """Writes the new tokens' K/V into the caches (layers, R, Hkv, L, D) and returns
         logits (M, vocab) for `step.logits_at`."""
+        return self.run(step, k_cache, v_cache)
+
+    def run(self, step: StepInput, k_cache: Tensor, v_cache: Tensor) -> Tensor:
+        """`forward` without its inference-mode wrapper (for torch.compile and graph capture)."""
         x = F.embedding(step.tokens, self.embed)  # (N, d)
         cos, sin = self.cos[step.positions], self.sin[step.positions]  # (N, D)
+        group = self.shapes.heads // self.shapes.kv_heads
+        r, _, nq, length = step.mask.shape
+        # fold the G query heads sharing a KV head into the query axis: (R, 1, G*Q, L), once
+        mask = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
         for i, layer in enumerate(self.layers):
             h = _rms(x, layer.input_layernorm.weight, self.shapes.eps)
-            x = x + self._attention(i, layer.self_attn, h, cos, sin, step, k_cache, v_cache)
+            x = x + self._attention(i, layer.self_attn, h, cos, sin, (step, mask), k_cache, v_cache)
             h = _rms(x, layer.post_attention_layernorm.weight, self.shapes.eps)
             mlp = layer.mlp
             x = x + F.linear(
@@ -97,10 +105,11 @@ class CompactLM:
         h: Tensor,
         cos: Tensor,
         sin: Tensor,
-        step: StepInput,
+        inputs: tuple[StepInput, Tensor],
         k_cache: Tensor,
         v_cache: Tensor,
     ) -> Tensor:
+        step, mask = inputs  # mask: the step's mask folded for grouped heads
         s = self.shapes
         n = h.shape[0]
         q = _proj(h, attn.q_proj).view(n, s.heads, s.head_dim)
@@ -113,22 +122,21 @@ class CompactLM:
         qp = q.new_zeros(r, nq, s.heads, s.head_dim)
         qp[step.rows, step.qslots] = q
         out = _grouped_attention(
-            qp, k_cache[i, :r, :, :length], v_cache[i, :r, :, :length], step.mask, s.kv_heads
+            qp, k_cache[i, :r, :, :length], v_cache[i, :r, :, :length], mask, s.kv_heads
         )  # (R, Q, H, D)
         out = out[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
         return _proj(out, attn.o_proj)  # o_proj has a bias in Llama with attention_bias
 
 
 def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: int) -> Tensor:
-    """q (R, Q, H, D), k/v (R, Hkv, L, D), mask (R, 1, Q, L) -> (R, Q, H, D).
+    """q (R, Q, H, D), k/v (R, Hkv, L, D), folded mask (R, 1, G*Q, L) -> (R, Q, H, D).
 
     The G = H / Hkv query heads that share a KV head are folded into the query axis, so the
     kernel reads each KV head once (no repeated K/V, and the fused kernels accept it)."""
     r, nq, h, d = q.shape
     g = h // kv_heads
     qg = q.view(r, nq, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(r, kv_heads, g * nq, d)
-    m = mask[:, :, None].expand(r, 1, g, nq, mask.shape[-1]).reshape(r, 1, g * nq, -1)
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m)  # (R, Hkv, G*Q, D)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (R, Hkv, G*Q, D)
     return out.view(r, kv_heads, g, nq, d).permute(0, 3, 1, 2, 4).reshape(r, nq, h, d)
 
 
