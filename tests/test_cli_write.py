@@ -21,13 +21,11 @@ SMALL = [
 
 def test_write_creates_the_markdown_file_and_prints_the_summary(tmp_path):
     doc = tmp_path / "doc.md"
-    res = runner.invoke(
-        app, ["write", "Getting started with photography", "--out", str(doc), *SMALL]
-    )
+    res = runner.invoke(app, ["write", "How bees make honey", "--out", str(doc), *SMALL])
     assert res.exit_code == 0, res.output
     text = doc.read_text(encoding="utf-8")
     headings = [ln for ln in text.splitlines() if ln.startswith("## ")]
-    assert text.startswith("# Getting started with photography\n\n## Introduction\n\n")
+    assert text.startswith("# How bees make honey\n\n## Introduction\n\n")
     assert headings[-1] == "## Conclusion" and 4 <= len(headings) <= 5
     numbered = headings[1:-1]
     assert [h.split(".")[0] for h in numbered] == [f"## {k}" for k in range(1, len(numbered) + 1)]

@@ -70,8 +70,8 @@ _KEY = re.compile(r"[^a-z0-9]+")
 _LEAD = re.compile(r"^(?:title|(?:chapter|section|part)\s+\w{1,4})\s*[:.)-]\s*", re.I)
 FRAMING = {"introduction", "intro", "conclusion", "conclusions", "summary", "final thoughts"}
 META = set(
-    "title titles section sections subsection subsections table of contents the article "
-    "purpose description overview outline document text introduction conclusion".split()
+    "title section subsection table of contents the article purpose description overview "
+    "outline document text introduction conclusion key points topic about what is".split()
 )
 
 
@@ -212,7 +212,7 @@ _WHY = {
 
 
 def _why_dropped(title: str, key: str, seen: set[str]) -> str:
-    framing = key in FRAMING or set(key.split()) <= META
+    framing = key in FRAMING or all(w in META or w[:-1] in META for w in key.split())
     return "sentence" if not title else "framing" if framing else "repeated" * (key in seen)
 
 
@@ -259,9 +259,9 @@ def _cap(sections: list[Section], lim: OutlineLimits, notes: list[str]) -> tuple
 
 WRITER_SYSTEM = "You are a helpful assistant."
 OUTLINE_PROMPT = (
-    'Write the table of contents of an article titled "{topic}". List 3 to 5 main sections '
-    "numbered 1., 2., 3.; under each section, list 2 or 3 subsections numbered like 2.1 and "
-    "2.2. Only the titles, no sentences."
+    'Write the table of contents of an article titled "{topic}". List 4 main sections, each '
+    "about a different aspect of the topic, numbered 1., 2., 3., 4.; under each section, list 2 "
+    "subsections numbered like 2.1 and 2.2. Only short titles, no sentences. Do not repeat a title."
 )
 OUTLINE_PREFIX = "Table of contents:\n\n1."
 # Everything before the part's name is the same for every body node (prefilled once).

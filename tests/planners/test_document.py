@@ -26,6 +26,7 @@ from parafill.planners.document import (
 DATA = json.loads((Path(__file__).parent / "data" / "smollm2_outlines.json").read_text())
 CAPTURED = DATA["outlines"]
 FINAL = [c for c in CAPTURED if c["prompt"] == "final"]
+TOC = [c for c in CAPTURED if c["prompt"] == "toc-3to5"]  # the previous prompt
 
 
 def _clean(text: str) -> str:
@@ -46,7 +47,7 @@ def _parses(case: dict[str, str]) -> bool:
 def test_final_prompt_parse_rate_on_captured_outputs():
     parsed = sum(_parses(c) for c in FINAL)
     assert len(FINAL) >= 20
-    assert parsed / len(FINAL) >= 0.7, f"{parsed}/{len(FINAL)} parsed"
+    assert parsed / len(FINAL) >= 0.8, f"{parsed}/{len(FINAL)} parsed"
 
 
 @pytest.mark.parametrize("case", CAPTURED, ids=lambda c: f"{c['prompt']}:{c['topic'][:24]}")
@@ -75,7 +76,7 @@ def test_captured_outline_parses_to_a_sane_outline_or_says_why(case):
 
 
 def test_repeating_list_is_cut_and_deduplicated():
-    loop = next(c for c in FINAL if c["topic"] == "How volcanoes form")
+    loop = next(c for c in TOC if c["topic"] == "How volcanoes form")
     outline = parse_outline(loop["outline"], topic=loop["topic"])
     assert [s.title for s in outline.sections] == [
         "Origin of volcanoes",
@@ -88,7 +89,7 @@ def test_repeating_list_is_cut_and_deduplicated():
 
 
 def test_chatter_after_the_list_is_ignored():
-    case = next(c for c in FINAL if c["topic"] == "How to write a good résumé")
+    case = next(c for c in TOC if c["topic"] == "How to write a good résumé")
     assert "| Section | Title |" in case["outline"]  # a table follows the list in the capture
     outline = parse_outline(case["outline"], topic=case["topic"])
     assert [s.title for s in outline.sections] == [
@@ -169,7 +170,7 @@ def test_depth_cap_drops_deeper_items_with_a_note():
 def test_invalid_limits_are_refused_clearly():
     with pytest.raises(ValueError, match="max_depth is 3"):
         OutlineLimits(max_depth=3)
-    with pytest.raises(ValueError, match="min_sections <= max_sections"):
+    with pytest.raises(ValueError, match=r"min_sections \(2\) <= max_sections \(1\)"):
         OutlineLimits(max_sections=1)
 
 
@@ -215,7 +216,7 @@ def test_body_prompts_share_everything_but_the_part_name():
 
 
 def test_unparseable_outline_falls_back_with_a_note():
-    broken = next(c for c in FINAL if c["topic"] == "Why cats purr")
+    broken = next(c for c in TOC if c["topic"] == "Why cats purr")
     sched = _grown(
         DocumentPlanner(direct_tokens=33),
         broken["outline"][len("Table of contents:\n\n1.") :],
@@ -301,7 +302,7 @@ async def test_real_document_sections_fill_in_parallel_intro_written_last(backen
         events.append((time.perf_counter(), ev))
 
     result = await parafill.arun(
-        "Getting started with photography", backend=backend, planner=planner, on_event=record
+        "The history of the bicycle", backend=backend, planner=planner, on_event=record
     )
     outline = planner.outline_of(result)
     assert outline is not None, result.notes
