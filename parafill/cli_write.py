@@ -73,8 +73,7 @@ def write(
 
 
 async def _write(topic: str, planner: DocumentPlanner, config: LocalConfig) -> RunResult:
-    on_convert = lambda m: err.print(f"[yellow]{m}[/yellow]")  # noqa: E731
-    async with LocalBackend.open(config, on_convert=on_convert) as backend:
+    async with LocalBackend.open(config, on_convert=_converting) as backend:
         view = RunView.create(err)
         try:
             plan = planner.plan(topic)
@@ -83,6 +82,10 @@ async def _write(topic: str, planner: DocumentPlanner, config: LocalConfig) -> R
             )
         finally:
             view.close()
+
+
+def _converting(message: str) -> None:
+    err.print(f"[yellow]{message}[/yellow]")
 
 
 def _emit(planner: DocumentPlanner, result: RunResult, path: Path | None) -> None:

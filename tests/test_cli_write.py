@@ -52,5 +52,5 @@ def test_write_rejects_an_impossible_section_cap(tmp_path):
         app, ["write", "Bees", "--out", str(tmp_path / "d.md"), "--max-sections", "1"]
     )
     assert res.exit_code == 2
-    assert "min_sections (2) <= max_sections (1)" in res.output
+    assert "max_sections 1 < min_sections 2" in res.output
     assert not (tmp_path / "d.md").exists()

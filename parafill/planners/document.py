@@ -52,11 +52,10 @@ class OutlineLimits:
     def __post_init__(self) -> None:
         if self.max_depth not in (1, 2):
             raise ValueError(f"max_depth is {self.max_depth}: 1 (sections) or 2 (subsections)")
-        if not 1 <= self.min_sections <= self.max_sections or self.max_subsections < 0:
-            raise ValueError(
-                f"need 1 <= min_sections ({self.min_sections}) <= max_sections "
-                f"({self.max_sections}) and max_subsections ({self.max_subsections}) >= 0"
-            )
+        if not 1 <= self.min_sections <= self.max_sections:
+            raise ValueError(f"max_sections {self.max_sections} < min_sections {self.min_sections}")
+        if self.max_subsections < 0:
+            raise ValueError(f"max_subsections is {self.max_subsections}: it must be >= 0")
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)[\s#]*$")
@@ -68,10 +67,10 @@ _BULLET = re.compile(r"^(\s*)[-*\u2022+]\s+(.+)$")
 _MARKUP = re.compile(r"[*_`#]+")
 _KEY = re.compile(r"[^a-z0-9]+")
 _LEAD = re.compile(r"^(?:title|(?:chapter|section|part)\s+\w{1,4})\s*[:.)-]\s*", re.I)
-FRAMING = {"introduction", "intro", "conclusion", "conclusions", "summary", "final thoughts"}
-META = set(
-    "title section subsection table of contents the article purpose description overview "
-    "outline document text introduction conclusion key points topic about what is".split()
+META = set(  # a title of these words only is framing or meta, not a section
+    "title section subsection table of contents the article purpose description overview outline "
+    "document text introduction intro conclusion summary final thoughts key points topic about "
+    "what is".split()
 )
 
 
@@ -107,8 +106,7 @@ def _match(line: str) -> _Item | None:
 
 
 def _items(text: str) -> list[_Item]:
-    """The first outline in `text`: list items and headings until the list ends (prose after
-    a blank line, or the numbering starting again at 1: a repeated list)."""
+    """The first list in `text`, up to chatter after a blank line or numbering restarting."""
     items: list[_Item] = []
     in_code = gap = False
     for line in text.expandtabs(4).splitlines():
@@ -212,7 +210,7 @@ _WHY = {
 
 
 def _why_dropped(title: str, key: str, seen: set[str]) -> str:
-    framing = key in FRAMING or all(w in META or w[:-1] in META for w in key.split())
+    framing = all(w in META or w[:-1] in META for w in key.split())
     return "sentence" if not title else "framing" if framing else "repeated" * (key in seen)
 
 
@@ -279,8 +277,8 @@ FRAME_PROMPT = (
     "In short, the article says: {summaries}\n\n{task}"
 )
 FRAME_TASK = "Write the {} of this article in one short paragraph. No heading."
-Stops = tuple[str, ...]
-_STOP: Stops = ("\n#",)  # a new heading means the model ran on into the next part
+FRAMES = {"intro": ("introduction", "This article"), "conclusion": ("conclusion", "In conclusion,")}
+_STOP = ("\n#",)  # a new heading means the model ran on into the next part
 
 
 @dataclass(frozen=True)
@@ -333,9 +331,9 @@ class DocumentPlanner:
         lines = " ".join(f"{{{{{s.id}}}}}" for s in sums)  # prose: a list would be copied
         frame = partial(FRAME_PROMPT.format, topic=topic, listing=listing, summaries=lines)
         deps = [s.id for s in sums]
-        frames = [
-            _node(i, self.frame_tokens, frame(task=FRAME_TASK.format(part)), deps)
-            for i, part in (("intro", "introduction"), ("conclusion", "conclusion"))
+        frames = [  # a started sentence keeps a small model on the article, not on itself
+            replace(_node(i, self.frame_tokens, frame(task=FRAME_TASK.format(w)), deps), prefix=p)
+            for i, (w, p) in FRAMES.items()
         ]
         return (*bodies.values(), *sums, *frames)
 
@@ -347,15 +345,13 @@ class DocumentPlanner:
 
     def outline_of(self, result: RunResult) -> Outline | None:
         """The outline this run used (parsed again from the outline node's output)."""
-        done = result.results.get("outline")
+        done, node = result.results.get("outline"), result.plan.node("outline")
         if done is None or "direct" in result.plan.answer:
             return None
-        node = result.plan.node("outline")
         return parse_outline(node.prefix + done.text, self.limits, topic_of(node))
 
     def markdown(self, result: RunResult) -> str:
-        """The document: title, introduction, (sub)sections in outline order, conclusion.
-        Parts a failed run did not write are marked, the rest is kept."""
+        """Title, intro, (sub)sections in outline order, conclusion; unwritten parts marked."""
         topic = topic_of(result.plan.node("outline"))
         texts = {i: result.plan.node(i).prefix + r.text for i, r in result.results.items()}
         outline = self.outline_of(result)
@@ -371,7 +367,7 @@ class DocumentPlanner:
 
 
 def _node(
-    nid: str, tokens: int, prompt: str, deps: Iterable[str] = (), stop: Stops = _STOP
+    nid: str, tokens: int, prompt: str, deps: Iterable[str] = (), stop: tuple[str, ...] = _STOP
 ) -> Node:
     return Node(nid, prompt, tuple(deps), tokens, system=WRITER_SYSTEM, stop=stop)
 
@@ -391,10 +387,14 @@ def topic_of(node: Node) -> str:
 
 
 def _body(text: str | None, title: str) -> str:
-    """A body without the heading (or repeated title) a model may have started it with."""
+    """A body without the heading lines a model may have started it with."""
     if text is None:
         return "_(not written: the run stopped before this part)_"
     lines = text.strip().splitlines()
-    while lines and (_key(lines[0]) in ("", _key(title)) or lines[0].lstrip().startswith("#")):
-        lines.pop(0)
-    return "\n".join(lines).strip()
+    while len(lines) > 1 and _heading_like(lines[0], title):
+        lines = "\n".join(lines[1:]).strip().splitlines()
+    return "\n".join(lines)
+
+
+def _heading_like(line: str, title: str) -> bool:  # "## 1.1 Soil", "Soil: a story" (no stop)
+    return line.startswith("#") or _key(line).startswith(_key(title)) and line[-1] not in ".!?"
