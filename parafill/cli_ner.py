@@ -1,0 +1,144 @@
+"""`parafill ner`: named entities of one text, or of every line of a JSONL file.
+
+JSONL in: one object per line with "text" (and optionally "id"); out: the same id and text
+with "entities" and "notes". A bad line is reported on stderr with its line number and
+skipped; the other lines are processed; a summary ends the run (exit 1 if any was skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Annotated
+
+import anyio
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.console import Console
+
+from parafill.backends.engine.weights import ModelNotFound
+from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.orchestrator.runner import RunFailed
+from parafill.planners.ner import NerConfig, NerResult, check_config, default_adapter, extract
+from parafill.planners.ner_data import WNUT_LABELS
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class DocIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | int | None = None
+    text: str = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Job:
+    config: NerConfig
+    mode: str
+    local: LocalConfig
+
+
+def ner(
+    text: Annotated[str | None, typer.Argument(help="The text (or use --input).")] = None,
+    labels: Annotated[str, typer.Option(help="Comma-separated entity types.")] = ",".join(
+        WNUT_LABELS
+    ),
+    input: Annotated[Path | None, typer.Option("--input", help="JSONL of {text, id}.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="JSONL to write.")] = None,
+    mode: Annotated[str, typer.Option(help="parallel (PaDeLLM) | ar (one output).")] = "parallel",
+    model: Annotated[str | None, typer.Option(help="Local HF model dir or .gguf.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
+    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
+    max_mentions: Annotated[int, typer.Option(help="Most mentions per label.")] = 4,
+    max_nodes: Annotated[int, typer.Option(help="Most plan nodes.")] = 64,
+) -> None:
+    """Extract named entities (PaDeLLM-NER: counts, then every mention in parallel)."""
+    names = tuple(s.strip() for s in labels.split(",") if s.strip())
+    cfg = NerConfig(names, max_mentions=max_mentions, max_nodes=max_nodes)
+    chosen = None if no_adapter else adapter or default_adapter(model)
+    try:
+        check_config(cfg)
+        if mode not in ("parallel", "ar"):
+            raise ValueError(f"unknown mode {mode!r}: use parallel or ar")
+        if (text is None) == (input is None):
+            raise ValueError("give either TEXT or --input FILE (not both)")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    job = Job(cfg, mode, LocalConfig(model=model, adapter=chosen))
+    try:
+        skipped = anyio.run(_main, job, text, input, output)
+    except (ModelNotFound, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if skipped:
+        raise typer.Exit(1)
+
+
+async def _main(job: Job, text: str | None, src: Path | None, dst: Path | None) -> int:
+    async with LocalBackend.open(job.local) as backend:
+        if text is not None:
+            result = await extract(text, backend, job.config, job.mode)
+            _print(result)
+            return 0
+        assert src is not None
+        sink = dst.open("w", encoding="utf-8") if dst else nullcontext(sys.stdout)
+        with src.open(encoding="utf-8") as fin, sink as fout:
+            return await _jsonl(job, backend, fin, fout, str(src))
+
+
+def _print(result: NerResult) -> None:
+    for e in result.entities:
+        out.print(f"{e.label}\t{e.text}", markup=False)
+    if not result.entities:
+        out.print("(no entities)")
+    for note in result.notes:
+        err.print(f"[dim]note: {note}[/dim]", markup=True)
+    err.print(f"[dim]{len(result.entities)} entities · {result.tokens} tokens · "
+              f"{result.seconds:.2f} s[/dim]")
+
+
+async def _jsonl(job: Job, backend: LocalBackend, fin: IO[str], fout: IO[str], name: str) -> int:
+    done = skipped = 0
+    for no, line in enumerate(fin, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = DocIn.model_validate_json(line)
+            result = await extract(doc.text, backend, job.config, job.mode)
+        except (ValidationError, ValueError, RunFailed) as exc:
+            reason = _reason(exc)
+            err.print(f"{name}:{no}: skipped: {reason}", markup=False)
+            skipped += 1
+            continue
+        fout.write(json.dumps(_record(doc, result), ensure_ascii=False) + "\n")
+        fout.flush()  # finished documents are kept even if a later one fails
+        done += 1
+    err.print(f"{name}: processed {done}, skipped {skipped}", markup=False)
+    return skipped
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "line"
+        return f"{where}: {first['msg']}"
+    return str(exc)
+
+
+def _record(doc: DocIn, result: NerResult) -> dict[str, object]:
+    return {
+        "id": doc.id,
+        "text": doc.text,
+        "entities": [{"label": e.label, "text": e.text} for e in result.entities],
+        "notes": list(result.notes),
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ner")(ner)
