@@ -40,21 +40,28 @@ async def evaluate(args: argparse.Namespace) -> dict[str, list[NerResult]]:
             for mode in MODES:
                 runs[mode].append(await extract(tweet.text, backend, NerConfig(), mode))
             p, a = runs["parallel"][-1], runs["ar"][-1]
-            print(f"[{i}/{len(tweets)}] parallel {p.seconds:.2f} s {len(p.entities)} ent | "
-                  f"ar {a.seconds:.2f} s {len(a.entities)} ent", flush=True)
+            print(
+                f"[{i}/{len(tweets)}] parallel {p.seconds:.2f} s {len(p.entities)} ent | "
+                f"ar {a.seconds:.2f} s {len(a.entities)} ent",
+                flush=True,
+            )
     return runs
 
 
 def table(gold: list[set[Entity]], runs: dict[str, list[NerResult]]) -> list[str]:
-    rows = ["| mode | P | R | F1 | wall s (sum) | tokens | forward passes |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| mode | P | R | F1 | wall s (sum) | tokens | forward passes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for mode, results in runs.items():
         s: Score = score(gold, [set(r.entities) for r in results])
         secs = sum(r.seconds for r in results)
         toks = sum(r.tokens for r in results)
         fps = sum(r.forward_passes or 0 for r in results)
-        rows.append(f"| {mode} | {s.precision:.3f} | {s.recall:.3f} | {s.f1:.3f} | "
-                    f"{secs:.1f} | {toks} | {fps} |")
+        rows.append(
+            f"| {mode} | {s.precision:.3f} | {s.recall:.3f} | {s.f1:.3f} | "
+            f"{secs:.1f} | {toks} | {fps} |"
+        )
     return rows
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import typer
 
-from parafill import cli_plans, cli_serve, cli_write
+from parafill import cli_ner, cli_plans, cli_serve, cli_write
 
 
 def register_all(app: typer.Typer) -> None:
     """Attach every out-of-module subcommand to the `parafill` app."""
     _ = app  # modules add one line each below
     cli_serve.register(app)
+    cli_ner.register(app)
     cli_plans.register(app)
     cli_write.register(app)

@@ -92,14 +92,16 @@ async def _main(job: Job, text: str | None, src: Path | None, dst: Path | None) 
 
 
 def _print(result: NerResult) -> None:
-    for e in result.entities:
-        out.print(f"{e.label}\t{e.text}", markup=False)
+    for e in result.entities:  # tab-separated for pipes (rich would expand the tab)
+        sys.stdout.write(f"{e.label}\t{e.text}\n")
     if not result.entities:
-        out.print("(no entities)")
+        err.print("(no entities)")
     for note in result.notes:
         err.print(f"[dim]note: {note}[/dim]", markup=True)
-    err.print(f"[dim]{len(result.entities)} entities · {result.tokens} tokens · "
-              f"{result.seconds:.2f} s[/dim]")
+    err.print(
+        f"[dim]{len(result.entities)} entities · {result.tokens} tokens · "
+        f"{result.seconds:.2f} s[/dim]"
+    )
 
 
 async def _jsonl(job: Job, backend: LocalBackend, fin: IO[str], fout: IO[str], name: str) -> int:

@@ -107,3 +107,15 @@ async def test_write_document_example_writes_intro_last_but_first_in_markdown(ca
     headings = [ln for ln in md.splitlines() if ln.startswith("## ")]
     assert headings[0] == "## Introduction" and headings[-1] == "## Conclusion"
     assert [h[3:5] for h in headings[1:-1]] == ["1.", "2.", "3."]
+
+
+async def test_ner_example_extracts_verbatim_spans(capsys):
+    example = _load("ner_tweets")
+    results = await example.main(labels=("person", "company", "facility"))
+    printed = capsys.readouterr().out
+    assert "  parallel " in printed and "  ar " in printed
+    texts = [t for t in example.TWEETS for _ in ("parallel", "ar")]
+    assert len(results) == len(texts)
+    for result, text in zip(results, texts, strict=True):
+        assert all(e.text in text and e.label != "geo-loc" for e in result.entities)
+    assert ("facility", "Empire State Building") in {(e.label, e.text) for e in results[0].entities}

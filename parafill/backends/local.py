@@ -44,6 +44,7 @@ class LocalConfig:
     budget_tokens: int = 16384
     rows: int = 16
     max_positions: int = 4096
+    adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
 
 
 class Detokenizer:
@@ -92,7 +93,7 @@ class LocalBackend:
         cfg = config or LocalConfig()
         device = cfg.device if cfg.device != "auto" else _auto_device()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        loader = partial(load, cfg.model, device, dtype, on_convert)
+        loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
         ecfg = EngineConfig(mode=cfg.mode, budget_tokens=cfg.budget_tokens, rows=cfg.rows)
         backend = cls(Engine(CompactLM(hf, cfg.max_positions), ecfg), tok)

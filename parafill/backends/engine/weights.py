@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -87,10 +89,50 @@ def load(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     on_convert: Callable[[str], None] | None = None,
+    adapter: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model and tokenizer; a LoRA `adapter` directory (peft layout) is merged in."""
     path = resolve(model, on_convert)
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    if adapter is not None:
+        merge_lora(hf, Path(adapter))
     hf.to(device)  # type: ignore[arg-type]
     hf.train(False)
     return hf, tok
+
+
+@torch.no_grad()
+def merge_lora(hf: torch.nn.Module, adapter: Path) -> int:
+    """W += scale * B @ A for every adapted linear layer (no peft needed); returns how many.
+    Only plain LoRA on linear weights is accepted; anything else is refused by name."""
+    cfg_file, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
+    if not (cfg_file.is_file() and weights.is_file()):
+        raise ModelNotFound(
+            f"adapter {str(adapter)!r} needs adapter_config.json and adapter_model.safetensors"
+        )
+    cfg = json.loads(cfg_file.read_text())
+    for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "fan_in_fan_out"):
+        if cfg.get(key):
+            raise ValueError(f"adapter {str(adapter)!r}: {key} is not supported (plain LoRA only)")
+    r = int(cfg["r"])
+    scale = cfg["lora_alpha"] / (r**0.5 if cfg.get("use_rslora") else r)
+    state = load_file(str(weights))
+    merged = 0
+    for key in sorted(k for k in state if k.endswith(".lora_A.weight")):
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        a, b = state[key].float(), state[key.replace(".lora_A.", ".lora_B.")].float()
+        try:
+            weight = hf.get_submodule(name).weight
+        except AttributeError as exc:
+            raise ValueError(f"adapter {str(adapter)!r} adapts {name!r}, not in the model") from exc
+        if not isinstance(weight, torch.Tensor):
+            raise ValueError(f"adapter {str(adapter)!r}: {name!r} has no weight tensor")
+        if (b.shape[0], a.shape[1]) != tuple(weight.shape):
+            raise ValueError(
+                f"adapter {name!r}: B @ A is {(b.shape[0], a.shape[1])}, "
+                f"the weight is {tuple(weight.shape)}"
+            )
+        weight.copy_((weight.float() + scale * (b @ a)).to(weight.dtype))
+        merged += 1
+    return merged

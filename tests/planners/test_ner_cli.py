@@ -1,0 +1,57 @@
+"""`parafill ner` end to end on the embedded SmolLM2 with the shipped adapter: one text, a
+JSONL file with bad lines (reported by line number, the rest processed), usage errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from parafill.backends.engine.weights import ModelNotFound, default_gguf
+from parafill.cli import app
+
+TRAIN_TWEET = (  # training tweet 1 of wnut16_dev.conll (the adapter trained on it)
+    "@paulwalk It 's the view from where I 'm living for two weeks . Empire State Building = "
+    "ESB . Pretty bad storm here last evening ."
+)
+
+
+@pytest.fixture(autouse=True)
+def _model() -> None:
+    try:
+        default_gguf()
+    except ModelNotFound as exc:
+        pytest.skip(str(exc))
+
+
+def test_cli_jsonl_reports_bad_lines_and_processes_the_rest(tmp_path: Path) -> None:
+    src, dst = tmp_path / "docs.jsonl", tmp_path / "out.jsonl"
+    lines = [
+        json.dumps({"id": "a", "text": TRAIN_TWEET}),
+        "{not json",
+        json.dumps({"id": "c", "body": "no text field"}),
+        json.dumps({"id": 4, "text": "have fun in vancouver tonight !"}),
+    ]
+    src.write_text("\n".join(lines) + "\n")
+    args = ["ner", "--input", str(src), "--output", str(dst), "--labels", "facility,geo-loc"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output  # some lines were skipped
+    assert f"{src}:2: skipped: " in res.stderr and f"{src}:3: skipped: text" in res.stderr
+    assert f"{src}: processed 2, skipped 2" in res.stderr
+    rows = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", 4]
+    assert {"label": "facility", "text": "Empire State Building"} in rows[0]["entities"]
+    assert all(e["text"] in r["text"] for r in rows for e in r["entities"])
+
+
+def test_cli_one_text_and_usage_errors() -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["ner", TRAIN_TWEET, "--labels", "facility", "--mode", "ar"])
+    assert res.exit_code == 0, res.output
+    assert "facility\tEmpire State Building" in res.stdout
+    bad = runner.invoke(app, ["ner", "x", "--labels", "a,b,c", "--max-mentions", "30"])
+    assert bad.exit_code == 2 and "fan-out cap" in bad.stderr
+    both = runner.invoke(app, ["ner", "--mode", "fast", "x"])
+    assert both.exit_code == 2 and "unknown mode 'fast'" in both.stderr
