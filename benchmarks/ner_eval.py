@@ -70,7 +70,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[NerResult]], wall: flo
     gold = [set(t.entities) for t in held_out[: len(runs["parallel"])]]
     par = sum(r.seconds for r in runs["parallel"])
     ar = sum(r.seconds for r in runs["ar"])
-    adapter = "none (plain model)" if args.no_adapter else str(args.adapter)
+    adapter = "none (plain model)" if args.no_adapter else _shown(args.adapter)
     lines = [
         "# PaDeLLM-NER vs AR on WNUT-16 (held-out tweets)",
         "",
@@ -86,6 +86,13 @@ def report(args: argparse.Namespace, runs: dict[str, list[NerResult]], wall: flo
         "per-tweet times (planning, all nodes, parsing), parallel and AR alternating per tweet.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def main() -> None:

@@ -91,16 +91,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     torch.set_num_threads(args.threads)
     hf, tok = _base(args.base, args.device)
-    hf.train(True)
-    n_layers = hf.config.num_hidden_layers
-    cfg = LoraConfig(
-        r=args.rank,
-        lora_alpha=args.alpha,
-        lora_dropout=0.05,
-        target_modules=TARGETS,
-        layers_to_transform=list(range(n_layers - args.layers, n_layers)),
-    )
-    model = get_peft_model(hf, cfg)
+    model, cfg = _lora(hf, args)
     base = model.get_base_model()
     train_tweets, _ = split(read_conll(args.data))
     pairs = examples(train_tweets, rng, args.zero_frac, args.ar_frac)
@@ -129,6 +120,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     meta = {"steps": step, "examples": len(pool), "seconds": time.perf_counter() - t0, "log": log}
     (Path(args.out) / "training_log.json").write_text(json.dumps({**vars(args), **meta}, indent=1))
     return meta
+
+
+def _lora(hf: Any, args: argparse.Namespace) -> tuple[Any, LoraConfig]:
+    """LoRA on every TARGETS projection of the top `args.layers` decoder layers."""
+    hf.train(True)
+    n_layers = hf.config.num_hidden_layers
+    cfg = LoraConfig(
+        r=args.rank,
+        lora_alpha=args.alpha,
+        lora_dropout=0.05,
+        target_modules=TARGETS,
+        layers_to_transform=list(range(n_layers - args.layers, n_layers)),
+    )
+    return get_peft_model(hf, cfg), cfg
 
 
 def _base(path: str | None, device: str) -> tuple[Any, Any]:

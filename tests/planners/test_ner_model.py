@@ -4,6 +4,9 @@ adapter end to end on the embedded SmolLM2 (parallel and AR). The CLI: test_ner_
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parafill.backends.engine.weights import ModelNotFound, default_gguf, merge_lora
+from parafill.backends.engine.weights import ModelNotFound, default_gguf, load, merge_lora
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.planners.ner import ADAPTER, NerConfig, extract
 from parafill.planners.ner_data import WNUT_LABELS, Entity
@@ -126,3 +129,20 @@ async def test_parallel_on_held_out_tweet_returns_verbatim_labelled_spans(
     # siblings shared forward passes: one at a time, each node needs a prefill + its tokens
     alone = sum(r.tokens + 1 for r in result.run.results.values())
     assert result.forward_passes is not None and result.forward_passes < alone
+
+
+@pytest.mark.slow
+def test_training_script_saves_a_mergeable_adapter(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    data = root.parent / "shared" / "data" / "wnut16_dev.conll"
+    if not data.is_file():
+        pytest.skip(f"{data} is not here")
+    script = root / "scripts" / "train_ner_lora.py"
+    args = ["--data", str(data), "--out", str(tmp_path), "--steps", "2", "--batch", "2"]
+    args += ["--zero-frac", "0", "--ar-frac", "0", "--layers", "2", "--threads", "1"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert log["steps"] == 2 and log["log"][0]["loss"] > 0
+    hf, _ = load(None)
+    assert merge_lora(hf, tmp_path) == 2 * 7  # 7 projections in each of the top 2 layers
