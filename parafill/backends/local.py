@@ -30,8 +30,8 @@ from parafill.backends.base import (
 )
 from parafill.backends.base import render_messages as _render
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
+from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError, Mode
-from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import load
 
@@ -78,7 +78,9 @@ class Detokenizer:
 
 
 class LocalBackend:
-    def __init__(self, engine: Engine, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, engine: Engine | FallbackEngine, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self._streams: dict[int, MemoryObjectSendStream[StepOutput]] = {}
@@ -96,7 +98,8 @@ class LocalBackend:
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
         ecfg = EngineConfig(mode=cfg.mode, budget_tokens=cfg.budget_tokens, rows=cfg.rows)
-        backend = cls(Engine(CompactLM(hf, cfg.max_positions), ecfg), tok)
+        notify = on_convert or (lambda _msg: None)
+        backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok)
         async with backend.running():
             yield backend
 
@@ -116,6 +119,8 @@ class LocalBackend:
     @property
     def capabilities(self) -> Capabilities:
         cfg = self.engine.config
+        if isinstance(self.engine, FallbackEngine):
+            return Capabilities(False, False, False, cfg.max_seqs)
         width = cfg.rows if cfg.mode == "rows" else cfg.max_seqs
         return Capabilities(True, True, cfg.mode == "tree", width)
 

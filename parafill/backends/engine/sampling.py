@@ -32,9 +32,7 @@ def make_generator(params: GenParams) -> torch.Generator | None:
     return gen
 
 
-def pick(
-    logits: Tensor, params: list[GenParams], gens: list[torch.Generator | None]
-) -> list[int]:
+def pick(logits: Tensor, params: list[GenParams], gens: list[torch.Generator | None]) -> list[int]:
     """logits (M, V) float; returns one token id per row."""
     greedy = logits.argmax(dim=-1).tolist()
     for i, (p, gen) in enumerate(zip(params, gens, strict=True)):

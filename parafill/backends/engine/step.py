@@ -108,6 +108,7 @@ def _tensors(
     q = max(per_row.values())
     length = max(s.max_col for s, _ in feeds) + 1
     mask = _mask(feeds, vis, owner, order, cols, (r, q, length), rows, qslots)
+
     def t(xs: list[int]) -> Tensor:
         return torch.tensor(xs, dtype=torch.long, device=device)
 
