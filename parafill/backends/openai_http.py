@@ -17,6 +17,10 @@ from types import TracebackType
 from typing import Literal, cast
 
 import anyio
+
+# httpx imports httpcore lazily when a client is made; in CI that import raced another
+# thread's imports into CPython's import-lock KeyError, so it is imported here, eagerly.
+import httpcore  # noqa: F401
 import httpx
 
 from parafill.backends.base import (
