@@ -60,8 +60,7 @@ class StaticDecoder:
         self._true = torch.ones((), dtype=torch.bool, device=dev)  # no host scalar in capture
         self._table_owner: dict[int, int] = {}  # slot -> seq id whose columns are uploaded
         self._lanes: dict[int, _Lanes] = {}
-        self._captured: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (lanes, length)
-        self.vis[self.pad_slot, 0] = True  # padding queries see column 0: no empty softmax
+        self._captured: dict[int, torch.cuda.CUDAGraph] = {}
         self._pool: Any = None  # one CUDA graph memory pool for every bucket
         self._key: tuple[int, ...] = ()
         self.fresh = False  # device lane state matches the host's sequences
@@ -78,7 +77,7 @@ class StaticDecoder:
         if key != self._key or not self.fresh:
             self._upload(lanes, layout)
             self._key = key
-        self._run(lanes, self._length(work))
+        self._run(lanes)
         self.replays += 1
         toks = lanes.out.tolist()  # the one host sync per step
         for b, s in enumerate(layout):
@@ -129,21 +128,12 @@ class StaticDecoder:
                 self._table_owner[s.slot] = s.id
         lanes.state.copy_(torch.tensor(host, dtype=torch.long))
 
-    def _length(self, work: list[Seq]) -> int:
-        """KV columns the step attends over: the lanes' highest reserved column, rounded up to
-        a power of two (a few graphs per bucket instead of attending over the whole width)."""
-        need = max(s.max_col for s in work) + 1
-        length = 16
-        while length < need:
-            length *= 2
-        return min(length, self.vis.shape[1])
-
-    def _body(self, lanes: _Lanes, length: int) -> None:
-        """The captured step. Every shape is fixed by (lanes, length)."""
+    def _body(self, lanes: _Lanes) -> None:
+        """The captured step. Every shape is fixed by the bucket."""
         slots, pos = lanes.state[SLOT], lanes.state[POSITION]
         cols = self.col_table[slots, pos]  # (B,)
         self.vis.index_put_((slots, cols), self._true)
-        seen = self.vis[slots, :length]  # (B, length)
+        seen = self.vis[slots]  # (B, width)
         mask = seen[None, None] if self.tree else seen[:, None, None]  # (R, 1, Q, width)
         step = StepInput(lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index)
         logits = self.model.run(step, self.cache.k, self.cache.v)
@@ -152,16 +142,16 @@ class StaticDecoder:
         lanes.state[TOKEN].copy_(lanes.out)
         lanes.state[POSITION].add_(lanes.state[LIVE])
 
-    def _run(self, lanes: _Lanes, length: int) -> None:
-        key = (lanes.index.shape[0], length)
+    def _run(self, lanes: _Lanes) -> None:
+        b = lanes.index.shape[0]
         if not self.graphs:
-            self._fn(lanes, length)
+            self._fn(lanes)
             return
-        if key not in self._captured:
-            self._captured[key] = self._capture(lanes, length)
-        self._captured[key].replay()
+        if b not in self._captured:
+            self._captured[b] = self._capture(lanes)
+        self._captured[b].replay()
 
-    def _capture(self, lanes: _Lanes, length: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, lanes: _Lanes) -> torch.cuda.CUDAGraph:
         """Warm up and capture on padding lanes only (they touch scratch columns), then put
         the real lane state back."""
         real = lanes.state.clone()
@@ -171,12 +161,12 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._fn(lanes, length)
+                self._fn(lanes)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._fn(lanes, length)
+            self._fn(lanes)
         lanes.state.copy_(real)
         return graph
