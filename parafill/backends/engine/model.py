@@ -136,20 +136,8 @@ def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: 
     r, nq, h, d = q.shape
     g = h // kv_heads
     qg = q.view(r, nq, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(r, kv_heads, g * nq, d)
-    if q.device.type == "cpu" and qg.shape[0] * qg.shape[1] * qg.shape[2] * k.shape[2] <= 8192:
-        out = _small_attention(qg, k, v, mask)
-    else:
-        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (R, Hkv, G*Q, D)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (R, Hkv, G*Q, D)
     return out.view(r, kv_heads, g, nq, d).permute(0, 3, 1, 2, 4).reshape(r, nq, h, d)
-
-
-def _small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Plain softmax attention. On CPU, SDPA has ~1 ms of fixed cost per call (measured on
-    this 2-core box: 1.6 ms for a 3 x 30 decode attention that takes 54 us written out), which
-    dominated a width-1 decode step of a 30-layer model."""
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
 
 
 def _proj(h: Tensor, lin: Any) -> Tensor:
