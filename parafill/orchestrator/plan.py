@@ -132,6 +132,11 @@ def _check_acyclic(graph: nx.DiGraph) -> None:
     raise PlanError(f"plan has a cycle: {path}", node=str(cycle[0][0]))
 
 
+def answer_part(node: Node, text: str) -> str:
+    """A finished node's contribution to the answer: its prefilled start, then its text."""
+    return f"{node.prefix.rstrip()} {text.strip()}" if node.prefix else text.strip()
+
+
 def render_prompt(node: Node, outputs: Mapping[str, str]) -> str:
     """Substitute `{{dep}}` placeholders; unreferenced dependency outputs become context."""
     used = set(PLACEHOLDER.findall(node.prompt))

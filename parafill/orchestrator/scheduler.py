@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from enum import Enum
 
-from parafill.orchestrator.plan import Growth, Node, NodeResult, Plan, validate
+from parafill.orchestrator.plan import Growth, Node, NodeResult, Plan, answer_part, validate
 
 
 class Status(str, Enum):
@@ -86,12 +86,11 @@ class Scheduler:
         return [i for i, s in self.status.items() if s is Status.PENDING] if self.done else []
 
     def answer(self) -> str:
-        parts = []
-        for i in self.plan.answer:
-            if i in self.results:
-                node = self.plan.node(i)
-                text = self.results[i].text.strip()
-                parts.append(f"{node.prefix.rstrip()} {text}" if node.prefix else text)
+        parts = [
+            answer_part(self.plan.node(i), self.results[i].text)
+            for i in self.plan.answer
+            if i in self.results
+        ]
         return self.plan.separator.join(parts)
 
     def _expect(self, node_id: str, status: Status) -> None:

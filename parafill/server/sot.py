@@ -15,7 +15,7 @@ from typing import Any
 
 from parafill.backends.local import LocalBackend
 from parafill.orchestrator.events import Event, NodeFinished
-from parafill.orchestrator.plan import Growth, Node, RunResult
+from parafill.orchestrator.plan import Growth, Node, RunResult, answer_part
 from parafill.orchestrator.runner import Expander, RunConfig, run_plan
 from parafill.planners.skeleton import SkeletonPlanner, parse_points
 from parafill.server.direct import Job
@@ -59,9 +59,7 @@ class _Order:
         return out
 
 
-def _paragraph(node: Node, text: str) -> str:
-    # the same joining as Scheduler.answer (a test holds stream == whole answer)
-    return f"{node.prefix.rstrip()} {text.strip()}" if node.prefix else text.strip()
+_paragraph = answer_part  # the same joining as the run's answer (stream == whole answer)
 
 
 async def _run(
