@@ -5,7 +5,7 @@
 Random-weight Llama models of real shapes (step time does not depend on weight values).
 Engine: ms per decode step with W sequences active (rows mode; on CUDA the static-shape
 step replayed as a CUDA graph, and the eager step beside it). HF: ms per generated token
-step of `generate` at batch W (eager, dynamic cache; and with --hf-static, the static cache
+step of `generate` at batch W (fastest of --reps runs, interleaved with the engine's; eager, dynamic cache; and with --hf-static, the static cache
 that transformers compiles with torch.compile). Also the weight-streaming floor
 (weight bytes / memory bandwidth, --bandwidth GB/s) when on CUDA.
 """
@@ -23,13 +23,31 @@ from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import GenParams
 
 SHAPES = {
-    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                    tie_word_embeddings=True),
-    "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                 num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+    "smollm2": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "1.1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    ),
 }
 
 
@@ -45,10 +63,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def engine_ms(model, width: int, steps: int, device: str, decode: str = "auto",
-              compile: bool = False) -> float:
-    cfg = EngineConfig(rows=max(width, 1), budget_tokens=max(width, 1) * 512, decode=decode,
-                       compile=compile)
+def engine_ms(
+    model, width: int, steps: int, device: str, decode: str = "auto", compile: bool = False
+) -> float:
+    cfg = EngineConfig(
+        rows=max(width, 1), budget_tokens=max(width, 1) * 512, decode=decode, compile=compile
+    )
     eng = Engine(CompactLM(model, 4096), cfg)
     for i in range(width):
         eng.submit([1 + i, 2, 3, 4, 5, 6, 7, 8], GenParams(max_tokens=steps + 8))
@@ -85,19 +105,35 @@ def main() -> None:
     ap.add_argument("--shapes", default="smollm2")
     ap.add_argument("--widths", default="1,4,16,64")
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="repetitions, engine and HF "
+        "interleaved; the fastest of each is reported (robust to a busy machine)",
+    )
     ap.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s (H100 SXM: 3350)")
-    ap.add_argument("--compile", default="", help="shapes to also time the engine's "
-                    "torch.compile'd static step on (slow to compile), e.g. 1.1b")
-    ap.add_argument("--hf-static", default="", help="shapes to also time HF static cache + "
-                    "torch.compile on (slow to compile), e.g. 1.1b")
+    ap.add_argument(
+        "--compile",
+        default="",
+        help="shapes to also time the engine's "
+        "torch.compile'd static step on (slow to compile), e.g. 1.1b",
+    )
+    ap.add_argument(
+        "--hf-static",
+        default="",
+        help="shapes to also time HF static cache + torch.compile on (slow to compile), e.g. 1.1b",
+    )
     a = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     hw = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(f"hardware: {hw}, dtype {dtype}, torch {torch.__version__}")
     cuda = device == "cuda"
-    print("| shape | width | engine ms/step | engine eager ms | HF generate ms | HF static+compile ms"
-          " | engine compiled ms | HF / engine | floor ms | engine / floor | engine / width-1 |")
+    print(
+        "| shape | width | engine ms/step | engine eager ms | HF generate ms | HF static+compile ms"
+        " | engine compiled ms | HF / engine | floor ms | engine / floor | engine / width-1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.shapes.split(","):
         model = build(name, device, dtype)
@@ -105,16 +141,25 @@ def main() -> None:
         floor = weight_bytes / (a.bandwidth * 1e9) * 1e3 if cuda else float("nan")
         base = None
         for w in (int(x) for x in a.widths.split(",")):
-            e = engine_ms(model, w, a.steps, device)
+            es, hs_ = [], []
+            for _ in range(a.reps):
+                es.append(engine_ms(model, w, a.steps, device))
+                hs_.append(hf_ms(model, w, a.steps, device))
+            e, h = min(es), min(hs_)
             eager = engine_ms(model, w, a.steps, device, "eager") if cuda else float("nan")
-            h = hf_ms(model, w, a.steps, device)
             hs = hf_ms(model, w, a.steps, device, True) if name in a.hf_static else float("nan")
-            ec = (engine_ms(model, w, a.steps, device, "static", True) if name in a.compile
-                  else float("nan"))
+            ec = (
+                engine_ms(model, w, a.steps, device, "static", True)
+                if name in a.compile
+                else float("nan")
+            )
             base = base or e
-            print(f"| {name} | {w} | {e:.2f} | {eager:.2f} | {h:.2f} | {hs:.2f} | {ec:.2f} "
-                  f"| {h / e:.2f}× "
-                  f"| {floor:.2f} | {e / floor:.2f}× | {e / base:.2f}× |", flush=True)
+            print(
+                f"| {name} | {w} | {e:.2f} | {eager:.2f} | {h:.2f} | {hs:.2f} | {ec:.2f} "
+                f"| {h / e:.2f}× "
+                f"| {floor:.2f} | {e / floor:.2f}× | {e / base:.2f}× |",
+                flush=True,
+            )
         del model
         if device == "cuda":
             torch.cuda.empty_cache()

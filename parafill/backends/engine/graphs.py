@@ -135,7 +135,9 @@ class StaticDecoder:
         self.vis.index_put_((slots, cols), self._true)
         seen = self.vis[slots]  # (B, width)
         mask = seen[None, None] if self.tree else seen[:, None, None]  # (R, 1, Q, width)
-        step = StepInput(lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index)
+        step = StepInput(
+            lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index, dense=True
+        )
         logits = self.model.run(step, self.cache.k, self.cache.v)
         lanes.logits.copy_(logits)
         lanes.out.copy_(logits.argmax(dim=-1))

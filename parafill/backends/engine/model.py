@@ -37,6 +37,39 @@ class Shapes:
 
 
 @dataclass(frozen=True)
+class _Layer:
+    """One decoder layer's tensors. `qkv` and `gate_up` are fused matrices; the HF module's
+    own q/k/v and gate/up parameters are re-pointed at views of them (no second copy)."""
+
+    ln1: Tensor
+    qkv: Tensor
+    qkv_bias: Tensor | None
+    o: Tensor
+    o_bias: Tensor | None
+    ln2: Tensor
+    gate_up: Tensor
+    down: Tensor
+
+
+def _fuse(mods: list[Any], attr: str) -> Tensor | None:
+    """Concatenate the modules' `attr` tensors along dim 0 and make each module's parameter a
+    view of the result, so the HF model (the reference) and the engine share one copy."""
+    parts = [getattr(m, attr) for m in mods]
+    if all(p is None for p in parts):
+        return None
+    if any(p is None for p in parts):
+        raise ValueError(f"compact forward needs all or none of the fused projections' {attr}")
+    with torch.no_grad():
+        fused = torch.cat([p.detach() for p in parts])
+        start = 0
+        for p in parts:
+            n = p.shape[0]
+            p.data = fused[start : start + n]
+            start += n
+    return fused
+
+
+@dataclass(frozen=True)
 class StepInput:
     """One forward's worth of new tokens. N new tokens over R rows, Q query slots per row."""
 
@@ -47,6 +80,7 @@ class StepInput:
     qslots: Tensor  # (N,) index of the token among its row's queries
     mask: Tensor  # (R, 1, Q, L) bool: may query attend to column
     logits_at: Tensor  # (M,) indices into N whose next-token logits are wanted
+    dense: bool = False  # token b is query slot b % Q of row b // Q (no scatter/gather needed)
 
 
 class CompactLM:
@@ -65,7 +99,7 @@ class CompactLM:
             eps=cfg.rms_norm_eps,
         )
         self.embed: Tensor = base.embed_tokens.weight
-        self.layers: list[Any] = list(base.layers)
+        self.layers = [_layer(layer) for layer in base.layers]
         self.norm: Tensor = base.norm.weight
         self.lm_head: Tensor = hf_model.lm_head.weight
         self.dtype: torch.dtype = self.embed.dtype
@@ -84,24 +118,26 @@ class CompactLM:
         cos, sin = self.cos[step.positions], self.sin[step.positions]  # (N, D)
         group = self.shapes.heads // self.shapes.kv_heads
         r, _, nq, length = step.mask.shape
-        # fold the G query heads sharing a KV head into the query axis: (R, 1, G*Q, L), once
-        mask = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
+        # fold the G query heads sharing a KV head into the query axis: (R, 1, G*Q, L), and
+        # make it additive once per forward, its rows 16-aligned in memory, so that no layer's
+        # attention call converts or pads it again
+        folded = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
+        additive = torch.where(folded, 0.0, float("-inf")).to(x.dtype)
+        mask = F.pad(additive, (0, -length % 16))[..., :length]
         for i, layer in enumerate(self.layers):
-            h = _rms(x, layer.input_layernorm.weight, self.shapes.eps)
-            x = x + self._attention(i, layer.self_attn, h, cos, sin, (step, mask), k_cache, v_cache)
-            h = _rms(x, layer.post_attention_layernorm.weight, self.shapes.eps)
-            mlp = layer.mlp
-            x = x + F.linear(
-                F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
-                mlp.down_proj.weight,
-            )
+            h = _rms(x, layer.ln1, self.shapes.eps)
+            x = x + self._attention(i, layer, h, cos, sin, (step, mask), k_cache, v_cache)
+            h = _rms(x, layer.ln2, self.shapes.eps)
+            gu = _wide_linear(h, layer.gate_up)
+            half = gu.shape[-1] // 2
+            x = x + F.linear(F.silu(gu[:, :half]) * gu[:, half:], layer.down)
         x = _rms(x[step.logits_at], self.norm, self.shapes.eps)
-        return F.linear(x, self.lm_head).float()
+        return _wide_linear(x, self.lm_head).float()
 
     def _attention(
         self,
         i: int,
-        attn: Any,
+        layer: _Layer,
         h: Tensor,
         cos: Tensor,
         sin: Tensor,
@@ -112,20 +148,27 @@ class CompactLM:
         step, mask = inputs  # mask: the step's mask folded for grouped heads
         s = self.shapes
         n = h.shape[0]
-        q = _proj(h, attn.q_proj).view(n, s.heads, s.head_dim)
-        k = _proj(h, attn.k_proj).view(n, s.kv_heads, s.head_dim)
-        v = _proj(h, attn.v_proj).view(n, s.kv_heads, s.head_dim)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+        nqk = (s.heads + s.kv_heads) * s.head_dim
+        qk = _rope(qkv[:, :nqk].view(n, s.heads + s.kv_heads, s.head_dim), cos, sin)
+        q, k = qk[:, : s.heads], qk[:, s.heads :]
+        v = qkv[:, nqk:].view(n, s.kv_heads, s.head_dim)
         k_cache[i, step.rows, :, step.cols] = k.to(k_cache.dtype)
         v_cache[i, step.rows, :, step.cols] = v.to(v_cache.dtype)
         r, _, nq, length = step.mask.shape
-        qp = q.new_zeros(r, nq, s.heads, s.head_dim)
-        qp[step.rows, step.qslots] = q
+        if step.dense:
+            qp = q.reshape(r, nq, s.heads, s.head_dim)
+        else:
+            qp = q.new_zeros(r, nq, s.heads, s.head_dim)
+            qp[step.rows, step.qslots] = q
         out = _grouped_attention(
             qp, k_cache[i, :r, :, :length], v_cache[i, :r, :, :length], mask, s.kv_heads
         )  # (R, Q, H, D)
-        out = out[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
-        return _proj(out, attn.o_proj)  # o_proj has a bias in Llama with attention_bias
+        if step.dense:
+            out = out.reshape(n, s.heads * s.head_dim)
+        else:
+            out = out[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
+        return F.linear(out, layer.o, layer.o_bias)  # o_proj has a bias with attention_bias
 
 
 def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: int) -> Tensor:
@@ -140,14 +183,44 @@ def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: 
     return out.view(r, kv_heads, g, nq, d).permute(0, 3, 1, 2, 4).reshape(r, nq, h, d)
 
 
-def _proj(h: Tensor, lin: Any) -> Tensor:
-    return F.linear(h, lin.weight, lin.bias)
+def _layer(layer: Any) -> _Layer:
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv_mods = [attn.q_proj, attn.k_proj, attn.v_proj]
+    qkv = _fuse(qkv_mods, "weight")
+    gate_up = _fuse([mlp.gate_proj, mlp.up_proj], "weight")
+    assert qkv is not None and gate_up is not None
+    return _Layer(
+        ln1=layer.input_layernorm.weight,
+        qkv=qkv,
+        qkv_bias=_fuse(qkv_mods, "bias"),
+        o=attn.o_proj.weight,
+        o_bias=attn.o_proj.bias,
+        ln2=layer.post_attention_layernorm.weight,
+        gate_up=gate_up,
+        down=mlp.down_proj.weight,
+    )
+
+
+_ONEDNN = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    else None
+)
+
+
+def _wide_linear(x: Tensor, w: Tensor) -> Tensor:
+    """x @ w.T for a projection much wider than its input (gate/up, the LM head). On CPU in
+    fp32, oneDNN's kernel is up to 2x faster than the default for these shapes (measured on
+    2 cores: LM head 4.1 vs 8.2 ms at 1 row); elsewhere, and for narrow ones, `F.linear`."""
+    if _ONEDNN is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+        if not torch.is_grad_enabled():
+            return _ONEDNN(x, w, None, "none", [], "")  # type: ignore[no-any-return]
+    return F.linear(x, w)
 
 
 def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf.to(x.dtype)
+    # one fused kernel where torch has it; the same values as HF's fp32 formula on CPU
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
