@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, CompileConfig, LlamaConfig
 
 from parafill.backends.engine.engine import Engine, EngineConfig
 from parafill.backends.engine.model import CompactLM
@@ -87,6 +87,10 @@ def hf_ms(model, width: int, steps: int, device: str, static: bool = False) -> f
     kw = dict(attention_mask=torch.ones_like(x), do_sample=False, pad_token_id=0)
     if static:  # transformers compiles the forward itself when the cache is static
         kw["cache_implementation"] = "static"
+        if device == "cpu":  # it only auto-compiles on accelerators unless told to
+            cc = CompileConfig(mode="default")
+            cc._compile_all_devices = True
+            kw["compile_config"] = cc
         model.generate(x, max_new_tokens=steps + 1, min_new_tokens=steps + 1, **kw)
     model.generate(x, max_new_tokens=2, min_new_tokens=2, **kw)
     sync(device)

@@ -45,6 +45,7 @@ class LocalConfig:
     rows: int = 16
     max_positions: int = 4096
     adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
+    retain: bool = True  # keep finished requests' KV as a prefix cache for later requests
 
 
 class Detokenizer:
@@ -97,7 +98,9 @@ class LocalBackend:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
-        ecfg = EngineConfig(mode=cfg.mode, budget_tokens=cfg.budget_tokens, rows=cfg.rows)
+        ecfg = EngineConfig(
+            mode=cfg.mode, budget_tokens=cfg.budget_tokens, rows=cfg.rows, retain=cfg.retain
+        )
         notify = on_convert or (lambda _msg: None)
         backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok)
         async with backend.running():

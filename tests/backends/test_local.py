@@ -78,12 +78,13 @@ async def together(local: LocalBackend) -> tuple[list[tuple[str, int, str | None
 
 def _empty(local: LocalBackend) -> bool:
     eng, cache = local.engine, local.engine.cache
-    full = cache.free_cols == [cache.spec.cols] * cache.spec.rows
-    return not (eng.live or eng.waiting) and full and int(cache.refs.sum()) == 0
+    kept = sum(len(s.cols) for s in eng.cached)  # retained prefixes: evicted when needed
+    return not (eng.live or eng.waiting) and int(cache.refs.sum()) == kept
 
 
 async def _idle(local: LocalBackend, seconds: float = 10) -> None:
-    """Wait until the engine holds no sequence and no KV column (it runs in its own thread)."""
+    """Wait until the engine holds no sequence and no KV column beyond its prefix cache (it
+    runs in its own thread)."""
     with anyio.fail_after(seconds):
         while not _empty(local):
             await anyio.sleep(0.02)

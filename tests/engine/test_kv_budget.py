@@ -71,6 +71,7 @@ def test_full_cache_makes_requests_wait_then_admits_them(
     drain(eng, run, [ia, ib, ic, idd])
     for i, p, n in zip((ia, ib, ic, idd), prompts, lengths, strict=True):
         assert run.tokens[i] == ref(p, n)
+    eng.drop_cached()  # retained prefixes hold columns until evicted
     assert int(eng.cache.refs.sum()) == 0
 
 
@@ -105,13 +106,17 @@ def test_shared_columns_outlive_the_sequence_that_wrote_them(
     ib = eng.submit(b, greedy(20))  # 20 shared + 23 own
     step(eng, run, 2)
     assert ia in run.finish and ib not in run.finish
-    assert eng.cache.free_cols[0] == 80 - 20 - 23  # the shared 20 are still reserved
-    idd = eng.submit(d, greedy(6))  # 36 slots: fits now, beside B's columns
+    assert [s.id for s in eng.cached] == [ia]  # A's KV is kept as a prefix cache
+    assert eng.cache.free_cols[0] == 80 - 26 - 23
+    idd = eng.submit(d, greedy(6))  # 36 slots: fits once A is evicted, beside B's columns
     step(eng, run)
     assert {s.id for s in eng.live} == {ib, idd}
+    assert not eng.cached
+    assert eng.cache.free_cols[0] == 80 - 20 - 23 - 36  # the shared 20 are still reserved
     drain(eng, run, [ia, ib, idd])
     assert run.tokens[ib] == ref(b, 20)
     assert run.tokens[idd] == ref(d, 6)
+    eng.drop_cached()  # retained prefixes hold columns until evicted
     assert int(eng.cache.refs.sum()) == 0
 
 

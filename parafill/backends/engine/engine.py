@@ -34,6 +34,10 @@ class EngineConfig:
     # fixed shapes with device-side state (CUDA graphs on a GPU); "auto": static on CUDA
     decode: Literal["auto", "eager", "static"] = "auto"
     compile: bool = False  # static decode: torch.compile the step first (slow start, faster)
+    # keep a finished sequence's KV as a prefix cache (like vLLM's automatic prefix caching):
+    # a later request sharing its prefix reuses it instead of prefilling; evicted, least
+    # recently used first, the moment its room is needed
+    retain: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class Engine:
         )
         self.waiting: list[Seq] = []
         self.live: list[Seq] = []
+        self.cached: list[Seq] = []  # finished, KV kept for reuse; least recently used first
+        self.reused = 0  # prompt tokens taken from the prefix cache instead of prefilled
         self.steps = 0
         self._inbox = _Inbox()
         self._next_id = 0
@@ -182,7 +188,7 @@ class Engine:
         self._release_unused_prefixes()
 
     def _try_admit(self, seq: Seq) -> bool:
-        donor, m = longest_match(seq.prompt, self.live, written_only=True)
+        donor, m = longest_match(seq.prompt, self.live + self.cached, written_only=True)
         _, planned = longest_match(seq.prompt, self.live, written_only=False)
         if planned >= m + self.config.min_share:
             return False  # a shared prefix is being prefilled; fork from it next step
@@ -198,29 +204,65 @@ class Engine:
 
     def _place(self, seq: Seq, donor: Seq | None, m: int) -> bool:
         m = min(m, len(seq.prompt) - 1) if donor is not None else 0
+        if donor is None or m == 0:
+            donor, m = None, 0
+        elif donor in self.cached:  # most recently used goes last
+            self.cached.remove(donor)
+            self.cached.append(donor)
+        while not self._place_now(seq, donor, m):
+            victim = next((c for c in self.cached if c is not donor), None)
+            if victim is None and donor is not None and donor in self.cached:
+                victim, donor, m = donor, None, 0  # its room is needed more than its prefix
+            if victim is None:
+                return False
+            self._evict(victim)
+        self.reused += m
+        return True
+
+    def _place_now(self, seq: Seq, donor: Seq | None, m: int) -> bool:
         total = len(seq.prompt) + seq.params.max_tokens
-        same_row = self.config.mode == "tree"
-        own = total - m if same_row else total
+        tree = self.config.mode == "tree"
+        adopt = not tree and donor is not None and donor in self.cached
         if not self.free_slots:
             return False
-        got = self.cache.alloc(own)
-        if got is None:
-            return False
-        seq.row, cols = got
+        if adopt:  # rows mode, finished donor: take over its row, no copy
+            assert donor is not None
+            got = self.cache.alloc(total - m, row=donor.row)
+            if got is None:
+                return False
+            self.cached.remove(donor)
+            self.cache.release(donor.row, donor.cols[m:])
+            seq.row, cols = donor.row, donor.cols[:m] + got[1]
+        else:
+            got = self.cache.alloc(total - m if tree else total)
+            if got is None:
+                return False
+            seq.row, cols = got
         seq.slot = self.free_slots.pop()
         self.vis[seq.slot] = False
         if donor is not None and m > 0:
             shared = donor.cols[:m]
-            if same_row:
+            if tree:
                 self.cache.share(seq.row, shared)
                 cols = shared + cols
-            else:
+            elif not adopt:
                 self.cache.copy(donor.row, shared, seq.row, cols[:m])
             self.vis[seq.slot, torch.tensor(cols[:m], device=self.vis.device)] = True
         seq.cols, seq.fed = cols, m
         seq.max_col = max(cols)
         self.live.append(seq)
         return True
+
+    def _evict(self, seq: Seq) -> None:
+        self.cached.remove(seq)
+        self.cache.release(seq.row, seq.cols)
+
+    def drop_cached(self) -> int:
+        """Evict every retained prefix (engine thread only); returns how many there were."""
+        n = len(self.cached)
+        for seq in list(self.cached):
+            self._evict(seq)
+        return n
 
     def _release_unused_prefixes(self) -> None:
         for p in [s for s in self.live if s.prefix_only and s.done_feeding]:
@@ -235,8 +277,11 @@ class Engine:
     ) -> StepOutput:
         if seq in self.live:
             self.live.remove(seq)
-            self.cache.release(seq.row, seq.cols)
             self.free_slots.append(seq.slot)
+            if self.config.retain and finish != "error" and seq.fed > 0:
+                self.cached.append(seq)  # its written KV stays as a prefix cache
+            else:
+                self.cache.release(seq.row, seq.cols)
         return StepOutput(seq.id, tokens, finish, error)
 
 

@@ -2,8 +2,8 @@
 
 Same surface as `Engine` (submit / cancel / step / serve), but each sequence keeps its own
 HF cache and every step runs the HF model's own forward once per active sequence: no packing,
-no shared prefixes, no static shapes. It exists so any causal LM works, correctly; the local
-backend says so when it picks it.
+no shared prefixes, no prefix cache, no static shapes. It exists so any causal LM works,
+correctly; the local backend says so when it picks it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class FallbackEngine:
         self.device = next(hf_model.parameters()).device
         self.live: list[_Seq] = []
         self.waiting: list[_Seq] = []
+        self.cached: list[_Seq] = []  # no prefix cache on this path
+        self.reused = 0
         self.steps = 0
         self._lock = threading.Condition()
         self._submitted: list[_Seq] = []
