@@ -1,14 +1,17 @@
 """`parafill ner`: named entities of one text, or of every line of a JSONL file.
 
 JSONL in: one object per line with "text" (and optionally "id"); out: the same id and text
-with "entities" and "notes". A bad line is reported on stderr with its line number and
-skipped; the other lines are processed; a summary ends the run (exit 1 if any was skipped).
+with "entities" and "notes", in input order. `--concurrency` documents are in flight at once,
+so the engine decodes their nodes together. A bad line is reported on stderr with its line
+number and skipped; the other lines are processed; each finished document is written as soon
+as those before it are; a summary ends the run (exit 1 if any was skipped).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ class Job:
     config: NerConfig
     mode: str
     local: LocalConfig
+    concurrency: int = 1
 
 
 def ner(
@@ -55,6 +59,9 @@ def ner(
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
     max_mentions: Annotated[int, typer.Option(help="Most mentions per label.")] = 4,
     max_nodes: Annotated[int, typer.Option(help="Most plan nodes.")] = 64,
+    concurrency: Annotated[
+        int, typer.Option(help="--input: documents in flight at once.", min=1)
+    ] = 8,
 ) -> None:
     """Extract named entities (PaDeLLM-NER: counts, then every mention in parallel)."""
     names = tuple(s.strip() for s in labels.split(",") if s.strip())
@@ -69,7 +76,7 @@ def ner(
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    job = Job(cfg, mode, LocalConfig(model=model, adapter=chosen))
+    job = Job(cfg, mode, LocalConfig(model=model, adapter=chosen), concurrency)
     try:
         skipped = anyio.run(_main, job, text, input, output)
     except (ModelNotFound, ValueError, OSError) as exc:
@@ -105,23 +112,41 @@ def _print(result: NerResult) -> None:
 
 
 async def _jsonl(job: Job, backend: LocalBackend, fin: IO[str], fout: IO[str], name: str) -> int:
-    done = skipped = 0
-    for no, line in enumerate(fin, 1):
-        if not line.strip():
-            continue
+    order: deque[int] = deque()  # line numbers in flight or waiting to be written, in order
+    ready: dict[int, dict[str, object] | None] = {}  # finished (None: skipped)
+    counts = {"done": 0, "skipped": 0}
+    room = anyio.Semaphore(job.concurrency)
+
+    def write_ready() -> None:
+        while order and order[0] in ready:
+            record = ready.pop(order.popleft())
+            if record is not None:
+                fout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fout.flush()  # finished documents are kept even if a later one fails
+                counts["done"] += 1
+
+    async def one(no: int, line: str) -> None:
+        record: dict[str, object] | None = None
         try:
             doc = DocIn.model_validate_json(line)
-            result = await extract(doc.text, backend, job.config, job.mode)
+            record = _record(doc, await extract(doc.text, backend, job.config, job.mode))
         except (ValidationError, ValueError, RunFailed) as exc:
-            reason = _reason(exc)
-            err.print(f"{name}:{no}: skipped: {reason}", markup=False)
-            skipped += 1
-            continue
-        fout.write(json.dumps(_record(doc, result), ensure_ascii=False) + "\n")
-        fout.flush()  # finished documents are kept even if a later one fails
-        done += 1
-    err.print(f"{name}: processed {done}, skipped {skipped}", markup=False)
-    return skipped
+            err.print(f"{name}:{no}: skipped: {_reason(exc)}", markup=False)
+            counts["skipped"] += 1
+        finally:
+            ready[no] = record
+            write_ready()
+            room.release()
+
+    async with anyio.create_task_group() as tg:
+        for no, line in enumerate(fin, 1):
+            if not line.strip():
+                continue
+            await room.acquire()
+            order.append(no)
+            tg.start_soon(one, no, line)
+    err.print(f"{name}: processed {counts['done']}, skipped {counts['skipped']}", markup=False)
+    return counts["skipped"]
 
 
 def _reason(exc: Exception) -> str:

@@ -55,3 +55,27 @@ def test_cli_one_text_and_usage_errors() -> None:
     assert bad.exit_code == 2 and "fan-out cap" in bad.stderr
     both = runner.invoke(app, ["ner", "--mode", "fast", "x"])
     assert both.exit_code == 2 and "unknown mode 'fast'" in both.stderr
+
+
+def test_cli_jsonl_concurrency_keeps_order_and_results(tmp_path: Path) -> None:
+    """Documents in flight together (batched by the engine) give exactly the entities they
+    give one at a time (greedy), written in input order."""
+    texts = [
+        TRAIN_TWEET,
+        "have fun in vancouver tonight !",
+        "Watching the Lakers game with Kobe fans in Los Angeles",
+        "nothing to see here",
+        "Taylor Swift new album out on iTunes",
+    ]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    outs = []
+    for conc in ("1", "4"):
+        dst = tmp_path / f"out{conc}.jsonl"
+        args = ["ner", "--input", str(src), "--output", str(dst), "--concurrency", conc]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(x) for x in dst.read_text().splitlines()]
+        assert [r["id"] for r in rows] == list(range(len(texts)))
+        outs.append([(r["entities"], r["notes"]) for r in rows])
+    assert outs[0] == outs[1]
