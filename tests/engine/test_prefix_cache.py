@@ -150,3 +150,26 @@ def test_a_failed_forward_is_not_cached(llama: torch.nn.Module) -> None:
     b = eng.submit(prompt, greedy(4))
     drain(eng, run, [b])
     assert eng.reused == 0
+
+
+def test_waiting_for_a_slot_does_not_evict_the_cache(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """Tree mode, 2 sequence slots: a request waiting for a slot leaves the cache alone
+    (evicting could not give it a slot), then reuses the cached prefix once admitted."""
+    gen = torch.Generator().manual_seed(17)
+    a = rand_prompt(gen, 24)
+    eng, _ = make_engine(llama, mode="tree", budget_tokens=512, max_seqs=2)
+    run = Run()
+    ia = eng.submit(a, greedy(3))
+    drain(eng, run, [ia])
+    ib = eng.submit(rand_prompt(gen, 10), greedy(4))
+    ic = eng.submit(rand_prompt(gen, 10), greedy(12))
+    d = a + rand_prompt(gen, 4)
+    idd = eng.submit(d, greedy(5))
+    eng.step()
+    assert [s.id for s in eng.waiting] == [idd]
+    assert [s.id for s in eng.cached] == [ia]
+    drain(eng, run, [ib, ic, idd])
+    assert run.tokens[idd] == ref(d, 5)
+    assert eng.reused >= len(a)

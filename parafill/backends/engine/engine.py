@@ -209,6 +209,8 @@ class Engine:
         elif donor in self.cached:  # most recently used goes last
             self.cached.remove(donor)
             self.cached.append(donor)
+        if not self.free_slots:
+            return False  # cached entries hold no slot: evicting them would not help
         while not self._place_now(seq, donor, m):
             victim = next((c for c in self.cached if c is not donor), None)
             if victim is None and donor is not None and donor in self.cached:
@@ -223,15 +225,12 @@ class Engine:
         total = len(seq.prompt) + seq.params.max_tokens
         tree = self.config.mode == "tree"
         adopt = not tree and donor is not None and donor in self.cached
-        if not self.free_slots:
-            return False
-        if adopt:  # rows mode, finished donor: take over its row, no copy
+        if adopt:  # rows mode, finished donor: take over its row in place, no copy
             assert donor is not None
-            got = self.cache.alloc(total - m, row=donor.row)
-            if got is None:
-                return False
             self.cached.remove(donor)
-            self.cache.release(donor.row, donor.cols[m:])
+            self.cache.release(donor.row, donor.cols[m:])  # the row now holds just the prefix
+            got = self.cache.alloc(total - m, row=donor.row)
+            assert got is not None  # a request fits a row (checked at submit)
             seq.row, cols = donor.row, donor.cols[:m] + got[1]
         else:
             got = self.cache.alloc(total - m if tree else total)
