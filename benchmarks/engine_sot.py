@@ -8,7 +8,8 @@ every run decodes exactly the same token counts. The request: a shared prefix (q
 skeleton decoded from it, then N branches whose prompts are prefix + skeleton + a short
 point header, each decoding a fixed number of tokens.
   - engine (rows / tree): the branches run together; the prefix + skeleton KV is shared
-  - engine sequential: the same branches one after another on the same engine
+  - engine sequential: the same branches one after another on the same engine (with the
+    prefix cache each branch reuses the finished skeleton's KV; and with it off, for reference)
   - HF generate: skeleton, then each branch with its own generate call (and, for reference,
     all branches as one left-padded batch)
 Also the KV bytes each packing holds while all branches are live.
@@ -35,14 +36,20 @@ def prompts(a, vocab: int) -> tuple[list[int], list[list[int]]]:
     return prefix, heads
 
 
-def run_engine(model, a, mode: str, parallel: bool, decode: str) -> tuple[float, int, list]:
+def run_engine(
+    model, a, mode: str, parallel: bool, decode: str, retain: bool = True
+) -> tuple[float, int, list]:
     """Runs the request twice on one engine and times the second run (steady state: CUDA
-    graphs for every (lanes, length) shape the request needs are captured by then)."""
+    graphs for every (lanes, length) shape the request needs are captured by then), with the
+    first run's KV evicted from the prefix cache (no reuse of an identical earlier request)."""
     total = a.prefix + a.skeleton + 8 + a.branch_tokens
     budget = total * (a.branches + 1) + 64
-    cfg = EngineConfig(mode=mode, budget_tokens=budget, rows=a.branches + 1, decode=decode)
+    cfg = EngineConfig(
+        mode=mode, budget_tokens=budget, rows=a.branches + 1, decode=decode, retain=retain
+    )
     eng = Engine(CompactLM(model, 4096), cfg)
     once(eng, model, a, parallel)
+    eng.drop_cached()
     return once(eng, model, a, parallel)
 
 
@@ -130,9 +137,11 @@ def main() -> None:
             ref = ref or toks
             same = "same tokens" if toks == ref else "TOKENS DIFFER"
             rows.append((f"engine {mode}, parallel ({decode}; {same})", t, peak))
-    t_seq, _, toks = run_engine(model, a, "rows", False, "auto")
-    rows.append((f"engine rows, sequential ({'same tokens' if toks == ref else 'TOKENS DIFFER'})",
-                 t_seq, None))
+    for retain in (True, False):
+        t_seq, _, toks = run_engine(model, a, "rows", False, "auto", retain)
+        same = "same tokens" if toks == ref else "TOKENS DIFFER"
+        cache = "prefix cache on" if retain else "prefix cache off"
+        rows.append((f"engine rows, sequential ({cache}; {same})", t_seq, None))
     rows.append(("HF generate, branches batched", run_hf(model, a, True), None))
     if not a.skip_hf_sequential:
         rows.append(("HF generate, branches one by one", run_hf(model, a, False), None))

@@ -53,6 +53,7 @@ class Chunk:
     text: str
     tokens: int = 0
     finish_reason: FinishReason | None = None
+    logprob: float | None = None  # summed log p of this chunk's tokens, where the backend has it
 
 
 @dataclass(frozen=True)

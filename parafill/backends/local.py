@@ -24,6 +24,7 @@ from parafill.backends.base import (
     BackendError,
     Capabilities,
     Chunk,
+    FinishReason,
     Message,
     Request,
     Sampling,
@@ -187,13 +188,15 @@ async def _chunks(
         if out.finish == "cancelled":
             raise BackendError("request was cancelled in the engine", retryable=False)
         text, stopped = detok.add(out.tokens, final=out.finish is not None)
+        lp = sum(out.logprobs)
         if stopped:
-            yield Chunk(text, len(out.tokens), "stop")
+            yield Chunk(text, len(out.tokens), "stop", lp)
             return
         if out.finish is not None:
-            yield Chunk(text, len(out.tokens), "length" if out.finish == "length" else "stop")
+            finish: FinishReason = "length" if out.finish == "length" else "stop"
+            yield Chunk(text, len(out.tokens), finish, lp)
             return
-        yield Chunk(text, len(out.tokens))
+        yield Chunk(text, len(out.tokens), logprob=lp)
 
 
 def _auto_device() -> str:

@@ -83,6 +83,7 @@ class NodeResult:
     seconds: float
     attempts: int = 1
     finish_reason: str | None = None
+    logprob: float | None = None  # summed log p of the output's tokens, if the backend has it
 
 
 def validate(plan: Plan, *, existing: Iterable[str] = ()) -> nx.DiGraph:

@@ -150,7 +150,7 @@ async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
             await ctx.emit(NodeStarted(node.id, attempt))
             try:
                 with anyio.fail_after(ctx.config.node_timeout):
-                    text, tokens, finish = await _stream(node.id, request, ctx)
+                    text, tokens, finish, logprob = await _stream(node.id, request, ctx)
             except Exception as exc:  # classified below; never swallowed
                 error, retryable = _describe(exc, ctx.config.node_timeout)
                 again = retryable and attempt < attempts
@@ -161,20 +161,26 @@ async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
                 await anyio.sleep(ctx.config.retry_delay * 2 ** (attempt - 1))
                 continue
             secs = time.perf_counter() - t0
-            await ctx.done.send(NodeResult(node.id, text, tokens, secs, attempt, finish))
+            result = NodeResult(node.id, text, tokens, secs, attempt, finish, logprob)
+            await ctx.done.send(result)
             return
 
 
-async def _stream(node_id: str, request: Request, ctx: _Ctx) -> tuple[str, int, str | None]:
+async def _stream(
+    node_id: str, request: Request, ctx: _Ctx
+) -> tuple[str, int, str | None, float | None]:
     parts: list[str] = []
     tokens, finish = 0, None
+    logprob: float | None = None  # stays None unless the backend reports log-probabilities
     async for chunk in ctx.backend.stream(request):
         parts.append(chunk.text)
         tokens += chunk.tokens
         finish = chunk.finish_reason or finish
+        if chunk.logprob is not None:
+            logprob = (logprob or 0.0) + chunk.logprob
         if chunk.text:
             await ctx.emit(NodeText(node_id, chunk.text))
-    return "".join(parts), tokens, finish
+    return "".join(parts), tokens, finish, logprob
 
 
 def _describe(exc: Exception, timeout: float | None) -> tuple[str, bool]:

@@ -2,9 +2,10 @@
 the plan by one node per (label, k-th mention), decoded in parallel; duplicate spans across
 labels are resolved. Also the baseline: one node writing every entity autoregressively.
 
-Dedupe rule (no token probabilities reach the planner yet): a span claimed by several labels
-goes to the label that wrote it at the smallest k (its earliest, most confident mention), ties
-to the label listed first. Fan-out is capped up front: counts + mentions <= `max_nodes`.
+Dedupe (the paper's rule): a span claimed by several labels goes to the label whose mention
+node wrote it with the highest mean token log-probability (the local engine reports them).
+Where the backend reports none, a deterministic proxy: the label that wrote it at the smallest
+k; ties to the label listed first. Fan-out is capped up front: counts + mentions <= `max_nodes`.
 """
 
 from __future__ import annotations
@@ -133,21 +134,25 @@ def ar_plan(text: str, cfg: NerConfig) -> Plan:
 
 
 def collect(result: RunResult, text: str, labels: Sequence[str]) -> tuple[list[Entity], list[str]]:
-    """Entities from the mention nodes' outputs, deduplicated across labels."""
-    best: dict[str, tuple[int, int, str]] = {}  # span -> (k, label rank, label)
+    """Entities from the mention nodes' outputs, deduplicated across labels: the most probable
+    claim wins (mean token log-probability), or without probabilities the smallest k."""
+    mentions = {i: r for i, r in result.results.items() if i.startswith("mention:")}
+    probable = all(r.logprob is not None and r.tokens > 0 for r in mentions.values())
+    best: dict[str, tuple[float, int, str]] = {}  # span -> (rank key, label rank, label)
     notes: list[str] = []
-    for node_id in sorted(result.results):
-        if not node_id.startswith("mention:"):
-            continue
+    for node_id in sorted(mentions):
         _, label, k = node_id.split(":")
-        span, note = P.parse_mention(result.results[node_id].text, text, node_id)
+        res = mentions[node_id]
+        span, note = P.parse_mention(res.text, text, node_id)
         if span is None:
             notes.append(note or "")
             continue
-        claim = (int(k), labels.index(label), label)
+        key = -(res.logprob or 0.0) / res.tokens if probable else float(k)
+        claim = (key, labels.index(label), label)
         if span in best and best[span][2] != claim[2]:
             loser = max(best[span], claim)
-            notes.append(f"{span!r}: {loser[2]} dropped, {min(best[span], claim)[2]} kept")
+            why = "more probable" if probable else "earlier mention"
+            notes.append(f"{span!r}: {loser[2]} dropped, {min(best[span], claim)[2]} kept ({why})")
         best[span] = min(best.get(span, claim), claim)
     return _ordered([Entity(c[2], s) for s, c in best.items()], text), notes
 

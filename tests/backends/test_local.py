@@ -175,3 +175,30 @@ async def test_request_over_the_budget_is_refused(local: LocalBackend) -> None:
         await complete(local, _req(QUESTIONS[0], max_tokens=600))
     assert info.value.retryable is False
     assert not local.engine.waiting
+
+
+async def test_logprobs_reach_the_node_result(
+    local: LocalBackend, reference: torch.nn.Module
+) -> None:
+    """The chunks' summed log-probabilities equal the HF model's for the same greedy tokens,
+    and the runner's NodeResult carries that sum."""
+    from parafill.orchestrator.plan import Node, Plan
+    from parafill.orchestrator.runner import run_plan
+
+    tok = local.tokenizer
+    prompt = local.encode(_req(QUESTIONS[0]).messages)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = reference.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, do_sample=False,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            output_scores=True, return_dict_in_generate=True,
+        )
+    chosen = out.sequences[0, len(prompt):]
+    steps = zip(out.scores, chosen, strict=True)
+    want = sum(float(torch.log_softmax(s[0].float(), -1)[t]) for s, t in steps)
+    got = [c.logprob async for c in local.stream(_req(QUESTIONS[0]))]
+    assert all(lp is not None for lp in got)
+    assert sum(lp or 0.0 for lp in got) == pytest.approx(want, abs=1e-3)
+    result = await run_plan(Plan((Node("a", QUESTIONS[0], max_tokens=N),)), local)
+    assert result.results["a"].logprob == pytest.approx(want, abs=1e-3)

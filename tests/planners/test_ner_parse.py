@@ -151,11 +151,29 @@ def test_dedupe_smaller_k_wins_then_label_order() -> None:
         Entity("company", "Sky 3D"),
         Entity("product", "Stephen Fry"),
     ]
-    assert "'Sky 3D': product dropped, company kept" in notes
+    assert "'Sky 3D': product dropped, company kept (earlier mention)" in notes
     tie = collect(
         _run({"mention:product:1": "Sky 3D", "mention:company:1": "Sky 3D"}), TEXT, labels
     )
     assert tie[0] == [Entity("company", "Sky 3D")]  # tie at k=1: the label listed first
+
+
+def test_dedupe_by_probability_when_the_backend_reports_it() -> None:
+    """PaDeLLM's rule: the claim with the higher mean token log-probability wins, whatever k."""
+    labels = ("person", "company")
+    results = {
+        "mention:person:1": NodeResult("mention:person:1", "Sky 3D", 4, 0.0, logprob=-2.0),
+        "mention:company:2": NodeResult("mention:company:2", "Sky 3D", 2, 0.0, logprob=-0.2),
+        "mention:person:2": NodeResult("mention:person:2", "Engadget", 3, 0.0, logprob=-0.3),
+    }
+    run = RunResult("", results, Plan(()), 0.0)
+    entities, notes = collect(run, TEXT, labels)
+    assert entities == [Entity("person", "Engadget"), Entity("company", "Sky 3D")]
+    assert "'Sky 3D': person dropped, company kept (more probable)" in notes
+    # one mention without a log-probability: the whole text falls back to the k rule
+    results["mention:person:2"] = NodeResult("mention:person:2", "Engadget", 3, 0.0)
+    entities, _ = collect(RunResult("", results, Plan(()), 0.0), TEXT, labels)
+    assert Entity("person", "Sky 3D") in entities
 
 
 # ---- data and scorer ----------------------------------------------------------------------

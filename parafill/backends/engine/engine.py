@@ -18,7 +18,7 @@ import torch
 from parafill.backends.engine.graphs import StaticDecoder
 from parafill.backends.engine.kv import BudgetError, CacheSpec, KVCache, Mode
 from parafill.backends.engine.model import CompactLM
-from parafill.backends.engine.sampling import GenParams, make_generator, pick
+from parafill.backends.engine.sampling import GenParams, chosen_logprobs, make_generator, pick
 from parafill.backends.engine.step import Seq, build_step, longest_match
 
 
@@ -46,6 +46,7 @@ class StepOutput:
     tokens: tuple[int, ...]
     finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
     error: str | None = None
+    logprobs: tuple[float, ...] = ()  # log p of each of `tokens` (the model's distribution)
 
 
 @dataclass
@@ -133,16 +134,17 @@ class Engine:
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
         if self.decoder is not None and decode_only:
-            tokens = self.decoder.step(work)  # device-side state; marks the columns visible
+            # device-side state; marks the columns visible
+            tokens, logps = self.decoder.step(work)
             for seq in work:
                 seq.fed += 1
             sampled = work
         else:
-            sampled, tokens = self._eager_forward(work)
+            sampled, tokens, logps = self._eager_forward(work)
         self.steps += 1
-        return self._emit(sampled, tokens)
+        return self._emit(sampled, tokens, logps)
 
-    def _eager_forward(self, work: list[Seq]) -> tuple[list[Seq], list[int]]:
+    def _eager_forward(self, work: list[Seq]) -> tuple[list[Seq], list[int], list[float]]:
         step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)
         if self.decoder is not None:
             self.decoder.fresh = False  # its device-side tokens and positions are now stale
@@ -151,18 +153,21 @@ class Engine:
             self.vis[seq.slot, torch.tensor(cols, device=self.vis.device)] = True
             seq.fed += len(cols)
         sampled = plan.sampled
-        return sampled, pick(logits, [s.params for s in sampled], [s.gen for s in sampled])
+        if not sampled:
+            return sampled, [], []
+        tokens = pick(logits, [s.params for s in sampled], [s.gen for s in sampled])
+        return sampled, tokens, chosen_logprobs(logits, tokens)
 
-    def _emit(self, sampled: list[Seq], tokens: list[int]) -> list[StepOutput]:
+    def _emit(self, sampled: list[Seq], tokens: list[int], logps: list[float]) -> list[StepOutput]:
         outs = []
-        for seq, tok in zip(sampled, tokens, strict=True):
+        for seq, tok, lp in zip(sampled, tokens, logps, strict=True):
             seq.generated.append(tok)
             if tok in seq.params.eos_ids:
                 outs.append(self._retire(seq, "stop"))
             elif len(seq.generated) >= seq.params.max_tokens:
-                outs.append(self._retire(seq, "length", tokens=(tok,)))
+                outs.append(self._retire(seq, "length", tokens=(tok,), logprobs=(lp,)))
             else:
-                outs.append(StepOutput(seq.id, (tok,)))
+                outs.append(StepOutput(seq.id, (tok,), logprobs=(lp,)))
         return outs
 
     # ---- admission, sharing, retirement --------------------------------------------------
@@ -272,7 +277,12 @@ class Engine:
                 self._retire(p, "stop")
 
     def _retire(
-        self, seq: Seq, finish: str, error: str | None = None, tokens: tuple[int, ...] = ()
+        self,
+        seq: Seq,
+        finish: str,
+        error: str | None = None,
+        tokens: tuple[int, ...] = (),
+        logprobs: tuple[float, ...] = (),
     ) -> StepOutput:
         if seq in self.live:
             self.live.remove(seq)
@@ -281,7 +291,7 @@ class Engine:
                 self.cached.append(seq)  # its written KV stays as a prefix cache
             else:
                 self.cache.release(seq.row, seq.cols)
-        return StepOutput(seq.id, tokens, finish, error)
+        return StepOutput(seq.id, tokens, finish, error, logprobs)
 
 
 __all__ = ["BudgetError", "Engine", "EngineConfig", "StepOutput"]

@@ -18,7 +18,7 @@ import torch
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.model import CompactLM, supports
-from parafill.backends.engine.sampling import GenParams, make_generator, pick
+from parafill.backends.engine.sampling import GenParams, chosen_logprobs, make_generator, pick
 
 
 @dataclass(eq=False)
@@ -120,15 +120,17 @@ class FallbackEngine:
         mask = torch.ones(1, seen, dtype=torch.long, device=self.device)
         out = self.hf(input_ids=ids, attention_mask=mask, past_key_values=seq.past, use_cache=True)
         seq.past = out.past_key_values
-        tok = pick(out.logits[0, -1:].float(), [seq.params], [seq.gen])[0]
+        logits = out.logits[0, -1:].float()
+        tok = pick(logits, [seq.params], [seq.gen])[0]
+        lp = (chosen_logprobs(logits, [tok])[0],)
         seq.generated.append(tok)
         if tok in seq.params.eos_ids:
             self.live.remove(seq)
             return StepOutput(seq.id, (), "stop")
         if len(seq.generated) >= seq.params.max_tokens:
             self.live.remove(seq)
-            return StepOutput(seq.id, (tok,), "length")
-        return StepOutput(seq.id, (tok,))
+            return StepOutput(seq.id, (tok,), "length", logprobs=lp)
+        return StepOutput(seq.id, (tok,), logprobs=lp)
 
 
 def build_engine(

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from parafill.backends.engine.kv import KVCache
 from parafill.backends.engine.model import CompactLM, StepInput
-from parafill.backends.engine.sampling import sample_one
+from parafill.backends.engine.sampling import chosen_logprobs, sample_one
 from parafill.backends.engine.step import Seq
 
 TOKEN, POSITION, SLOT, LIVE = range(4)
@@ -36,6 +36,7 @@ class _Lanes:
     index: Tensor  # (B,) arange: every lane wants logits
     logits: Tensor  # (B, V) float
     out: Tensor  # (B,) greedy next token
+    logp: Tensor  # (B,) its log-probability
 
 
 class StaticDecoder:
@@ -69,8 +70,9 @@ class StaticDecoder:
         self._fn = torch.compile(self._body, dynamic=False) if compile else self._body
 
     @torch.inference_mode()
-    def step(self, work: list[Seq]) -> list[int]:
-        """One decode step for `work` (each feeds exactly one token); next token per seq."""
+    def step(self, work: list[Seq]) -> tuple[list[int], list[float]]:
+        """One decode step for `work` (each feeds exactly one token): the next token of each
+        sequence and its log-probability."""
         layout = self._layout(work)
         lanes = self._get_lanes(len(layout))
         key = tuple(s.id if s is not None else -1 for s in layout)
@@ -80,13 +82,19 @@ class StaticDecoder:
         self._run(lanes)
         self.replays += 1
         toks = lanes.out.tolist()  # the one host sync per step
+        logps = lanes.logp.tolist()
         for b, s in enumerate(layout):
             if s is not None and s.gen is not None:  # sampled (not greedy) lanes
-                toks[b] = sample_one(lanes.logits[b].cpu(), s.params, s.gen)
+                row = lanes.logits[b].cpu()
+                toks[b] = sample_one(row, s.params, s.gen)
+                logps[b] = chosen_logprobs(row[None], [toks[b]])[0]
                 lanes.state[TOKEN, b] = toks[b]
         self.fresh = True
         lane_of = {s.id: b for b, s in enumerate(layout) if s is not None}
-        return [int(toks[lane_of[s.id]]) for s in work]
+        return (
+            [int(toks[lane_of[s.id]]) for s in work],
+            [float(logps[lane_of[s.id]]) for s in work],
+        )
 
     def _layout(self, work: list[Seq]) -> list[Seq | None]:
         if not self.tree:
@@ -107,7 +115,8 @@ class StaticDecoder:
             rows, qslots = (zeros, ar) if self.tree else (ar, zeros)
             state = torch.zeros(4, b, dtype=torch.long, device=dev)
             logits = torch.zeros(b, self.model.shapes.vocab, device=dev)
-            self._lanes[b] = _Lanes(state, rows, qslots, ar, logits, zeros.clone())
+            logp = torch.zeros(b, device=dev)
+            self._lanes[b] = _Lanes(state, rows, qslots, ar, logits, zeros.clone(), logp)
         return self._lanes[b]
 
     def _upload(self, lanes: _Lanes, layout: list[Seq | None]) -> None:
@@ -141,6 +150,8 @@ class StaticDecoder:
         logits = self.model.run(step, self.cache.k, self.cache.v)
         lanes.logits.copy_(logits)
         lanes.out.copy_(logits.argmax(dim=-1))
+        best = logits.gather(1, lanes.out[:, None])[:, 0]
+        lanes.logp.copy_(best - torch.logsumexp(logits, dim=-1))
         lanes.state[TOKEN].copy_(lanes.out)
         lanes.state[POSITION].add_(lanes.state[LIVE])
 

@@ -41,6 +41,13 @@ def pick(logits: Tensor, params: list[GenParams], gens: list[torch.Generator | N
     return [int(t) for t in greedy]
 
 
+def chosen_logprobs(logits: Tensor, tokens: list[int]) -> list[float]:
+    """log p(token) under the model's own distribution (before temperature / top-p), per row."""
+    idx = torch.tensor(tokens, device=logits.device)[:, None]
+    logp = logits.float().gather(1, idx)[:, 0] - torch.logsumexp(logits.float(), dim=-1)
+    return [float(x) for x in logp.tolist()]
+
+
 def sample_one(logits: Tensor, p: GenParams, gen: torch.Generator) -> int:
     probs = torch.softmax(logits / p.temperature, dim=-1)
     if p.top_p < 1.0:
