@@ -4,7 +4,9 @@ JSONL in: one object per line with "text" (and optionally "id"); out: the same i
 with "entities" and "notes", in input order. `--concurrency` documents are in flight at once,
 so the engine decodes their nodes together. A bad line is reported on stderr with its line
 number and skipped; the other lines are processed; each finished document is written as soon
-as those before it are; a summary ends the run (exit 1 if any was skipped).
+as those before it are; a summary ends the run (exit 1 if any was skipped). Each record names
+its input `line`, so `--resume` after a killed run keeps the finished records (a half-written
+last line is cut off) and processes only the lines that have none.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Job:
     mode: str
     local: LocalConfig
     concurrency: int = 1
+    resume: bool = False
 
 
 def ner(
@@ -62,6 +65,9 @@ def ner(
     concurrency: Annotated[
         int, typer.Option(help="--input: documents in flight at once.", min=1)
     ] = 8,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="--output exists: keep its records, do the rest.")
+    ] = False,
 ) -> None:
     """Extract named entities (PaDeLLM-NER: counts, then every mention in parallel)."""
     names = tuple(s.strip() for s in labels.split(",") if s.strip())
@@ -73,10 +79,12 @@ def ner(
             raise ValueError(f"unknown mode {mode!r}: use parallel or ar")
         if (text is None) == (input is None):
             raise ValueError("give either TEXT or --input FILE (not both)")
+        if resume and output is None:
+            raise ValueError("--resume needs --output (the file to continue)")
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    job = Job(cfg, mode, LocalConfig(model=model, adapter=chosen), concurrency)
+    job = Job(cfg, mode, LocalConfig(model=model, adapter=chosen), concurrency, resume)
     try:
         skipped = anyio.run(_main, job, text, input, output)
     except (ModelNotFound, ValueError, OSError) as exc:
@@ -93,9 +101,33 @@ async def _main(job: Job, text: str | None, src: Path | None, dst: Path | None) 
             _print(result)
             return 0
         assert src is not None
-        sink = dst.open("w", encoding="utf-8") if dst else nullcontext(sys.stdout)
+        done = _finished_lines(dst) if job.resume and dst is not None else set()
+        if done:
+            err.print(f"{dst}: resuming: {len(done)} documents already done", markup=False)
+        mode = "a" if job.resume else "w"
+        sink = dst.open(mode, encoding="utf-8") if dst else nullcontext(sys.stdout)
         with src.open(encoding="utf-8") as fin, sink as fout:
-            return await _jsonl(job, backend, fin, fout, str(src))
+            return await _jsonl(job, backend, fin, fout, str(src), done)
+
+
+def _finished_lines(dst: Path) -> set[int]:
+    """Input line numbers that `dst` already has records for; a half-written last line (the
+    run was killed mid-write) is cut off so the file can be appended to."""
+    if not dst.exists():
+        return set()
+    raw = dst.read_bytes()
+    keep = raw[: raw.rfind(b"\n") + 1]
+    if len(keep) != len(raw):
+        dst.write_bytes(keep)
+    return {n for line in keep.decode("utf-8").splitlines() if (n := _line_of(line)) is not None}
+
+
+def _line_of(record: str) -> int | None:
+    """The input line a record was made from; None for anything that is not our record."""
+    try:
+        return int(json.loads(record)["line"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _print(result: NerResult) -> None:
@@ -111,7 +143,14 @@ def _print(result: NerResult) -> None:
     )
 
 
-async def _jsonl(job: Job, backend: LocalBackend, fin: IO[str], fout: IO[str], name: str) -> int:
+async def _jsonl(
+    job: Job,
+    backend: LocalBackend,
+    fin: IO[str],
+    fout: IO[str],
+    name: str,
+    skip: set[int] | None = None,
+) -> int:
     order: deque[int] = deque()  # line numbers in flight or waiting to be written, in order
     ready: dict[int, dict[str, object] | None] = {}  # finished (None: skipped)
     counts = {"done": 0, "skipped": 0}
@@ -129,7 +168,7 @@ async def _jsonl(job: Job, backend: LocalBackend, fin: IO[str], fout: IO[str], n
         record: dict[str, object] | None = None
         try:
             doc = DocIn.model_validate_json(line)
-            record = _record(doc, await extract(doc.text, backend, job.config, job.mode))
+            record = _record(no, doc, await extract(doc.text, backend, job.config, job.mode))
         except (ValidationError, ValueError, RunFailed) as exc:
             err.print(f"{name}:{no}: skipped: {_reason(exc)}", markup=False)
             counts["skipped"] += 1
@@ -140,7 +179,7 @@ async def _jsonl(job: Job, backend: LocalBackend, fin: IO[str], fout: IO[str], n
 
     async with anyio.create_task_group() as tg:
         for no, line in enumerate(fin, 1):
-            if not line.strip():
+            if not line.strip() or (skip and no in skip):
                 continue
             await room.acquire()
             order.append(no)
@@ -157,8 +196,9 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _record(doc: DocIn, result: NerResult) -> dict[str, object]:
+def _record(no: int, doc: DocIn, result: NerResult) -> dict[str, object]:
     return {
+        "line": no,
         "id": doc.id,
         "text": doc.text,
         "entities": [{"label": e.label, "text": e.text} for e in result.entities],

@@ -79,3 +79,29 @@ def test_cli_jsonl_concurrency_keeps_order_and_results(tmp_path: Path) -> None:
         assert [r["id"] for r in rows] == list(range(len(texts)))
         outs.append([(r["entities"], r["notes"]) for r in rows])
     assert outs[0] == outs[1]
+
+
+def test_cli_jsonl_resume_after_a_killed_run(tmp_path: Path) -> None:
+    """A run killed after line 1 was written and mid-way through writing line 2: --resume
+    keeps line 1's record as it is, drops the half-written line, and does lines 2 and 3."""
+    texts = [TRAIN_TWEET, "have fun in vancouver tonight !", "nothing to see here"]
+    src, dst = tmp_path / "docs.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    kept = {"line": 1, "id": 0, "text": texts[0], "entities": [], "notes": ["from before"]}
+    dst.write_text(json.dumps(kept) + "\n" + '{"line": 2, "id": 1, "te')
+    args = ["ner", "--input", str(src), "--output", str(dst), "--resume"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "resuming: 1 documents already done" in res.stderr
+    assert f"{src}: processed 2, skipped 0" in res.stderr
+    rows = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3]
+    assert rows[0] == kept  # not recomputed
+    assert all("entities" in r for r in rows[1:])
+    # nothing left to do: a second resume processes nothing and changes nothing
+    before = dst.read_text()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "processed 0, skipped 0" in again.stderr
+    assert dst.read_text() == before
+    bad = CliRunner().invoke(app, ["ner", "--input", str(src), "--resume"])
+    assert bad.exit_code == 2 and "--resume needs --output" in bad.stderr
