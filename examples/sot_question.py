@@ -1,6 +1,6 @@
 """Ask a question with skeleton-of-thought and stream the points as they fill.
 
-    python examples/sot_question.py "How do I start running?"
+    python examples/sot_question.py "What are the most effective ways to manage stress?"
 """
 
 import sys
@@ -25,4 +25,5 @@ async def main(question: str, max_points: int = 5, point_tokens: int = 64) -> pa
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1] if len(sys.argv) > 1 else "How do I start running?")
+    default = "What are the most effective ways to manage stress?"
+    anyio.run(main, sys.argv[1] if len(sys.argv) > 1 else default)
