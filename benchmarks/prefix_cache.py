@@ -98,9 +98,11 @@ def main() -> None:
     _, held_out = split(read_conll(a.data))
     tweets = [t.text for t in held_out[: a.tweets]]
     best: dict[tuple[str, bool], tuple] = {}
+    answers: dict[tuple[str, bool], list[list[str]]] = {}  # every rep's answers
     for _ in range(a.reps):
         for retain in (False, True):
             for name, r in anyio.run(measure, a, retain, tweets).items():
+                answers.setdefault((name, retain), []).append(r[3])
                 if (name, retain) not in best or r[0] < best[name, retain][0]:
                     best[name, retain] = r
     hw = (
@@ -116,17 +118,35 @@ def main() -> None:
         f"{a.turns} turns, replies <= {a.tokens} tokens; ner: PaDeLLM parallel, {a.tweets} held-out WNUT-16 tweets one at a time",
         f"- fastest of {a.reps} alternating runs per setting",
         "",
-        "| workload | cache | wall s | prompt tokens reused | forward passes | same answers |",
-        "|---|---|---|---|---|---|",
+        "| workload | cache | wall s | prompt tokens reused | forward passes |",
+        "|---|---|---|---|---|",
     ]
+    agree = []
     for name in ("chat", "ner"):
         off, on = best[name, False], best[name, True]
-        same = "yes" if off[3] == on[3] else "NO"
         for retain, r in ((False, off), (True, on)):
-            lines.append(
-                f"| {name} | {'on' if retain else 'off'} | {r[0]:.1f} | {r[1]} | {r[2]} | {same} |"
-            )
-        lines.append(f"| {name} | speed-up | {off[0] / on[0]:.2f}x | | | |")
+            lines.append(f"| {name} | {'on' if retain else 'off'} | {r[0]:.1f} | {r[1]} | {r[2]} |")
+        lines.append(f"| {name} | speed-up | {off[0] / on[0]:.2f}x | | |")
+        runs = {k: v for k, v in answers.items() if k[0] == name}
+        n = len(off[3])
+        pairs = {
+            "off vs on": (runs[name, False][0], runs[name, True][0]),
+            "off vs off": (runs[name, False][0], runs[name, False][-1]),
+            "on vs on": (runs[name, True][0], runs[name, True][-1]),
+        }
+        agree.append(
+            f"- {name}: identical answers, "
+            + "; ".join(f"{k} {sum(x == y for x, y in zip(*p, strict=True))}/{n}"
+                        for k, p in pairs.items())
+        )
+    lines += [
+        "",
+        "Answers compared (greedy): the cache is lossless by construction and token-exact in",
+        "the fp32 engine tests; on the real model, concurrent requests share steps in an order",
+        "that depends on timing, and different batch / prefill shapes round fp32 differently,",
+        "which can flip a near-tied greedy token (compare 'off vs off' across repetitions).",
+        *agree,
+    ]
     text = "\n".join(lines) + "\n"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
