@@ -54,6 +54,8 @@ class Chunk:
     tokens: int = 0
     finish_reason: FinishReason | None = None
     logprob: float | None = None  # summed log p of this chunk's tokens, where the backend has it
+    token_ids: tuple[int, ...] = ()  # the tokens behind this chunk, where the backend has them
+    token_logprobs: tuple[float, ...] = ()  # log p of each of `token_ids`
 
 
 @dataclass(frozen=True)

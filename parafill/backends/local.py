@@ -188,15 +188,15 @@ async def _chunks(
         if out.finish == "cancelled":
             raise BackendError("request was cancelled in the engine", retryable=False)
         text, stopped = detok.add(out.tokens, final=out.finish is not None)
-        lp = sum(out.logprobs)
+        n, lp, ids, lps = len(out.tokens), sum(out.logprobs), out.tokens, out.logprobs
         if stopped:
-            yield Chunk(text, len(out.tokens), "stop", lp)
+            yield Chunk(text, n, "stop", lp, ids, lps)
             return
         if out.finish is not None:
             finish: FinishReason = "length" if out.finish == "length" else "stop"
-            yield Chunk(text, len(out.tokens), finish, lp)
+            yield Chunk(text, n, finish, lp, ids, lps)
             return
-        yield Chunk(text, len(out.tokens), logprob=lp)
+        yield Chunk(text, n, None, lp, ids, lps)
 
 
 def _auto_device() -> str:

@@ -166,7 +166,8 @@ def _job(
 ) -> Job:
     n = _room(backend, cfg, len(ids), req.limit, param)
     s = Sampling(n, req.temperature, req.top_p, req.seed, req.stops)
-    return Job.new(kind, req.model, ids, s, req.include_usage)
+    logprobs = isinstance(req, ChatRequest) and req.logprobs is True
+    return Job.new(kind, req.model, ids, s, req.include_usage, logprobs)
 
 
 async def _respond(backend: LocalBackend, job: Job, streaming: bool) -> Response:
@@ -185,6 +186,11 @@ async def _sot(
     users = [m for m in req.messages if m.role == "user"]
     if not users:
         raise APIError(400, f"{sot.NAME} needs a user message (the question)", param="messages")
+    if req.logprobs:
+        raise APIError(
+            400, f"logprobs are not available for {sot.NAME}", param="logprobs",
+            code="unsupported_parameter",
+        )
     question = users[-1].to_message().content
     planner = sot.planner_for(cfg.sot, req.limit)
     _room(backend, cfg, len(ids), planner.point_tokens, "messages")

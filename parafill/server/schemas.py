@@ -2,7 +2,9 @@
 
 The HTTP boundary only: handlers turn requests into parafill's frozen dataclasses at once.
 Unknown request fields are ignored (as vLLM does); known fields parafill cannot honour (n > 1,
-logprobs, echo, tools, best_of > 1) are refused by `unsupported()` with a 400 naming them.
+top_logprobs > 0, completions' logprobs, echo, tools, best_of > 1) are refused by
+`unsupported()` with a 400 naming them. Chat `logprobs: true` returns each chosen token's
+log-probability.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class _Sampled(_In):
 class ChatRequest(_Sampled):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @property
     def limit(self) -> int | None:
@@ -86,8 +89,16 @@ def unsupported(req: ChatRequest | CompletionRequest) -> tuple[str, str] | None:
     """(param, message) for a known OpenAI field whose value parafill cannot honour."""
     if req.n != 1:
         return "n", f"n={req.n} is not supported: parafill serve returns one choice (n=1)"
-    if req.logprobs not in (None, False):
-        return "logprobs", "logprobs are not supported"
+    if isinstance(req, ChatRequest):
+        if req.logprobs not in (None, False, True):
+            return "logprobs", "logprobs must be true or false"
+        if req.top_logprobs:
+            return "top_logprobs", (
+                "top_logprobs > 0 is not supported: logprobs=true returns each chosen "
+                "token's log-probability only"
+            )
+    elif req.logprobs is not None:
+        return "logprobs", "logprobs are not supported on /v1/completions (use chat)"
     if req.tools:
         return "tools", "tools / function calling are not supported"
     if isinstance(req, CompletionRequest):
@@ -125,10 +136,22 @@ class AssistantMessage(_Out):
     content: str
 
 
+class TokenLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(_Out):
+    content: list[TokenLogprob] | None
+
+
 class ChatChoice(_Out):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Delta(_Out):
@@ -140,6 +163,7 @@ class ChunkChoice(_Out):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class TextChoice(_Out):

@@ -132,3 +132,44 @@ def test_seed_makes_sampling_reproducible(client: OpenAI) -> None:
 
     assert once(11) == once(11)
     assert len({once(s) for s in (1, 2, 3)}) > 1  # the seed reaches the sampler
+
+
+async def _entries(backend: LocalBackend, question: str) -> list[tuple[str, float]]:
+    req = Request((Message("user", question),), Sampling(max_tokens=N))
+    out = []
+    async for c in backend.stream(req):
+        pairs = zip(c.token_ids, c.token_logprobs, strict=True)
+        out += [(backend.tokenizer.decode([t]), lp) for t, lp in pairs]
+    return out
+
+
+def test_chat_logprobs_whole_and_streamed(client: OpenAI, served: Served) -> None:
+    """logprobs=true: one entry per completion token, its text and the engine's log p (the
+    engine's values are checked against the HF forward in tests/engine/test_logprobs.py)."""
+    msgs = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=N, temperature=0, logprobs=True  # type: ignore[arg-type]
+    )
+    content = whole.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == N == whole.usage.completion_tokens  # type: ignore[union-attr]
+    assert "".join(t.token for t in content) == whole.choices[0].message.content
+    assert all(t.logprob <= 0 and t.bytes == list(t.token.encode()) for t in content)
+    want = served.portal.call(_entries, served.backend, QUESTION)
+    assert [t.token for t in content] == [w[0] for w in want]
+    assert [t.logprob for t in content] == pytest.approx([w[1] for w in want], abs=1e-5)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=msgs, max_tokens=N, temperature=0, logprobs=True, stream=True  # type: ignore[arg-type]
+        )
+    )
+    streamed = [
+        t
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    # the second request reuses the first one's prompt KV (prefix cache): fp32 rounding differs
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=1e-4)
+    plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2)  # type: ignore[arg-type]
+    assert plain.choices[0].logprobs is None
