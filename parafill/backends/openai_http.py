@@ -4,6 +4,13 @@ Requests go to the base URL with the fewest outstanding requests, under a concur
 URL. 429 / 5xx / connection failures are retried with jittered exponential backoff (honouring
 Retry-After) only while nothing has been yielded; a stream that breaks later raises a retryable
 `BackendError` so the runner can redo the whole node. No tokenizing or chat templating here.
+
+A request ending in an assistant message (a node's answer prefix, e.g. SoT's "1.") is sent as
+the server can take it (`assistant_prefix`): "continue" keeps it and asks the server to
+continue that message (vLLM's and SGLang's `continue_final_message`); "drop" (the default, for
+servers that would start a new turn after it, as llama-cpp-python's does) leaves it out and
+strips the prefix from the answer when the model writes it itself, so prefix + answer reads
+as one text either way.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from parafill.backends.base import (
 )
 
 EndpointKind = Literal["chat", "completions"]
+PrefixMode = Literal["drop", "continue"]
 PromptRenderer = Callable[[Sequence[Message]], str]
 
 
@@ -59,6 +67,7 @@ class OpenAIConfig:
     backoff_cap: float = 8.0
     prompt: PromptRenderer = concat_prompt  # completions endpoint only
     include_usage: bool = True  # ask for server token counts (stream_options)
+    assistant_prefix: PrefixMode = "drop"  # chat: how a trailing assistant message is sent
 
     def __post_init__(self) -> None:
         if isinstance(self.base_urls, str) or not self.base_urls:
@@ -82,7 +91,10 @@ def encode_body(config: OpenAIConfig, request: Request) -> bytes:
     s = request.sampling
     body: dict[str, object] = {"model": config.model}
     if config.endpoint == "chat":
-        body["messages"] = render_messages(request.messages)
+        msgs, prefix = _split_prefix(request.messages)
+        if prefix and config.assistant_prefix == "continue":
+            msgs = request.messages
+        body["messages"] = render_messages(msgs)
     else:
         body["prompt"] = config.prompt(request.messages)
     body.update(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
@@ -93,8 +105,38 @@ def encode_body(config: OpenAIConfig, request: Request) -> bytes:
     body["stream"] = True
     if config.include_usage:
         body["stream_options"] = {"include_usage": True}
+    if config.endpoint == "chat" and prefix and config.assistant_prefix == "continue":
+        body.update(continue_final_message=True, add_generation_prompt=False)
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.encode()
+
+
+def _split_prefix(messages: Sequence[Message]) -> tuple[Sequence[Message], str]:
+    """(messages without a trailing assistant message, that message's text or "")."""
+    if messages and messages[-1].role == "assistant":
+        return messages[:-1], messages[-1].content
+    return messages, ""
+
+
+async def _strip_prefix(chunks: AsyncIterator[Chunk], prefix: str) -> AsyncIterator[Chunk]:
+    """Drop `prefix` from the start of the answer if the model wrote it (leading whitespace
+    ignored); token counts are kept. Chunks are held back only until that is decided."""
+    held: list[Chunk] = []
+    deciding = bool(prefix.strip())
+    async for chunk in chunks:
+        if not deciding:
+            yield chunk
+            continue
+        held.append(chunk)
+        text = "".join(c.text for c in held).lstrip()
+        if len(text) < len(prefix.strip()) and chunk.finish_reason is None:
+            continue
+        deciding = False
+        if text.startswith(prefix.strip()):
+            text = text[len(prefix.strip()) :]
+        yield Chunk(text, sum(c.tokens for c in held), chunk.finish_reason)
+    if deciding and held:  # the stream ended while deciding (no finish reason came)
+        yield Chunk("".join(c.text for c in held), sum(c.tokens for c in held))
 
 
 class _ProtocolError(Exception):
@@ -304,7 +346,15 @@ class OpenAIBackend:
     async def stream(self, request: Request) -> AsyncGenerator[Chunk, None]:
         if self._client is None:
             raise RuntimeError("use `async with OpenAIBackend(config) as backend:` first")
-        body = encode_body(self._config, request)
+        cfg = self._config
+        _, prefix = _split_prefix(request.messages)
+        if cfg.endpoint != "chat" or cfg.assistant_prefix == "continue" or not prefix:
+            prefix = ""
+        async with aclosing(self._stream_body(encode_body(cfg, request))) as raw:
+            async for chunk in _strip_prefix(raw, prefix):
+                yield chunk
+
+    async def _stream_body(self, body: bytes) -> AsyncGenerator[Chunk, None]:
         backoff = _Backoff(self._config, self._rng)
         avoid: _Endpoint | None = None
         while True:

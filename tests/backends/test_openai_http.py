@@ -42,6 +42,37 @@ def test_bodies_are_byte_stable_and_share_prefixes() -> None:
     assert body_a[:common] == body_b[:common]
 
 
+def test_assistant_prefix_is_dropped_or_continued() -> None:
+    req = Request((Message("user", "Outline tides."), Message("assistant", "1.")), Sampling())
+    dropped = encode_body(OpenAIConfig(("http://x",), "m"), req)
+    assert b'"assistant"' not in dropped and b"continue_final_message" not in dropped
+    kept = encode_body(OpenAIConfig(("http://x",), "m", assistant_prefix="continue"), req)
+    assert b'{"role":"assistant","content":"1."}' in kept
+    assert b'"continue_final_message":true,"add_generation_prompt":false' in kept
+    cont = OpenAIConfig(("http://x",), "m", assistant_prefix="continue")
+    assert b"continue_final_message" not in encode_body(cont, Request.chat("hi"))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "text"),
+    [
+        ((" 1", ". Moon", "\n2. Sun"), " Moon\n2. Sun"),  # wrote the prefix itself: stripped
+        (("Sure:", " 1. Moon"), "Sure: 1. Moon"),  # did not: passed through
+        (("1",), "1"),  # ended before the prefix could be decided
+    ],
+)
+async def test_dropped_prefix_is_stripped_when_the_model_writes_it(
+    chunks: tuple[str, ...], text: str
+) -> None:
+    req = Request((Message("user", "Outline tides."), Message("assistant", "1.")), Sampling())
+    async with fault_server(default=Reply(chunks=chunks)) as server:
+        async with backend(config(server.url)) as b:
+            got = [c async for c in b.stream(req)]
+    assert "".join(c.text for c in got) == text
+    assert sum(c.tokens for c in got) == len(chunks)
+    assert got[-1].finish_reason == "stop"
+
+
 def test_completions_body_renders_prompt() -> None:
     cfg = OpenAIConfig(("http://x/v1/",), "m", endpoint="completions", prompt=lambda ms: "P")
     assert cfg.url(cfg.base_urls[0]) == "http://x/v1/completions"
