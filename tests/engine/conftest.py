@@ -22,6 +22,16 @@ def tiny_refs(tiny_models: dict[str, torch.nn.Module]) -> dict[str, RefCache]:
 
 
 @pytest.fixture(scope="session")
+def llama(tiny_models: dict[str, torch.nn.Module]) -> torch.nn.Module:
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def ref(tiny_refs: dict[str, RefCache]) -> RefCache:
+    return tiny_refs["llama"]
+
+
+@pytest.fixture(scope="session")
 def smol() -> Smol:
     """The embedded SmolLM2-135M-Instruct (converted once, then cached)."""
     try:

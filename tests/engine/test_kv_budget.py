@@ -15,16 +15,6 @@ from parafill.backends.engine.kv import BudgetError
 MODES = ["rows", "tree"]
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_models: dict[str, torch.nn.Module]) -> torch.nn.Module:
-    return tiny_models["llama"]
-
-
-@pytest.fixture(scope="module")
-def ref(tiny_refs: dict[str, RefCache]) -> RefCache:
-    return tiny_refs["llama"]
-
-
 @pytest.mark.parametrize(("mode", "budget", "rows", "room"), [
     ("rows", 256, 4, 64),  # a row holds budget / rows
     ("tree", 64, 4, 64),  # one row holds the whole budget

@@ -13,16 +13,6 @@ from engine_ref import RefCache, Run, drain, greedy, make_engine, rand_prompt
 MODES = ["rows", "tree", "rows-static", "tree-static"]
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_models: dict[str, torch.nn.Module]) -> torch.nn.Module:
-    return tiny_models["llama"]
-
-
-@pytest.fixture(scope="module")
-def ref(tiny_refs: dict[str, RefCache]) -> RefCache:
-    return tiny_refs["llama"]
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_next_turn_reuses_the_finished_turn(
     llama: torch.nn.Module, ref: RefCache, mode: str
