@@ -89,3 +89,81 @@ def test_tiny_top_p_is_greedy(llama: torch.nn.Module, prompt: list[int],
                               tiny_refs: dict[str, RefCache]) -> None:
     got = _alone(llama, prompt, GenParams(N, temperature=0.8, top_p=1e-6, seed=3))
     assert got == tiny_refs["llama"](prompt, N)
+
+
+# ---- the batched sampler itself (sampling.pick / select_rows) -----------------------------
+
+from parafill.backends.engine.sampling import pick, select_rows, uniforms  # noqa: E402
+
+
+def test_uniforms_are_uniform_and_keyed_by_seed_and_draw() -> None:
+    n = 40000
+    u = uniforms(torch.full((n,), 77), torch.arange(n))
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    counts = torch.histc(u, bins=20, min=0.0, max=1.0)
+    chi2 = float(((counts - n / 20) ** 2 / (n / 20)).sum())
+    assert chi2 < 45.0, chi2  # 19 degrees of freedom: p < 0.001 above ~43.8
+    assert torch.equal(u, uniforms(torch.full((n,), 77), torch.arange(n)))  # reproducible
+    other_seed = uniforms(torch.full((n,), 78), torch.arange(n))
+    assert float((u == other_seed).float().mean()) < 0.01
+    big = uniforms(torch.tensor([-(2**63), 2**63 - 1, 1 << 40]), torch.tensor([0, 0, 0]))
+    assert len(set(big.tolist())) == 3  # the seed's high word counts too
+
+
+def _frequencies(tokens: list[int], v: int) -> torch.Tensor:
+    return torch.bincount(torch.tensor(tokens), minlength=v).float() / len(tokens)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_draws_follow_the_tempered_truncated_distribution(top_p: float) -> None:
+    logits = torch.tensor([2.0, 1.5, 0.3, 0.0, -1.0, -3.0])
+    temp, n = 0.7, 30000
+    probs = torch.softmax(logits / temp, dim=-1)
+    sorted_p, order = probs.sort(descending=True)
+    keep = (sorted_p.cumsum(0) - sorted_p) < top_p
+    want = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    want /= want.sum()
+    rows = logits.expand(n, -1)
+    params = [GenParams(1, temp, top_p, seed=5)] * n
+    eager = pick(rows, params, [5] * n, list(range(n)))
+    graph = select_rows(
+        rows, torch.full((n,), temp), torch.full((n,), top_p), torch.full((n,), 5),
+        torch.arange(n), nucleus=top_p < 1.0,
+    ).tolist()
+    assert eager == graph
+    got = _frequencies(eager, len(logits))
+    assert float((got - want).abs().max()) < 0.012, (got, want)
+    assert float(got[want == 0].sum()) == 0.0  # nothing outside the nucleus
+
+
+@pytest.mark.parametrize("scales", [(8.0, 0.3), (8.0, 2.0), (8.0, 0.3, 2.0)])
+def test_eager_and_capturable_samplers_agree_on_real_vocab_sizes(
+    scales: tuple[float, ...],
+) -> None:
+    """Peaked rows (nucleus of a few tokens: the top-256 stage), medium ones (hundreds: the
+    top-k bound stage) and flat ones (thousands: the full sort) give the same tokens in the
+    eager and the capturable sampler."""
+    gen = torch.Generator().manual_seed(0)
+    m, v = 12, 5000
+    scale = torch.tensor([scales[i % len(scales)] for i in range(m)])
+    logits = torch.randn(m, v, generator=gen) * scale[:, None]
+    params = [
+        GenParams(1, t, p, seed=s)
+        for t, p, s in [(0.0, 1.0, 1), (0.8, 0.95, 2), (1.0, 1.0, 3), (0.5, 0.9, 4),
+                        (1.3, 0.99, 5), (0.0, 0.5, 6), (0.9, 1.0, 7), (0.6, 0.5, 8),
+                        (1.0, 0.999, 9), (0.2, 0.7, 10), (1.0, 1e-6, 11), (2.0, 0.97, 12)]
+    ]
+    seeds, draws = [p.seed or 0 for p in params], [3 * i for i in range(m)]
+    eager = pick(logits, params, seeds, draws)
+    graph = select_rows(
+        logits,
+        torch.tensor([p.temperature for p in params]),
+        torch.tensor([p.top_p for p in params]),
+        torch.tensor(seeds),
+        torch.tensor(draws),
+        nucleus=True,
+    ).tolist()
+    assert eager == graph
+    argmax = logits.argmax(dim=-1).tolist()
+    assert [eager[i] for i in (0, 5, 10)] == [argmax[i] for i in (0, 5, 10)]  # greedy / tiny p
+    assert sum(e != a for e, a in zip(eager, argmax, strict=True)) >= 3  # the others sampled

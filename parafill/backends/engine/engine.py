@@ -18,7 +18,7 @@ import torch
 from parafill.backends.engine.graphs import StaticDecoder
 from parafill.backends.engine.kv import BudgetError, CacheSpec, KVCache, Mode
 from parafill.backends.engine.model import CompactLM
-from parafill.backends.engine.sampling import GenParams, chosen_logprobs, make_generator, pick
+from parafill.backends.engine.sampling import GenParams, chosen_logprobs, pick, resolve_seed
 from parafill.backends.engine.step import Seq, build_step, longest_match
 
 
@@ -94,7 +94,7 @@ class Engine:
         with self._inbox.lock:
             seq_id = self._next_id
             self._next_id += 1
-            self._inbox.submitted.append(Seq(seq_id, list(prompt), params, make_generator(params)))
+            self._inbox.submitted.append(Seq(seq_id, list(prompt), params, resolve_seed(params)))
             self._inbox.lock.notify()
         return seq_id
 
@@ -155,7 +155,12 @@ class Engine:
         sampled = plan.sampled
         if not sampled:
             return sampled, [], []
-        tokens = pick(logits, [s.params for s in sampled], [s.gen for s in sampled])
+        tokens = pick(
+            logits,
+            [s.params for s in sampled],
+            [s.seed for s in sampled],
+            [len(s.generated) for s in sampled],
+        )
         return sampled, tokens, chosen_logprobs(logits, tokens)
 
     def _emit(self, sampled: list[Seq], tokens: list[int], logps: list[float]) -> list[StepOutput]:
@@ -202,7 +207,7 @@ class Engine:
         )
         roomy = len(self.free_slots) >= 2  # a prefix in the last slot would block its forks
         if roomy and sibling >= max(m + self.config.min_share, self.config.min_share):
-            prefix = Seq(-1, seq.prompt[:sibling], GenParams(max_tokens=0), None, prefix_only=True)
+            prefix = Seq(-1, seq.prompt[:sibling], GenParams(max_tokens=0), 0, prefix_only=True)
             self._place(prefix, donor, m)
             return False
         return self._place(seq, donor if m >= self.config.min_share else None, m)

@@ -18,7 +18,7 @@ import torch
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.model import CompactLM, supports
-from parafill.backends.engine.sampling import GenParams, chosen_logprobs, make_generator, pick
+from parafill.backends.engine.sampling import GenParams, chosen_logprobs, pick, resolve_seed
 
 
 @dataclass(eq=False)
@@ -26,7 +26,7 @@ class _Seq:
     id: int
     prompt: list[int]
     params: GenParams
-    gen: torch.Generator | None
+    seed: int
     generated: list[int] = field(default_factory=list)
     past: Any = None  # the HF cache of this sequence
 
@@ -58,7 +58,7 @@ class FallbackEngine:
             )
         with self._lock:
             seq_id, self._next_id = self._next_id, self._next_id + 1
-            self._submitted.append(_Seq(seq_id, list(prompt), params, make_generator(params)))
+            self._submitted.append(_Seq(seq_id, list(prompt), params, resolve_seed(params)))
             self._lock.notify()
         return seq_id
 
@@ -121,7 +121,7 @@ class FallbackEngine:
         out = self.hf(input_ids=ids, attention_mask=mask, past_key_values=seq.past, use_cache=True)
         seq.past = out.past_key_values
         logits = out.logits[0, -1:].float()
-        tok = pick(logits, [seq.params], [seq.gen])[0]
+        tok = pick(logits, [seq.params], [seq.seed], [len(seq.generated)])[0]
         lp = (chosen_logprobs(logits, [tok])[0],)
         seq.generated.append(tok)
         if tok in seq.params.eos_ids:

@@ -4,7 +4,8 @@ A decode-only step (every active sequence feeds one token) runs over fixed lanes
 mode one lane per cache row; in tree mode the lanes are padded to a power-of-two bucket and
 all query row 0. Tokens, positions and slots stay on the device: the step looks up each
 lane's KV column in a per-slot column table, marks it visible, builds the attention mask
-from the visibility table, writes K/V, takes the greedy token and advances the positions —
+from the visibility table, writes K/V, chooses every lane's token (greedy, or a seeded draw
+with the lane's temperature and top-p: `sampling.select_rows`) and advances the positions —
 no host work per lane. The host re-uploads lane state only when the set of lanes changes or
 an eager step ran in between. On CPU the same step runs eagerly (that is how it is tested
 against the reference); on CUDA it is captured once per bucket and replayed.
@@ -20,17 +21,20 @@ from torch import Tensor
 
 from parafill.backends.engine.kv import KVCache
 from parafill.backends.engine.model import CompactLM, StepInput
-from parafill.backends.engine.sampling import chosen_logprobs, sample_one
+from parafill.backends.engine.sampling import select_rows
 from parafill.backends.engine.step import Seq
 
-TOKEN, POSITION, SLOT, LIVE = range(4)
+TOKEN, POSITION, SLOT, LIVE, SEED, DRAW = range(6)
+TEMP, TOP_P = range(2)
+GREEDY, PLAIN, NUCLEUS = range(3)  # what a captured step's token choice must handle
 
 
 @dataclass(frozen=True)
 class _Lanes:
     """Static buffers of one bucket of B lanes."""
 
-    state: Tensor  # (4, B) long: token, position, slot, live (1 for a real lane)
+    state: Tensor  # (6, B) long: token, position, slot, live (1 for a real lane), seed, draw
+    knobs: Tensor  # (2, B) float: temperature (0 = greedy), top-p
     rows: Tensor  # (B,) KV row of each lane's query
     qslots: Tensor  # (B,) query index of each lane within its row
     index: Tensor  # (B,) arange: every lane wants logits
@@ -61,7 +65,8 @@ class StaticDecoder:
         self._true = torch.ones((), dtype=torch.bool, device=dev)  # no host scalar in capture
         self._table_owner: dict[int, int] = {}  # slot -> seq id whose columns are uploaded
         self._lanes: dict[int, _Lanes] = {}
-        self._captured: dict[int, torch.cuda.CUDAGraph] = {}
+        self._captured: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._choice = GREEDY  # set at upload from the lanes' sampling parameters
         self._pool: Any = None  # one CUDA graph memory pool for every bucket
         self._key: tuple[int, ...] = ()
         self.fresh = False  # device lane state matches the host's sequences
@@ -83,12 +88,6 @@ class StaticDecoder:
         self.replays += 1
         toks = lanes.out.tolist()  # the one host sync per step
         logps = lanes.logp.tolist()
-        for b, s in enumerate(layout):
-            if s is not None and s.gen is not None:  # sampled (not greedy) lanes
-                row = lanes.logits[b].cpu()
-                toks[b] = sample_one(row, s.params, s.gen)
-                logps[b] = chosen_logprobs(row[None], [toks[b]])[0]
-                lanes.state[TOKEN, b] = toks[b]
         self.fresh = True
         lane_of = {s.id: b for b, s in enumerate(layout) if s is not None}
         return (
@@ -113,31 +112,40 @@ class StaticDecoder:
             ar = torch.arange(b, device=dev)
             zeros = torch.zeros(b, dtype=torch.long, device=dev)
             rows, qslots = (zeros, ar) if self.tree else (ar, zeros)
-            state = torch.zeros(4, b, dtype=torch.long, device=dev)
+            state = torch.zeros(6, b, dtype=torch.long, device=dev)
+            knobs = torch.zeros(2, b, device=dev)
             logits = torch.zeros(b, self.model.shapes.vocab, device=dev)
             logp = torch.zeros(b, device=dev)
-            self._lanes[b] = _Lanes(state, rows, qslots, ar, logits, zeros.clone(), logp)
+            self._lanes[b] = _Lanes(state, knobs, rows, qslots, ar, logits, zeros.clone(), logp)
         return self._lanes[b]
 
     def _upload(self, lanes: _Lanes, layout: list[Seq | None]) -> None:
-        host = [
-            [0] * len(layout),
-            [0] * len(layout),
-            [self.pad_slot] * len(layout),
-            [0] * len(layout),
-        ]
+        n = len(layout)
+        host = [[0] * n, [0] * n, [self.pad_slot] * n, [0] * n, [0] * n, [0] * n]
+        knobs = [[0.0] * n, [1.0] * n]
         for b, s in enumerate(layout):
             if s is None:
                 continue
             host[TOKEN][b], host[POSITION][b] = s.token(s.fed), s.fed
             host[SLOT][b], host[LIVE][b] = s.slot, 1
+            host[SEED][b], host[DRAW][b] = s.seed, len(s.generated)
+            knobs[TEMP][b], knobs[TOP_P][b] = s.params.temperature, s.params.top_p
             if self._table_owner.get(s.slot) != s.id:  # a new sequence in this slot
                 cols = torch.tensor(s.cols, dtype=torch.long)
                 self.col_table[s.slot, : len(s.cols)] = cols.to(self.col_table.device)
                 self._table_owner[s.slot] = s.id
         lanes.state.copy_(torch.tensor(host, dtype=torch.long))
+        lanes.knobs.copy_(torch.tensor(knobs))
+        sampled = [s for s in layout if s is not None and s.params.temperature > 0]
+        self._choice = (
+            GREEDY
+            if not sampled
+            else NUCLEUS
+            if any(s.params.top_p < 1.0 for s in sampled)
+            else PLAIN
+        )
 
-    def _body(self, lanes: _Lanes) -> None:
+    def _body(self, lanes: _Lanes, choice: int) -> None:
         """The captured step. Every shape is fixed by the bucket."""
         slots, pos = lanes.state[SLOT], lanes.state[POSITION]
         cols = self.col_table[slots, pos]  # (B,)
@@ -149,37 +157,44 @@ class StaticDecoder:
         )
         logits = self.model.run(step, self.cache.k, self.cache.v)
         lanes.logits.copy_(logits)
-        lanes.out.copy_(logits.argmax(dim=-1))
+        if choice == GREEDY:
+            lanes.out.copy_(logits.argmax(dim=-1))
+        else:
+            st = lanes.state
+            temps, top_ps = lanes.knobs[TEMP], lanes.knobs[TOP_P]
+            out = select_rows(logits, temps, top_ps, st[SEED], st[DRAW], choice == NUCLEUS)
+            lanes.out.copy_(out)
         best = logits.gather(1, lanes.out[:, None])[:, 0]
         lanes.logp.copy_(best - torch.logsumexp(logits, dim=-1))
         lanes.state[TOKEN].copy_(lanes.out)
         lanes.state[POSITION].add_(lanes.state[LIVE])
+        lanes.state[DRAW].add_(lanes.state[LIVE])
 
     def _run(self, lanes: _Lanes) -> None:
-        b = lanes.index.shape[0]
+        key = (lanes.index.shape[0], self._choice)
         if not self.graphs:
-            self._fn(lanes)
+            self._fn(lanes, self._choice)
             return
-        if b not in self._captured:
-            self._captured[b] = self._capture(lanes)
-        self._captured[b].replay()
+        if key not in self._captured:
+            self._captured[key] = self._capture(lanes, self._choice)
+        self._captured[key].replay()
 
-    def _capture(self, lanes: _Lanes) -> torch.cuda.CUDAGraph:
+    def _capture(self, lanes: _Lanes, choice: int) -> torch.cuda.CUDAGraph:
         """Warm up and capture on padding lanes only (they touch scratch columns), then put
         the real lane state back."""
         real = lanes.state.clone()
-        pad = torch.tensor([0, 0, self.pad_slot, 0], device=real.device)[:, None]
+        pad = torch.tensor([0, 0, self.pad_slot, 0, 0, 0], device=real.device)[:, None]
         lanes.state.copy_(pad.expand_as(real))
         side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._fn(lanes)
+                self._fn(lanes, choice)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._fn(lanes)
+            self._fn(lanes, choice)
         lanes.state.copy_(real)
         return graph

@@ -1,11 +1,21 @@
 """Per-request sampling parameters and next-token selection (greedy, temperature, top-p, seed).
 
-Greedy rows are decided with one argmax over the whole step; sampled rows use their own
-seeded generator, so a seeded request draws the same tokens whatever else shares its step.
+Every row of a step is decided in one batched pass, on the logits' device. A sampled row
+draws its token by inverting the CDF of its (temperature-scaled, top-p-truncated)
+distribution at a uniform number that is a counter-based hash of (its seed, the index of
+the token it is drawing): no generator state, so a seeded request draws the same tokens
+whatever else shares its step, in rows or tree mode, eager or replayed as a CUDA graph, and
+the whole draw can be captured in a graph (no host work per row).
+
+Two implementations of the same rule: `select_rows` (branch-free over every lane, for graph
+capture: a full sort when any lane has top-p) and `pick` (eager: only the sampled rows, and the
+nucleus taken from a top-k bounded by a mass argument instead of a full sort). They agree token for
+token except where two tokens' probabilities tie exactly at the drawn point (tested).
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -21,24 +31,125 @@ class GenParams:
     eos_ids: frozenset[int] = frozenset()
 
 
-def make_generator(params: GenParams) -> torch.Generator | None:
-    if params.temperature <= 0:
-        return None
-    gen = torch.Generator()
-    if params.seed is not None:
-        gen.manual_seed(params.seed)
-    else:
-        gen.seed()
-    return gen
+def resolve_seed(params: GenParams) -> int:
+    """The request's seed as a signed 64-bit int (a fresh random one when none is given)."""
+    seed = params.seed if params.seed is not None else secrets.randbits(64)
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
-def pick(logits: Tensor, params: list[GenParams], gens: list[torch.Generator | None]) -> list[int]:
-    """logits (M, V) float; returns one token id per row."""
-    greedy = logits.argmax(dim=-1).tolist()
-    for i, (p, gen) in enumerate(zip(params, gens, strict=True)):
-        if gen is not None:
-            greedy[i] = sample_one(logits[i].cpu(), p, gen)
-    return [int(t) for t in greedy]
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """(x * c) mod 2**32 for int64 x in [0, 2**32), without int64 overflow."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A 32-bit avalanche hash (the 'lowbias32' constants), on int64 holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniforms(seeds: Tensor, draws: Tensor) -> Tensor:
+    """One uniform in [0, 1) per row (24-bit resolution) from int64 seeds and draw indices."""
+    h = _mix(((seeds >> 32) & _M32) ^ 0x9E3779B9)
+    h = _mix(h ^ (seeds & _M32))
+    h = _mix(h ^ (draws & _M32))
+    return (h >> 8).float() * (1.0 / (1 << 24))
+
+
+def _probs(logits: Tensor, temps: Tensor) -> Tensor:
+    t = torch.where(temps > 0, temps, torch.ones_like(temps))
+    return torch.softmax(logits.float() / t[:, None], dim=-1)
+
+
+def _invert(cum: Tensor, last: Tensor, u: Tensor) -> Tensor:
+    """Index of the first entry whose cumulative mass reaches u * mass[..last] (rows)."""
+    total = cum.gather(1, last[:, None])[:, 0]
+    idx = (cum < (u * total)[:, None]).sum(dim=-1)
+    return torch.minimum(idx, last)
+
+
+def _plain(probs: Tensor, u: Tensor) -> Tensor:
+    """Inverse CDF in vocabulary order (no truncation)."""
+    cum = probs.cumsum(dim=-1)
+    last = torch.full_like(u, probs.shape[-1] - 1, dtype=torch.long)
+    return _invert(cum, last, u)
+
+
+def _nucleus(sorted_p: Tensor, order: Tensor, top_p: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse CDF over the top-p nucleus of descending `sorted_p`: (token, complete) where
+    `complete` is False for rows whose nucleus may extend past the columns given (only
+    possible when they are not the whole vocabulary)."""
+    cum = sorted_p.cumsum(dim=-1)
+    keep = (cum - sorted_p) < top_p[:, None]  # a prefix; always keeps the top token
+    n = keep.sum(dim=-1)
+    idx = _invert(cum, n - 1, u)
+    return order.gather(1, idx[:, None])[:, 0], ~keep[:, -1]
+
+
+def select_rows(
+    logits: Tensor, temps: Tensor, top_ps: Tensor, seeds: Tensor, draws: Tensor, nucleus: bool
+) -> Tensor:
+    """Branch-free choice for every row (graph-capturable): argmax where temperature is 0,
+    else a seeded draw; `nucleus` (fixed per capture) sorts for rows with top_p < 1."""
+    greedy = logits.argmax(dim=-1)
+    probs = _probs(logits, temps)
+    u = uniforms(seeds, draws)
+    tok = _plain(probs, u)
+    if nucleus:
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+        nuc, _ = _nucleus(sorted_p, order, top_ps, u)
+        tok = torch.where(top_ps < 1.0, nuc, tok)
+    return torch.where(temps > 0, tok, greedy)
+
+
+def pick(logits: Tensor, params: list[GenParams], seeds: list[int], draws: list[int]) -> list[int]:
+    """Eager choice: logits (M, V); row i uses params[i], seeds[i] and draw index draws[i]."""
+    out = logits.argmax(dim=-1)
+    rows = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not rows:
+        return [int(t) for t in out.tolist()]
+    dev = logits.device
+    sel = torch.tensor(rows, device=dev)
+    temps = torch.tensor([params[i].temperature for i in rows], device=dev)
+    top_ps = torch.tensor([params[i].top_p for i in rows], device=dev)
+    u = uniforms(
+        torch.tensor([seeds[i] for i in rows], device=dev),
+        torch.tensor([draws[i] for i in rows], device=dev),
+    )
+    probs = _probs(logits[sel], temps)
+    tok = torch.zeros_like(u, dtype=torch.long)
+    plain = (top_ps >= 1.0).nonzero()[:, 0]
+    if plain.numel():
+        tok[plain] = _plain(probs[plain], u[plain])
+    todo = (top_ps < 1.0).nonzero()[:, 0]
+    if todo.numel():
+        v = probs.shape[-1]
+        # the nucleus lies among the tokens with p >= (1 - top_p) / 2V (the others hold less
+        # than (1 - top_p) / 2 of the mass): a top-k of that many replaces the full sort, and
+        # a top-256 first settles the usual small nuclei for less
+        bound = (1.0 - top_ps[todo]) / (2 * v)
+        first = int((probs[todo] >= bound[:, None]).sum(dim=-1).max())
+        for k in sorted({min(256, first), first, v}):  # a full sort only where rounding left
+            p = probs[todo]  # a row undecided
+            if k < v:
+                sorted_p, order = p.topk(k, dim=-1)
+            else:
+                sorted_p, order = p.sort(dim=-1, descending=True, stable=True)
+            nuc, done = _nucleus(sorted_p, order, top_ps[todo], u[todo])
+            done = done | (k == v)
+            tok[todo[done]] = nuc[done]
+            todo = todo[~done]
+            if not todo.numel():
+                break
+    out[sel] = tok
+    return [int(t) for t in out.tolist()]
 
 
 def chosen_logprobs(logits: Tensor, tokens: list[int]) -> list[float]:
@@ -46,12 +157,3 @@ def chosen_logprobs(logits: Tensor, tokens: list[int]) -> list[float]:
     idx = torch.tensor(tokens, device=logits.device)[:, None]
     logp = logits.float().gather(1, idx)[:, 0] - torch.logsumexp(logits.float(), dim=-1)
     return [float(x) for x in logp.tolist()]
-
-
-def sample_one(logits: Tensor, p: GenParams, gen: torch.Generator) -> int:
-    probs = torch.softmax(logits / p.temperature, dim=-1)
-    if p.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = sorted_p.cumsum(0) - sorted_p < p.top_p  # always keeps the top token
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))

@@ -23,7 +23,7 @@ class Seq:
     id: int
     prompt: list[int]
     params: GenParams
-    gen: torch.Generator | None
+    seed: int  # the draws' seed (sampled requests; see sampling.uniforms)
     prefix_only: bool = False  # holds a shared prefix for siblings; never samples
     generated: list[int] = field(default_factory=list)
     row: int = -1
