@@ -18,7 +18,14 @@ import torch
 from parafill.backends.engine.graphs import StaticDecoder
 from parafill.backends.engine.kv import BudgetError, CacheSpec, KVCache, Mode
 from parafill.backends.engine.model import CompactLM
-from parafill.backends.engine.sampling import GenParams, chosen_logprobs, pick, resolve_seed
+from parafill.backends.engine.sampling import (
+    GenParams,
+    Top,
+    chosen_logprobs,
+    pick,
+    resolve_seed,
+    top_logprobs,
+)
 from parafill.backends.engine.step import Seq, build_step, longest_match
 
 
@@ -47,6 +54,7 @@ class StepOutput:
     finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
     error: str | None = None
     logprobs: tuple[float, ...] = ()  # log p of each of `tokens` (the model's distribution)
+    top: tuple[Top, ...] = ()  # per token, the most likely alternatives (params.top_logprobs)
 
 
 @dataclass
@@ -135,16 +143,18 @@ class Engine:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
         if self.decoder is not None and decode_only:
             # device-side state; marks the columns visible
-            tokens, logps = self.decoder.step(work)
+            tokens, logps, tops = self.decoder.step(work)
             for seq in work:
                 seq.fed += 1
             sampled = work
         else:
-            sampled, tokens, logps = self._eager_forward(work)
+            sampled, tokens, logps, tops = self._eager_forward(work)
         self.steps += 1
-        return self._emit(sampled, tokens, logps)
+        return self._emit(sampled, tokens, logps, tops)
 
-    def _eager_forward(self, work: list[Seq]) -> tuple[list[Seq], list[int], list[float]]:
+    def _eager_forward(
+        self, work: list[Seq]
+    ) -> tuple[list[Seq], list[int], list[float], list[Top]]:
         step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)
         if self.decoder is not None:
             self.decoder.fresh = False  # its device-side tokens and positions are now stale
@@ -154,25 +164,29 @@ class Engine:
             seq.fed += len(cols)
         sampled = plan.sampled
         if not sampled:
-            return sampled, [], []
+            return sampled, [], [], []
         tokens = pick(
             logits,
             [s.params for s in sampled],
             [s.seed for s in sampled],
             [len(s.generated) for s in sampled],
         )
-        return sampled, tokens, chosen_logprobs(logits, tokens)
+        tops = top_logprobs(logits, [s.params.top_logprobs for s in sampled])
+        return sampled, tokens, chosen_logprobs(logits, tokens), tops
 
-    def _emit(self, sampled: list[Seq], tokens: list[int], logps: list[float]) -> list[StepOutput]:
+    def _emit(
+        self, sampled: list[Seq], tokens: list[int], logps: list[float], tops: list[Top]
+    ) -> list[StepOutput]:
         outs = []
-        for seq, tok, lp in zip(sampled, tokens, logps, strict=True):
+        for seq, tok, lp, top in zip(sampled, tokens, logps, tops, strict=True):
             seq.generated.append(tok)
             if tok in seq.params.eos_ids:
                 outs.append(self._retire(seq, "stop"))
             elif len(seq.generated) >= seq.params.max_tokens:
-                outs.append(self._retire(seq, "length", tokens=(tok,), logprobs=(lp,)))
+                out = StepOutput(seq.id, (tok,), "length", None, (lp,), (top,))
+                outs.append(self._retire(seq, "length", out=out))
             else:
-                outs.append(StepOutput(seq.id, (tok,), logprobs=(lp,)))
+                outs.append(StepOutput(seq.id, (tok,), logprobs=(lp,), top=(top,)))
         return outs
 
     # ---- admission, sharing, retirement --------------------------------------------------
@@ -286,8 +300,7 @@ class Engine:
         seq: Seq,
         finish: str,
         error: str | None = None,
-        tokens: tuple[int, ...] = (),
-        logprobs: tuple[float, ...] = (),
+        out: StepOutput | None = None,
     ) -> StepOutput:
         if seq in self.live:
             self.live.remove(seq)
@@ -296,7 +309,7 @@ class Engine:
                 self.cached.append(seq)  # its written KV stays as a prefix cache
             else:
                 self.cache.release(seq.row, seq.cols)
-        return StepOutput(seq.id, tokens, finish, error, logprobs)
+        return out or StepOutput(seq.id, (), finish, error)
 
 
 __all__ = ["BudgetError", "Engine", "EngineConfig", "StepOutput"]

@@ -18,7 +18,13 @@ import torch
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.model import CompactLM, supports
-from parafill.backends.engine.sampling import GenParams, chosen_logprobs, pick, resolve_seed
+from parafill.backends.engine.sampling import (
+    GenParams,
+    chosen_logprobs,
+    pick,
+    resolve_seed,
+    top_logprobs,
+)
 
 
 @dataclass(eq=False)
@@ -123,14 +129,15 @@ class FallbackEngine:
         logits = out.logits[0, -1:].float()
         tok = pick(logits, [seq.params], [seq.seed], [len(seq.generated)])[0]
         lp = (chosen_logprobs(logits, [tok])[0],)
+        top = (top_logprobs(logits, [seq.params.top_logprobs])[0],)
         seq.generated.append(tok)
         if tok in seq.params.eos_ids:
             self.live.remove(seq)
             return StepOutput(seq.id, (), "stop")
         if len(seq.generated) >= seq.params.max_tokens:
             self.live.remove(seq)
-            return StepOutput(seq.id, (tok,), "length", logprobs=lp)
-        return StepOutput(seq.id, (tok,), logprobs=lp)
+            return StepOutput(seq.id, (tok,), "length", logprobs=lp, top=top)
+        return StepOutput(seq.id, (tok,), logprobs=lp, top=top)
 
 
 def build_engine(

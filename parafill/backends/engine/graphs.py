@@ -21,7 +21,7 @@ from torch import Tensor
 
 from parafill.backends.engine.kv import KVCache
 from parafill.backends.engine.model import CompactLM, StepInput
-from parafill.backends.engine.sampling import select_rows
+from parafill.backends.engine.sampling import TOP_MAX, Top, select_rows
 from parafill.backends.engine.step import Seq
 
 TOKEN, POSITION, SLOT, LIVE, SEED, DRAW = range(6)
@@ -41,6 +41,8 @@ class _Lanes:
     logits: Tensor  # (B, V) float
     out: Tensor  # (B,) greedy next token
     logp: Tensor  # (B,) its log-probability
+    top_v: Tensor  # (B, K) log p of the K most likely tokens (when a lane asks for them)
+    top_i: Tensor  # (B, K) their ids
 
 
 class StaticDecoder:
@@ -65,8 +67,9 @@ class StaticDecoder:
         self._true = torch.ones((), dtype=torch.bool, device=dev)  # no host scalar in capture
         self._table_owner: dict[int, int] = {}  # slot -> seq id whose columns are uploaded
         self._lanes: dict[int, _Lanes] = {}
-        self._captured: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._captured: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
         self._choice = GREEDY  # set at upload from the lanes' sampling parameters
+        self._top = False  # some lane wants top log-probabilities (set at upload)
         self._pool: Any = None  # one CUDA graph memory pool for every bucket
         self._key: tuple[int, ...] = ()
         self.fresh = False  # device lane state matches the host's sequences
@@ -75,9 +78,9 @@ class StaticDecoder:
         self._fn = torch.compile(self._body, dynamic=False) if compile else self._body
 
     @torch.inference_mode()
-    def step(self, work: list[Seq]) -> tuple[list[int], list[float]]:
+    def step(self, work: list[Seq]) -> tuple[list[int], list[float], list[Top]]:
         """One decode step for `work` (each feeds exactly one token): the next token of each
-        sequence and its log-probability."""
+        sequence, its log-probability and (where asked for) the most likely alternatives."""
         layout = self._layout(work)
         lanes = self._get_lanes(len(layout))
         key = tuple(s.id if s is not None else -1 for s in layout)
@@ -90,9 +93,16 @@ class StaticDecoder:
         logps = lanes.logp.tolist()
         self.fresh = True
         lane_of = {s.id: b for b, s in enumerate(layout) if s is not None}
+        tops: list[Top] = [()] * len(work)
+        if self._top:
+            vals, ids = lanes.top_v.tolist(), lanes.top_i.tolist()
+            for j, s in enumerate(work):
+                b, k = lane_of[s.id], s.params.top_logprobs
+                tops[j] = tuple(zip(ids[b][:k], vals[b][:k], strict=True))
         return (
             [int(toks[lane_of[s.id]]) for s in work],
             [float(logps[lane_of[s.id]]) for s in work],
+            tops,
         )
 
     def _layout(self, work: list[Seq]) -> list[Seq | None]:
@@ -116,7 +126,14 @@ class StaticDecoder:
             knobs = torch.zeros(2, b, device=dev)
             logits = torch.zeros(b, self.model.shapes.vocab, device=dev)
             logp = torch.zeros(b, device=dev)
-            self._lanes[b] = _Lanes(state, knobs, rows, qslots, ar, logits, zeros.clone(), logp)
+            k = min(TOP_MAX, self.model.shapes.vocab)
+            top_v, top_i = (
+                torch.zeros(b, k, device=dev),
+                torch.zeros(b, k, dtype=torch.long, device=dev),
+            )
+            self._lanes[b] = _Lanes(
+                state, knobs, rows, qslots, ar, logits, zeros.clone(), logp, top_v, top_i
+            )
         return self._lanes[b]
 
     def _upload(self, lanes: _Lanes, layout: list[Seq | None]) -> None:
@@ -137,6 +154,7 @@ class StaticDecoder:
         lanes.state.copy_(torch.tensor(host, dtype=torch.long))
         lanes.knobs.copy_(torch.tensor(knobs))
         sampled = [s for s in layout if s is not None and s.params.temperature > 0]
+        self._top = any(s is not None and s.params.top_logprobs > 0 for s in layout)
         self._choice = (
             GREEDY
             if not sampled
@@ -145,7 +163,7 @@ class StaticDecoder:
             else PLAIN
         )
 
-    def _body(self, lanes: _Lanes, choice: int) -> None:
+    def _body(self, lanes: _Lanes, choice: int, top: bool) -> None:
         """The captured step. Every shape is fixed by the bucket."""
         slots, pos = lanes.state[SLOT], lanes.state[POSITION]
         cols = self.col_table[slots, pos]  # (B,)
@@ -165,21 +183,26 @@ class StaticDecoder:
             out = select_rows(logits, temps, top_ps, st[SEED], st[DRAW], choice == NUCLEUS)
             lanes.out.copy_(out)
         best = logits.gather(1, lanes.out[:, None])[:, 0]
-        lanes.logp.copy_(best - torch.logsumexp(logits, dim=-1))
+        lse = torch.logsumexp(logits, dim=-1)
+        lanes.logp.copy_(best - lse)
+        if top:
+            vals, ids = logits.topk(lanes.top_v.shape[1], dim=-1)
+            lanes.top_v.copy_(vals - lse[:, None])
+            lanes.top_i.copy_(ids)
         lanes.state[TOKEN].copy_(lanes.out)
         lanes.state[POSITION].add_(lanes.state[LIVE])
         lanes.state[DRAW].add_(lanes.state[LIVE])
 
     def _run(self, lanes: _Lanes) -> None:
-        key = (lanes.index.shape[0], self._choice)
+        key = (lanes.index.shape[0], self._choice, self._top)
         if not self.graphs:
-            self._fn(lanes, self._choice)
+            self._fn(lanes, self._choice, self._top)
             return
         if key not in self._captured:
-            self._captured[key] = self._capture(lanes, self._choice)
+            self._captured[key] = self._capture(lanes, self._choice, self._top)
         self._captured[key].replay()
 
-    def _capture(self, lanes: _Lanes, choice: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, lanes: _Lanes, choice: int, top: bool) -> torch.cuda.CUDAGraph:
         """Warm up and capture on padding lanes only (they touch scratch columns), then put
         the real lane state back."""
         real = lanes.state.clone()
@@ -189,12 +212,12 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._fn(lanes, choice)
+                self._fn(lanes, choice, top)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._fn(lanes, choice)
+            self._fn(lanes, choice, top)
         lanes.state.copy_(real)
         return graph

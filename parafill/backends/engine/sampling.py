@@ -29,6 +29,11 @@ class GenParams:
     top_p: float = 1.0
     seed: int | None = None
     eos_ids: frozenset[int] = frozenset()
+    top_logprobs: int = 0  # also report the k most likely tokens at each step (k <= TOP_MAX)
+
+
+TOP_MAX = 20  # OpenAI's bound on top_logprobs
+Top = tuple[tuple[int, float], ...]  # (token id, log p) of the most likely tokens, best first
 
 
 def resolve_seed(params: GenParams) -> int:
@@ -150,6 +155,21 @@ def pick(logits: Tensor, params: list[GenParams], seeds: list[int], draws: list[
                 break
     out[sel] = tok
     return [int(t) for t in out.tolist()]
+
+
+def top_logprobs(logits: Tensor, ks: list[int]) -> list[Top]:
+    """The ks[i] most likely tokens of row i with their log-probabilities (the model's own
+    distribution), best first; () where ks[i] is 0."""
+    rows = [i for i, k in enumerate(ks) if k > 0]
+    out: list[Top] = [()] * len(ks)
+    if not rows:
+        return out
+    sel = logits[torch.tensor(rows, device=logits.device)].float()
+    vals, ids = torch.topk(sel, max(ks[i] for i in rows), dim=-1)
+    vals = vals - torch.logsumexp(sel, dim=-1, keepdim=True)
+    for r, (v, t) in zip(rows, zip(vals.tolist(), ids.tolist(), strict=True), strict=True):
+        out[r] = tuple(zip(t[: ks[r]], v[: ks[r]], strict=True))
+    return out
 
 
 def chosen_logprobs(logits: Tensor, tokens: list[int]) -> list[float]:
