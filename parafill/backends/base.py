@@ -29,6 +29,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_logprobs: int = 0  # also report each token's k most likely alternatives (local engine)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Chunk:
     logprob: float | None = None  # summed log p of this chunk's tokens, where the backend has it
     token_ids: tuple[int, ...] = ()  # the tokens behind this chunk, where the backend has them
     token_logprobs: tuple[float, ...] = ()  # log p of each of `token_ids`
+    token_top: tuple[tuple[tuple[int, float], ...], ...] = ()  # per token: (id, log p), best first
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,7 @@ class Detokenizer:
 
 
 class LocalBackend:
-    def __init__(
-        self, engine: Engine | FallbackEngine, tokenizer: PreTrainedTokenizerBase
-    ) -> None:
+    def __init__(self, engine: Engine | FallbackEngine, tokenizer: PreTrainedTokenizerBase) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self._streams: dict[int, MemoryObjectSendStream[StepOutput]] = {}
@@ -149,7 +147,7 @@ class LocalBackend:
 
     async def stream_ids(self, ids: list[int], s: Sampling) -> AsyncGenerator[Chunk, None]:
         """Stream a continuation of raw token ids (no chat template: completions endpoints)."""
-        params = GenParams(s.max_tokens, s.temperature, s.top_p, s.seed, self._eos)
+        params = GenParams(s.max_tokens, s.temperature, s.top_p, s.seed, self._eos, s.top_logprobs)
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
         try:
             seq_id = self.engine.submit(ids, params)
@@ -179,9 +177,7 @@ class LocalBackend:
                 stream.send_nowait(out)
 
 
-async def _chunks(
-    recv: AsyncIterator[StepOutput], detok: Detokenizer
-) -> AsyncIterator[Chunk]:
+async def _chunks(recv: AsyncIterator[StepOutput], detok: Detokenizer) -> AsyncIterator[Chunk]:
     async for out in recv:
         if out.error or out.finish == "error":
             raise BackendError(f"engine error: {out.error}", retryable=False)
@@ -190,13 +186,13 @@ async def _chunks(
         text, stopped = detok.add(out.tokens, final=out.finish is not None)
         n, lp, ids, lps = len(out.tokens), sum(out.logprobs), out.tokens, out.logprobs
         if stopped:
-            yield Chunk(text, n, "stop", lp, ids, lps)
+            yield Chunk(text, n, "stop", lp, ids, lps, out.top)
             return
         if out.finish is not None:
             finish: FinishReason = "length" if out.finish == "length" else "stop"
-            yield Chunk(text, n, finish, lp, ids, lps)
+            yield Chunk(text, n, finish, lp, ids, lps, out.top)
             return
-        yield Chunk(text, n, None, lp, ids, lps)
+        yield Chunk(text, n, None, lp, ids, lps, out.top)
 
 
 def _auto_device() -> str:

@@ -165,8 +165,9 @@ def _job(
     param: str,
 ) -> Job:
     n = _room(backend, cfg, len(ids), req.limit, param)
-    s = Sampling(n, req.temperature, req.top_p, req.seed, req.stops)
     logprobs = isinstance(req, ChatRequest) and req.logprobs is True
+    top = (req.top_logprobs or 0) if isinstance(req, ChatRequest) and logprobs else 0
+    s = Sampling(n, req.temperature, req.top_p, req.seed, req.stops, top)
     return Job.new(kind, req.model, ids, s, req.include_usage, logprobs)
 
 
@@ -188,7 +189,9 @@ async def _sot(
         raise APIError(400, f"{sot.NAME} needs a user message (the question)", param="messages")
     if req.logprobs:
         raise APIError(
-            400, f"logprobs are not available for {sot.NAME}", param="logprobs",
+            400,
+            f"logprobs are not available for {sot.NAME}",
+            param="logprobs",
             code="unsupported_parameter",
         )
     question = users[-1].to_message().content

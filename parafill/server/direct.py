@@ -3,7 +3,8 @@
 Chat and text completions differ only in the prompt (chat template or raw ids, decided by the
 handler) and in the shape of a choice; both are a `Job` here. Token counts come from the
 engine: prompt ids as submitted, completion tokens as summed from `Chunk.tokens`. With chat
-`logprobs: true`, each chosen token's log-probability (from the engine) goes with its text.
+`logprobs: true`, each chosen token's log-probability (from the engine) goes with its text, and
+with `top_logprobs: k` the k most likely tokens at that position.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from parafill.server.schemas import (
     ObjectKind,
     TextChoice,
     TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from parafill.server.sse import Produce, Write, event
@@ -127,12 +129,26 @@ class Job:
 
 
 def _entries(backend: LocalBackend, c: Chunk) -> list[TokenLogprob]:
-    """OpenAI's per-token entries for a chunk: the token's text, its log p, its UTF-8 bytes."""
+    """OpenAI's per-token entries for a chunk: the token's text, its log p, its UTF-8 bytes,
+    and the most likely alternatives where top_logprobs asked for them."""
     out = []
-    for tid, lp in zip(c.token_ids, c.token_logprobs, strict=True):
-        text = str(backend.tokenizer.decode([tid]))
-        out.append(TokenLogprob(token=text, logprob=lp, bytes=list(text.encode("utf-8"))))
+    tops = c.token_top or ((),) * len(c.token_ids)
+    for tid, lp, top in zip(c.token_ids, c.token_logprobs, tops, strict=True):
+        text = _text(backend, tid)
+        alts = [
+            TopLogprob(token=t, logprob=v, bytes=list(t.encode("utf-8")))
+            for t, v in ((_text(backend, i), v) for i, v in top)
+        ]
+        out.append(
+            TokenLogprob(
+                token=text, logprob=lp, bytes=list(text.encode("utf-8")), top_logprobs=alts
+            )
+        )
     return out
+
+
+def _text(backend: LocalBackend, tid: int) -> str:
+    return str(backend.tokenizer.decode([tid]))
 
 
 async def complete(backend: LocalBackend, job: Job) -> Completion:

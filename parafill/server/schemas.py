@@ -2,9 +2,10 @@
 
 The HTTP boundary only: handlers turn requests into parafill's frozen dataclasses at once.
 Unknown request fields are ignored (as vLLM does); known fields parafill cannot honour (n > 1,
-top_logprobs > 0, completions' logprobs, echo, tools, best_of > 1) are refused by
-`unsupported()` with a 400 naming them. Chat `logprobs: true` returns each chosen token's
-log-probability.
+completions' logprobs, echo, tools, best_of > 1; top_logprobs without logprobs, as OpenAI) are
+refused by `unsupported()` with a 400 naming them. Chat `logprobs: true` returns each chosen
+token's log-probability, and with `top_logprobs: k` (<= 20) the k most likely tokens at each
+position.
 """
 
 from __future__ import annotations
@@ -92,11 +93,8 @@ def unsupported(req: ChatRequest | CompletionRequest) -> tuple[str, str] | None:
     if isinstance(req, ChatRequest):
         if req.logprobs not in (None, False, True):
             return "logprobs", "logprobs must be true or false"
-        if req.top_logprobs:
-            return "top_logprobs", (
-                "top_logprobs > 0 is not supported: logprobs=true returns each chosen "
-                "token's log-probability only"
-            )
+        if req.top_logprobs and req.logprobs is not True:
+            return "top_logprobs", "top_logprobs needs logprobs=true"
     elif req.logprobs is not None:
         return "logprobs", "logprobs are not supported on /v1/completions (use chat)"
     if req.tools:
@@ -136,11 +134,17 @@ class AssistantMessage(_Out):
     content: str
 
 
+class TopLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
 class TokenLogprob(_Out):
     token: str
     logprob: float
     bytes: list[int] | None
-    top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
 class ChoiceLogprobs(_Out):

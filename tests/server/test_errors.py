@@ -125,11 +125,11 @@ CASES = [
     (
         "top_logprobs",
         "/chat/completions",
-        {"model": MODEL, "messages": HI, "logprobs": True, "top_logprobs": 2},
+        {"model": MODEL, "messages": HI, "top_logprobs": 2},
         400,
         "unsupported_parameter",
         "top_logprobs",
-        "top_logprobs > 0 is not supported",
+        "top_logprobs needs logprobs=true",
     ),
     (
         "logprobs on completions",

@@ -173,3 +173,47 @@ def test_chat_logprobs_whole_and_streamed(client: OpenAI, served: Served) -> Non
     assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=1e-4)
     plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2)  # type: ignore[arg-type]
     assert plain.choices[0].logprobs is None
+
+
+async def _tops(backend: LocalBackend, question: str, k: int) -> list[list[tuple[str, float]]]:
+    req = Request((Message("user", question),), Sampling(max_tokens=N, top_logprobs=k))
+    out = []
+    async for c in backend.stream(req):
+        out += [[(backend.tokenizer.decode([t]), v) for t, v in top] for top in c.token_top]
+    return out
+
+
+def test_chat_top_logprobs_whole_and_streamed(client: OpenAI, served: Served) -> None:
+    """top_logprobs=k: at each position the k most likely tokens, best first, from the engine
+    (whose values are checked against the HF forward in tests/engine/test_logprobs.py); the
+    greedy token is the first of them."""
+    msgs = [{"role": "user", "content": QUESTION}]
+    kw = {"model": MODEL, "messages": msgs, "max_tokens": N, "temperature": 0,
+          "logprobs": True, "top_logprobs": 5}
+    whole = client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    content = whole.choices[0].logprobs.content
+    assert len(content) == N
+    for t in content:
+        assert len(t.top_logprobs) == 5
+        lps = [a.logprob for a in t.top_logprobs]
+        assert lps == sorted(lps, reverse=True) and all(x <= 0 for x in lps)
+        assert t.top_logprobs[0].token == t.token  # greedy: the chosen one is the best
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-6)
+        assert all(a.bytes == list(a.token.encode()) for a in t.top_logprobs)
+    want = served.portal.call(_tops, served.backend, QUESTION, 5)
+    assert [[a.token for a in t.top_logprobs] for t in content] == [
+        [w[0] for w in row] for row in want
+    ]
+    streamed = [
+        t
+        for c in client.chat.completions.create(stream=True, **kw)  # type: ignore[call-overload]
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert [[a.token for a in t.top_logprobs] for t in streamed] == [
+        [a.token for a in t.top_logprobs] for t in content
+    ]
+    plain = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=2, logprobs=True  # type: ignore[arg-type]
+    )
+    assert all(t.top_logprobs == [] for t in plain.choices[0].logprobs.content)  # type: ignore[union-attr]
