@@ -1,11 +1,13 @@
 """Load test of `parafill serve`: N concurrent streaming clients per concurrency level.
 
     python benchmarks/serve_load.py [--levels 1,8,32,64] [--max-tokens 32] [--note "idle machine"]
+    python benchmarks/serve_load.py --temperature 0.8 --top-p 0.95 --out .../serve_load_sampled_cpu.md
 
 Starts `parafill serve` on 127.0.0.1 (a free port, rows = the largest level), first asks each
 distinct prompt alone (temperature 0: the reference texts), then runs every level: each client
 streams one chat completion with the official `openai` async client. Every response must be
-complete (finish_reason set, usage present) and equal its prompt's single-client text. Prints a
+complete (finish_reason set, usage present) and equal its prompt's single-client text (sampled
+runs: each prompt has its own seed, so under load too the text must equal the lone one). Prints a
 Markdown table (throughput, TTFT and total latency percentiles) and writes it to --out.
 """
 
@@ -85,6 +87,9 @@ def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.P
     raise TimeoutError("parafill serve did not start")
 
 
+SAMPLING = {"temperature": 0.0, "top_p": 1.0}
+
+
 async def ask(client: AsyncOpenAI, prompt: str, max_tokens: int) -> Answer:
     t0 = time.perf_counter()
     ttft, parts, finish, tokens = None, [], None, 0
@@ -92,7 +97,9 @@ async def ask(client: AsyncOpenAI, prompt: str, max_tokens: int) -> Answer:
         model=MODEL,
         messages=[{"role": "user", "content": prompt}],
         max_tokens=max_tokens,
-        temperature=0,
+        temperature=SAMPLING["temperature"],
+        top_p=SAMPLING["top_p"],
+        seed=PROMPTS.index(prompt),
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -147,7 +154,7 @@ async def main(args: argparse.Namespace) -> str:
     proc = start_server(args, port, log)
     lines = [
         f"# parafill serve under load\n\n{hardware(args)}\n",
-        f"`parafill serve --rows {max(args.levels)}`, {MODEL} fp32, greedy, "
+        f"`parafill serve --rows {max(args.levels)}`, {MODEL} fp32, {mode(args)}, "
         f"max_tokens {args.max_tokens}, {len(PROMPTS)} distinct prompts cycled; "
         "streaming chat completions with the official openai async client.\n",
         "| clients | complete | = single-client text | tokens | wall s | tokens/s | "
@@ -169,6 +176,12 @@ async def main(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mode(args: argparse.Namespace) -> str:
+    if args.temperature <= 0:
+        return "greedy"
+    return f"sampled (temperature {args.temperature}, top-p {args.top_p}, a seed per prompt)"
+
+
 def hardware(args: argparse.Namespace) -> str:
     cpu = platform.processor() or platform.machine()
     return (
@@ -186,7 +199,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--log", default="/tmp/parafill_serve_load.log")
     ap.add_argument("--note", default="machine state not stated")
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
     a = ap.parse_args()
+    SAMPLING.update(temperature=a.temperature, top_p=a.top_p)
     report = anyio.run(main, a)
     print("\n" + report)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
