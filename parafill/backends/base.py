@@ -56,7 +56,7 @@ class Chunk:
     finish_reason: FinishReason | None = None
     logprob: float | None = None  # summed log p of this chunk's tokens, where the backend has it
     token_ids: tuple[int, ...] = ()  # the tokens behind this chunk, where the backend has them
-    token_logprobs: tuple[float, ...] = ()  # log p of each of `token_ids`
+    token_logprobs: tuple[float, ...] = ()  # log p of each token (of `token_ids` where given)
     token_top: tuple[tuple[tuple[int, float], ...], ...] = ()  # per token: (id, log p), best first
 
 

@@ -68,6 +68,7 @@ class OpenAIConfig:
     prompt: PromptRenderer = concat_prompt  # completions endpoint only
     include_usage: bool = True  # ask for server token counts (stream_options)
     assistant_prefix: PrefixMode = "drop"  # chat: how a trailing assistant message is sent
+    logprobs: bool = False  # chat: ask for each token's log p (vLLM, SGLang, llama.cpp have it)
 
     def __post_init__(self) -> None:
         if isinstance(self.base_urls, str) or not self.base_urls:
@@ -100,6 +101,9 @@ def encode_body(config: OpenAIConfig, request: Request) -> bytes:
     body.update(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
     if s.seed is not None:
         body["seed"] = s.seed
+    if config.logprobs and config.endpoint == "chat":
+        # top_logprobs too, even 0: llama-cpp-python computes none without it
+        body.update(logprobs=True, top_logprobs=s.top_logprobs)
     if s.stop:
         body["stop"] = list(s.stop)
     body["stream"] = True
@@ -134,9 +138,17 @@ async def _strip_prefix(chunks: AsyncIterator[Chunk], prefix: str) -> AsyncItera
         deciding = False
         if text.startswith(prefix.strip()):
             text = text[len(prefix.strip()) :]
-        yield Chunk(text, sum(c.tokens for c in held), chunk.finish_reason)
+        yield _merge(held, text, chunk.finish_reason)
     if deciding and held:  # the stream ended while deciding (no finish reason came)
-        yield Chunk("".join(c.text for c in held), sum(c.tokens for c in held))
+        yield _merge(held, "".join(c.text for c in held), None)
+
+
+def _merge(held: list[Chunk], text: str, finish: FinishReason | None) -> Chunk:
+    """One chunk for `held` with `text`: token counts and log-probabilities are kept."""
+    lps = [c.logprob for c in held]
+    logprob = None if any(lp is None for lp in lps) else sum(lp for lp in lps if lp is not None)
+    per_token = tuple(x for c in held for x in c.token_logprobs)
+    return Chunk(text, sum(c.tokens for c in held), finish, logprob, (), per_token)
 
 
 class _ProtocolError(Exception):
@@ -204,8 +216,15 @@ class _ChunkParser:
             text = delta.get("content") if isinstance(delta, dict) else None
         else:
             text = choice.get("text")
+        lps = _logprobs(choice.get("logprobs"))
         if not isinstance(text, str) or not text:
+            if lps:  # a token whose text the server holds back (a partial UTF-8 character)
+                self.tokens += len(lps)
+                return Chunk("", len(lps), None, sum(lps), (), lps)
             return None
+        if lps:
+            self.tokens += len(lps)
+            return Chunk(text, len(lps), None, sum(lps), (), lps)
         self.tokens += 1
         return Chunk(text, tokens=1)
 
@@ -215,6 +234,21 @@ class _ChunkParser:
             raise _ProtocolError(f"{end} after {self.tokens} chunks without a finish_reason")
         extra = max(0, self.usage - self.tokens) if self.usage is not None else 0
         return Chunk("", tokens=extra, finish_reason=self.finish)
+
+
+def _logprobs(block: object) -> tuple[float, ...]:
+    """The per-token log-probabilities of a chat choice's `logprobs` block (() if absent or
+    not in OpenAI's shape: a server that ignores the request is not an error)."""
+    content = block.get("content") if isinstance(block, dict) else None
+    if not isinstance(content, list):
+        return ()
+    out = []
+    for entry in content:
+        lp = entry.get("logprob") if isinstance(entry, dict) else None
+        if not isinstance(lp, int | float) or isinstance(lp, bool):
+            return ()
+        out.append(float(lp))
+    return tuple(out)
 
 
 class _Endpoint:

@@ -30,6 +30,7 @@ class Reply:
     drop_after: int | None = None  # close the socket after this many chunks, mid-body
     usage: int | None = None  # completion_tokens in a final usage event
     finish: str | None = "stop"  # None: a final event without finish_reason
+    logprobs: tuple[object, ...] | None = None  # each chunk's choice "logprobs" block, as sent
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,10 @@ async def _respond(stream: SocketStream, reply: Reply, *, chat: bool) -> None:
     for i, text in enumerate(reply.chunks):
         if i == reply.drop_after:
             return  # the socket closes without the terminating chunk
-        await stream.send(_event({"choices": [_choice(text, None, chat)]}))
+        choice = _choice(text, None, chat)
+        if reply.logprobs is not None:
+            choice["logprobs"] = reply.logprobs[i]
+        await stream.send(_event({"choices": [choice]}))
         await anyio.sleep(reply.chunk_delay)
     if reply.drop_after is not None:
         return

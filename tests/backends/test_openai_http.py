@@ -108,6 +108,42 @@ async def test_server_usage_wins_over_chunk_count() -> None:
     assert server.requests[0].path == "/v1/completions"
 
 
+def _lp(*values: float) -> dict[str, object]:
+    return {"content": [{"token": "t", "logprob": v, "bytes": None, "top_logprobs": []}
+                        for v in values]}
+
+
+async def test_logprobs_are_requested_and_carried() -> None:
+    """logprobs=True: the body asks for them; each chunk carries its tokens' log p and counts
+    one token per entry (a chunk of two tokens counts 2); a prefix strip keeps them."""
+    blocks = (_lp(-0.5), _lp(-0.25, -1.0), _lp(-2.0))
+    async with fault_server([Reply(logprobs=blocks)]) as server:
+        async with backend(config(server.url, logprobs=True)) as b:
+            chunks = [c async for c in b.stream(Request.chat("hi"))]
+    assert b'"logprobs":true' in server.requests[0].body
+    assert [c.token_logprobs for c in chunks[:3]] == [(-0.5,), (-0.25, -1.0), (-2.0,)]
+    assert [c.logprob for c in chunks[:3]] == [-0.5, -1.25, -2.0]
+    assert sum(c.tokens for c in chunks) == 4
+    async with fault_server([Reply(chunks=("1.", " A"), logprobs=(_lp(-0.1), _lp(-0.3)))]) as s2:
+        async with backend(config(s2.url, logprobs=True)) as b:
+            msgs = (Message("user", "list"), Message("assistant", "1."))
+            got = [c async for c in b.stream(Request(msgs))]
+    assert "".join(c.text for c in got) == " A"
+    assert sum(c.logprob or 0.0 for c in got) == pytest.approx(-0.4)
+
+
+async def test_missing_or_malformed_logprobs_are_not_an_error() -> None:
+    blocks = (None, {"content": "nonsense"}, {"content": [{"logprob": "x"}]})
+    async with fault_server([Reply(logprobs=blocks)]) as server:
+        async with backend(config(server.url, logprobs=True)) as b:
+            chunks = [c async for c in b.stream(Request.chat("hi"))]
+    assert "".join(c.text for c in chunks) == "Hello world"
+    assert all(c.logprob is None and c.token_logprobs == () for c in chunks)
+    async with fault_server() as server, backend(config(server.url)) as b:
+        [c async for c in b.stream(Request.chat("hi"))]
+    assert b"logprobs" not in server.requests[0].body  # off by default
+
+
 async def test_not_entered_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         await complete(backend(config("http://127.0.0.1:9")), Request.chat("hi"))
@@ -325,3 +361,29 @@ async def test_llama_cancel_closes_the_stream(llama: LlamaServer) -> None:
                 await anyio.sleep(0.1)
             text, _, _ = await complete(b, Request.chat("Say hi.", sampling=Sampling(8)))
     assert text
+
+
+async def test_llama_streams_logprobs(llama: LlamaServer) -> None:
+    """llama.cpp's own per-token log p come through: one entry per generated token, each
+    <= 0, equal to the server's non-streamed answer's (both asked after the same prior
+    request: llama.cpp reuses the previous prompt's KV, which changes rounding)."""
+    import httpx
+
+    question = "Name three colours."
+    req = Request.chat(question, sampling=Sampling(max_tokens=12, temperature=0.0))
+    other = Request.chat("Write one sentence about the sea.", sampling=Sampling(max_tokens=4))
+    async with llama_backend(llama, timeout=120.0, logprobs=True) as b:
+        await complete(b, other)
+        chunks = [c async for c in b.stream(req)]
+        await complete(b, other)
+    per_token = [x for c in chunks for x in c.token_logprobs]
+    assert len(per_token) == sum(c.tokens for c in chunks) == 12
+    assert all(x <= 0 for x in per_token) and len(set(per_token)) > 3
+    assert all(c.logprob is not None for c in chunks if c.text)
+    body = {"model": llama.model, "messages": [{"role": "user", "content": question}],
+            "max_tokens": 12, "temperature": 0.0, "logprobs": True, "top_logprobs": 1}
+    async with httpx.AsyncClient(timeout=120) as http:
+        whole = (await http.post(f"{llama.url}/v1/chat/completions", json=body)).json()
+    content = whole["choices"][0]["logprobs"]["content"]
+    assert "".join(e["token"] for e in content) == "".join(c.text for c in chunks)
+    assert [e["logprob"] for e in content] == pytest.approx(per_token, abs=1e-4)

@@ -217,3 +217,22 @@ def test_chat_top_logprobs_whole_and_streamed(client: OpenAI, served: Served) ->
         model=MODEL, messages=msgs, max_tokens=2, logprobs=True  # type: ignore[arg-type]
     )
     assert all(t.top_logprobs == [] for t in plain.choices[0].logprobs.content)  # type: ignore[union-attr]
+
+
+def test_openai_backend_reads_parafill_serve_logprobs(served: Served) -> None:
+    """parafill's OpenAI-compatible client backend, logprobs on, against parafill serve over
+    real HTTP: the per-token log p it reads equal the engine's own."""
+    import anyio
+
+    from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig
+
+    async def remote() -> list[float]:
+        cfg = OpenAIConfig((served.url,), MODEL, api_key=KEY, logprobs=True, timeout=120.0)
+        req = Request((Message("user", QUESTION),), Sampling(max_tokens=N))
+        async with OpenAIBackend(cfg) as b:
+            return [x async for c in b.stream(req) for x in c.token_logprobs]
+
+    got = anyio.run(remote)
+    want = served.portal.call(_entries, served.backend, QUESTION)
+    assert len(got) == N
+    assert got == pytest.approx([w[1] for w in want], abs=1e-4)
