@@ -15,6 +15,8 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from parafill.backends.engine.engine import Engine
+from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.planners.skeleton import SkeletonPlanner
@@ -45,6 +47,10 @@ def serve(
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 1024,
     default_max_tokens: Annotated[int, typer.Option(help="When a request does not say.")] = 256,
     budget_tokens: Annotated[int, typer.Option(help="KV cache size in tokens.")] = 16384,
+    kv_budget: Annotated[
+        str | None,
+        typer.Option(help="KV cache size in bytes instead, e.g. 2GiB, 512MiB, 1.5GB."),
+    ] = None,
     rows: Annotated[int, typer.Option(help="rows mode: concurrent sequences.")] = 16,
     name: Annotated[str | None, typer.Option(help="Model id in /v1/models.")] = None,
     skeleton_tokens: Annotated[int, typer.Option(help="parafill-sot skeleton cap.")] = 128,
@@ -54,7 +60,18 @@ def serve(
     if mode not in ("rows", "tree"):
         err.print(f"[red]error:[/red] --mode must be rows or tree, not {mode!r}")
         raise typer.Exit(2)
-    local = LocalConfig(model=model, mode=mode, budget_tokens=budget_tokens, rows=rows)  # type: ignore[arg-type]
+    try:
+        budget_bytes = parse_size(kv_budget) if kv_budget is not None else None
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] --kv-budget: {exc}")
+        raise typer.Exit(2) from exc
+    local = LocalConfig(
+        model=model,
+        mode=mode,  # type: ignore[arg-type]
+        budget_tokens=budget_tokens,
+        budget_bytes=budget_bytes,
+        rows=rows,
+    )
     settings = ServerSettings(
         model_name=name or served_name(model),
         max_tokens=max_tokens,
@@ -64,7 +81,7 @@ def serve(
     )
     try:
         anyio.run(_serve, local, settings, (host, port, log_level))
-    except ModelNotFound as exc:
+    except (ModelNotFound, BudgetError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 
@@ -78,9 +95,17 @@ async def _serve(local: LocalConfig, settings: ServerSettings, where: tuple[str,
         key = " (API key required)" if settings.api_key else ""
         err.print(
             f"parafill serve: {settings.model_name!r} and 'parafill-sot' on "
-            f"http://{host}:{port}/v1{key}"
+            f"http://{host}:{port}/v1{key}; {_kv(b)}"
         )
         await uvicorn.Server(uv).serve()
+
+
+def _kv(b: LocalBackend) -> str:
+    eng = b.engine
+    if isinstance(eng, Engine):
+        spec = eng.cache.spec
+        return f"KV cache {spec.rows} x {spec.cols} tokens, {eng.cache.nbytes / 2**20:.1f} MiB"
+    return f"KV budget {eng.config.budget_tokens} tokens (HF fallback)"
 
 
 def register(app: typer.Typer) -> None:

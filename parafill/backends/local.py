@@ -43,6 +43,7 @@ class LocalConfig:
     device: str = "auto"
     mode: Mode = "rows"
     budget_tokens: int = 16384
+    budget_bytes: int | None = None  # instead of budget_tokens: K/V bytes (e.g. parse_size("2GiB"))
     rows: int = 16
     max_positions: int = 4096
     adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
@@ -98,7 +99,11 @@ class LocalBackend:
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
         ecfg = EngineConfig(
-            mode=cfg.mode, budget_tokens=cfg.budget_tokens, rows=cfg.rows, retain=cfg.retain
+            mode=cfg.mode,
+            budget_tokens=cfg.budget_tokens,
+            budget_bytes=cfg.budget_bytes,
+            rows=cfg.rows,
+            retain=cfg.retain,
         )
         notify = on_convert or (lambda _msg: None)
         backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok)

@@ -181,3 +181,62 @@ def test_identical_prompts_share_all_but_their_last_token(
     for i, n in zip(ids, (3, 7, 5), strict=True):
         assert run.tokens[i] == ref(prompt, n)
     assert lm.fed - (2 + 6 + 4) == len(prompt) + 3  # the prefix once, then each last token
+
+
+# ---- a budget in bytes --------------------------------------------------------------------
+
+from parafill.backends.engine.kv import bytes_per_token, parse_size  # noqa: E402
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("2GiB", 2 * 2**30), ("512 MiB", 512 * 2**20), ("1.5GB", 1_500_000_000), ("100000", 100000),
+    ("64kib", 65536), (" 3 tb ", 3 * 10**12),
+])
+def test_sizes_parse(text: str, want: int) -> None:
+    assert parse_size(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "2 GiBs", "-1GB", "1e9", "two"])
+def test_bad_sizes_are_refused_by_name(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size.*examples"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(("mode", "rows"), [("rows", 4), ("tree", 1)])
+def test_byte_budget_sizes_the_whole_cache_within_it(
+    llama: torch.nn.Module, mode: str, rows: int
+) -> None:
+    eng, _ = make_engine(llama, mode=mode, budget_tokens=10**6, rows=4)
+    per_token = bytes_per_token(eng.model.shapes, eng.model.dtype)
+    budget = 300 * per_token + 123
+    eng, _ = make_engine(llama, mode=mode, budget_bytes=budget, rows=4)
+    assert eng.cache.nbytes <= budget  # scratch and alignment columns included
+    assert eng.config.budget_tokens == 300 - 8 * rows  # not the 10**6 of budget_tokens
+    room = eng.cache.spec.cols
+    prompt = rand_prompt(torch.Generator().manual_seed(2), 10)
+    with pytest.raises(BudgetError, match="KV slots"):
+        eng.submit(prompt, greedy(room - 9))
+    i = eng.submit(prompt, greedy(5))
+    run = Run()
+    drain(eng, run, [i])
+    assert len(run.tokens[i]) == 5
+
+
+def test_byte_budget_too_small_for_one_token_is_a_clear_error(llama: torch.nn.Module) -> None:
+    with pytest.raises(BudgetError, match=r"KV budget of 1000 bytes holds no token.*bytes of K/V"):
+        make_engine(llama, budget_bytes=1000, rows=4)
+
+
+def test_byte_budget_on_the_hf_fallback() -> None:
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from parafill.backends.engine.engine import EngineConfig
+    from parafill.backends.engine.fallback import FallbackEngine
+
+    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128)
+    hf = AutoModelForCausalLM.from_config(cfg).eval()
+    per_token = 2 * 2 * 64 * 4  # K and V, 2 layers, 64 wide, fp32
+    eng = FallbackEngine(hf, EngineConfig(budget_bytes=40 * per_token + 7), 128)
+    assert eng.config.budget_tokens == 40
+    with pytest.raises(BudgetError, match="40"):
+        eng.submit([1, 2, 3], greedy(38))

@@ -62,3 +62,14 @@ def test_served_name_drops_the_quant_tag() -> None:
     assert served_name(None) == "SmolLM2-135M-Instruct"
     assert served_name("/m/Qwen2.5-0.5B-Instruct.Q4_K_M.gguf") == "Qwen2.5-0.5B-Instruct"
     assert served_name("/m/my-model/") == "my-model"
+
+
+def test_kv_budget_in_bytes_bad_or_too_small_is_a_clear_error() -> None:
+    bad = subprocess.run([*CMD, "--kv-budget", "2 bananas"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2
+    assert "--kv-budget: not a size: '2 bananas'" in bad.stderr
+    small = subprocess.run([*CMD, "--kv-budget", "10KiB"], capture_output=True, text=True,
+                           timeout=120)
+    assert small.returncode == 2 and "Traceback" not in small.stderr
+    assert "KV budget of 10240 bytes holds no token" in small.stderr

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 
 from parafill.backends.engine.graphs import StaticDecoder
-from parafill.backends.engine.kv import BudgetError, CacheSpec, KVCache, Mode
+from parafill.backends.engine.kv import (
+    BudgetError,
+    CacheSpec,
+    KVCache,
+    Mode,
+    bytes_per_token,
+    tokens_in,
+)
 from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import (
     GenParams,
@@ -33,6 +40,7 @@ from parafill.backends.engine.step import Seq, build_step, longest_match
 class EngineConfig:
     mode: Mode = "rows"
     budget_tokens: int = 16384  # KV slots in all
+    budget_bytes: int | None = None  # instead: K/V bytes in all (tokens = bytes / per token)
     rows: int = 16  # rows mode: concurrent sequences (each row holds budget/rows tokens)
     prefill_chunk: int = 512  # prompt tokens fed per step, over all sequences
     min_share: int = 16  # shortest prefix worth sharing
@@ -68,6 +76,11 @@ class Engine:
     def __init__(self, model: CompactLM, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = cfg = config or EngineConfig()
+        if cfg.budget_bytes is not None:
+            per_token = bytes_per_token(model.shapes, model.dtype)
+            rows = cfg.rows if cfg.mode == "rows" else 1
+            cfg = replace(cfg, budget_tokens=tokens_in(cfg.budget_bytes, per_token, rows))
+            self.config = cfg
         spec = CacheSpec.from_budget(cfg.mode, cfg.budget_tokens, cfg.rows)
         self.cache = KVCache(spec, model.shapes, model.dtype, str(model.device))
         slots = spec.rows if cfg.mode == "rows" else cfg.max_seqs

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
-from parafill.backends.engine.kv import BudgetError
+from parafill.backends.engine.kv import BudgetError, tokens_in
 from parafill.backends.engine.model import CompactLM, supports
 from parafill.backends.engine.sampling import (
     GenParams,
@@ -40,9 +40,12 @@ class _Seq:
 class FallbackEngine:
     def __init__(self, hf_model: Any, config: EngineConfig, max_positions: int) -> None:
         self.hf = hf_model
+        self.device = next(hf_model.parameters()).device
+        if config.budget_bytes is not None:
+            tokens = tokens_in(config.budget_bytes, _per_token(hf_model), 0)
+            config = replace(config, budget_tokens=tokens)
         self.config = config
         self.max_positions = max_positions
-        self.device = next(hf_model.parameters()).device
         self.live: list[_Seq] = []
         self.waiting: list[_Seq] = []
         self.cached: list[_Seq] = []  # no prefix cache on this path
@@ -138,6 +141,16 @@ class FallbackEngine:
             self.live.remove(seq)
             return StepOutput(seq.id, (tok,), "length", logprobs=lp, top=top)
         return StepOutput(seq.id, (tok,), logprobs=lp, top=top)
+
+
+def _per_token(hf_model: Any) -> int:
+    """K/V bytes per token of an HF model's own cache, from its config."""
+    cfg = hf_model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    elem = next(hf_model.parameters()).element_size()
+    return int(2 * cfg.num_hidden_layers * kv_heads * head_dim * elem)
 
 
 def build_engine(

@@ -10,6 +10,7 @@ sends its padding lanes' K/V to the first of them (`scratch`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,41 @@ class CacheSpec:
 def bytes_per_token(shapes: Shapes, dtype: torch.dtype) -> int:
     elem = torch.empty((), dtype=dtype).element_size()
     return 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * elem
+
+
+def tokens_in(budget_bytes: int, per_token: int, rows: int = 1) -> int:
+    """How many tokens' K/V a byte budget holds, after each of `rows` cache rows' scratch and
+    alignment columns (at most 8), so the whole cache fits the budget; none is an error."""
+    tokens = budget_bytes // per_token - 8 * rows
+    if tokens < rows:
+        raise BudgetError(
+            f"a KV budget of {budget_bytes} bytes holds no token of this model "
+            f"({per_token} bytes of K/V per token)"
+        )
+    return tokens
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '2GiB', '512 MiB', '1.5GB', '100000' (case-insensitive)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 2GiB, 512MiB, 1.5GB, 100000)")
+    return int(float(m.group(1)) * _UNITS[unit])
 
 
 class KVCache:
