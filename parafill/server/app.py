@@ -168,7 +168,7 @@ def _job(
     logprobs = isinstance(req, ChatRequest) and req.logprobs is True
     top = (req.top_logprobs or 0) if isinstance(req, ChatRequest) and logprobs else 0
     s = Sampling(n, req.temperature, req.top_p, req.seed, req.stops, top)
-    return Job.new(kind, req.model, ids, s, req.include_usage, logprobs)
+    return Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
 
 
 async def _respond(backend: LocalBackend, job: Job, streaming: bool) -> Response:
@@ -192,6 +192,13 @@ async def _sot(
             400,
             f"logprobs are not available for {sot.NAME}",
             param="logprobs",
+            code="unsupported_parameter",
+        )
+    if req.n != 1:
+        raise APIError(
+            400,
+            f"n > 1 is not available for {sot.NAME}",
+            param="n",
             code="unsupported_parameter",
         )
     question = users[-1].to_message().content

@@ -4,16 +4,21 @@ Chat and text completions differ only in the prompt (chat template or raw ids, d
 handler) and in the shape of a choice; both are a `Job` here. Token counts come from the
 engine: prompt ids as submitted, completion tokens as summed from `Chunk.tokens`. With chat
 `logprobs: true`, each chosen token's log-probability (from the engine) goes with its text, and
-with `top_logprobs: k` the k most likely tokens at that position.
+with `top_logprobs: k` the k most likely tokens at that position. `n > 1` submits n sequences
+of the same prompt at once: the engine prefills the prompt once and decodes the n choices in the
+same steps (a given seed is offset per choice).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+import anyio
 
 from parafill.backends.base import Chunk, Sampling
 from parafill.backends.local import LocalBackend
@@ -45,6 +50,7 @@ class Job:
     id: str = ""
     created: int = 0
     logprobs: bool = False  # chat: return each chosen token's log-probability
+    n: int = 1  # choices: n sequences from one prompt (the engine prefills it once)
 
     @staticmethod
     def new(
@@ -54,6 +60,7 @@ class Job:
         sampling: Sampling,
         usage: bool,
         logprobs: bool = False,
+        n: int = 1,
     ) -> Job:
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         return Job(
@@ -65,7 +72,14 @@ class Job:
             f"{prefix}-{secrets.token_hex(12)}",
             int(time.time()),
             logprobs,
+            n,
         )
+
+    def sampling_of(self, index: int) -> Sampling:
+        """Choice `index`'s sampling: a given seed is offset per choice, so the n draws differ
+        and each is reproducible."""
+        s = self.sampling
+        return s if s.seed is None or index == 0 else replace(s, seed=s.seed + index)
 
     def whole(
         self,
@@ -73,14 +87,26 @@ class Job:
         finish: str | None,
         usage: Usage,
         logprobs: list[TokenLogprob] | None = None,
+        more: Sequence[Answer] = (),
     ) -> Completion:
+        """The whole response; `more` holds choices 1.. when n > 1."""
+        answers = [Answer(text, finish, 0, logprobs), *more]
         choices: list[ChatChoice] | list[TextChoice]
         if self.kind == "chat":
-            msg = AssistantMessage(content=text)
-            lp = ChoiceLogprobs(content=logprobs) if logprobs is not None else None
-            choices = [ChatChoice(message=msg, finish_reason=finish, logprobs=lp)]
+            choices = [
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content=a.text),
+                    finish_reason=a.finish,
+                    logprobs=ChoiceLogprobs(content=a.logprobs) if a.logprobs is not None else None,
+                )
+                for i, a in enumerate(answers)
+            ]
         else:
-            choices = [TextChoice(text=text, finish_reason=finish)]
+            choices = [
+                TextChoice(index=i, text=a.text, finish_reason=a.finish)
+                for i, a in enumerate(answers)
+            ]
         obj: ObjectKind = "chat.completion" if self.kind == "chat" else "text_completion"
         return Completion(
             id=self.id,
@@ -99,15 +125,17 @@ class Job:
         first: bool = False,
         extra: dict[str, Any] | None = None,
         logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
     ) -> str:
-        """One SSE event carrying a text increment (and/or the finish reason)."""
+        """One SSE event carrying a text increment (and/or the finish reason) of choice
+        `index`."""
         choices: list[ChunkChoice] | list[TextChoice]
         if self.kind == "chat":
             delta = Delta(role="assistant" if first else None, content=text)
             lp = ChoiceLogprobs(content=logprobs) if logprobs is not None else None
-            choices = [ChunkChoice(delta=delta, finish_reason=finish, logprobs=lp)]
+            choices = [ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=lp)]
         else:
-            choices = [TextChoice(text=text or "", finish_reason=finish)]
+            choices = [TextChoice(index=index, text=text or "", finish_reason=finish)]
         obj: ObjectKind = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         body = Completion(
             id=self.id,
@@ -151,36 +179,74 @@ def _text(backend: LocalBackend, tid: int) -> str:
     return str(backend.tokenizer.decode([tid]))
 
 
-async def complete(backend: LocalBackend, job: Job) -> Completion:
+@dataclass(frozen=True)
+class Answer:
+    """One choice, whole."""
+
+    text: str
+    finish: str | None
+    tokens: int
+    logprobs: list[TokenLogprob] | None
+
+
+async def _answer(backend: LocalBackend, job: Job, index: int) -> Answer:
     parts: list[str] = []
     tokens, finish = 0, None
     entries: list[TokenLogprob] | None = [] if job.logprobs else None
-    async with aclosing(backend.stream_ids(list(job.prompt), job.sampling)) as chunks:
+    async with aclosing(backend.stream_ids(list(job.prompt), job.sampling_of(index))) as chunks:
         async for c in chunks:
             parts.append(c.text)
             tokens += c.tokens
             finish = c.finish_reason or finish
             if entries is not None:
                 entries += _entries(backend, c)
-    return job.whole("".join(parts), finish, Usage.of(len(job.prompt), tokens), entries)
+    return Answer("".join(parts), finish, tokens, entries)
+
+
+async def complete(backend: LocalBackend, job: Job) -> Completion:
+    """The whole response; n > 1 choices decode together (they share the prompt's KV)."""
+    answers: list[Answer | None] = [None] * job.n
+
+    async def one(i: int) -> None:
+        answers[i] = await _answer(backend, job, i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(job.n):
+            tg.start_soon(one, i)
+    done = [a for a in answers if a is not None]
+    first, usage = done[0], Usage.of(len(job.prompt), sum(a.tokens for a in done))
+    return job.whole(first.text, first.finish, usage, first.logprobs, done[1:])
 
 
 def stream(backend: LocalBackend, job: Job) -> Produce:
     async def produce(write: Write) -> None:
-        if job.kind == "chat":
-            await write(job.chunk("", first=True))  # OpenAI opens with the role
-        tokens = 0
-        pending: list[TokenLogprob] = []  # tokens whose text the detokenizer still holds
-        async with aclosing(backend.stream_ids(list(job.prompt), job.sampling)) as chunks:
-            async for c in chunks:
-                tokens += c.tokens
-                if job.logprobs:
-                    pending += _entries(backend, c)
-                if c.text or c.finish_reason:
-                    lps = pending if job.logprobs else None
-                    await write(job.chunk(c.text, c.finish_reason, logprobs=lps))
-                    pending = []
+        tokens = [0] * job.n
+        lock = anyio.Lock()  # one event at a time on the wire
+
+        async def send(text: str) -> None:
+            async with lock:
+                await write(text)
+
+        async def one(i: int) -> None:
+            pending: list[TokenLogprob] = []  # tokens whose text the detokenizer still holds
+            sampling = job.sampling_of(i)
+            async with aclosing(backend.stream_ids(list(job.prompt), sampling)) as chunks:
+                async for c in chunks:
+                    tokens[i] += c.tokens
+                    if job.logprobs:
+                        pending += _entries(backend, c)
+                    if c.text or c.finish_reason:
+                        lps = pending if job.logprobs else None
+                        await send(job.chunk(c.text, c.finish_reason, logprobs=lps, index=i))
+                        pending = []
+
+        if job.kind == "chat":  # OpenAI opens each choice with the role
+            for i in range(job.n):
+                await write(job.chunk("", first=True, index=i))
+        async with anyio.create_task_group() as tg:
+            for i in range(job.n):
+                tg.start_soon(one, i)
         if job.include_usage:
-            await write(job.usage_chunk(Usage.of(len(job.prompt), tokens)))
+            await write(job.usage_chunk(Usage.of(len(job.prompt), sum(tokens))))
 
     return produce

@@ -1,8 +1,8 @@
 """OpenAI's request and response bodies for chat.completions, completions and models (pydantic).
 
 The HTTP boundary only: handlers turn requests into parafill's frozen dataclasses at once.
-Unknown request fields are ignored (as vLLM does); known fields parafill cannot honour (n > 1,
-completions' logprobs, echo, tools, best_of > 1; top_logprobs without logprobs, as OpenAI) are
+Unknown request fields are ignored (as vLLM does); known fields parafill cannot honour (n over
+16, completions' logprobs, echo, tools, best_of > 1; top_logprobs without logprobs, as OpenAI) are
 refused by `unsupported()` with a 400 naming them. Chat `logprobs: true` returns each chosen
 token's log-probability, and with `top_logprobs: k` (<= 20) the k most likely tokens at each
 position.
@@ -86,10 +86,13 @@ class CompletionRequest(_Sampled):
         return self.max_tokens
 
 
+MAX_N = 16  # choices per request
+
+
 def unsupported(req: ChatRequest | CompletionRequest) -> tuple[str, str] | None:
     """(param, message) for a known OpenAI field whose value parafill cannot honour."""
-    if req.n != 1:
-        return "n", f"n={req.n} is not supported: parafill serve returns one choice (n=1)"
+    if not 1 <= req.n <= MAX_N:
+        return "n", f"n={req.n} is not supported: 1 <= n <= {MAX_N}"
     if isinstance(req, ChatRequest):
         if req.logprobs not in (None, False, True):
             return "logprobs", "logprobs must be true or false"

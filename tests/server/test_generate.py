@@ -236,3 +236,37 @@ def test_openai_backend_reads_parafill_serve_logprobs(served: Served) -> None:
     want = served.portal.call(_entries, served.backend, QUESTION)
     assert len(got) == N
     assert got == pytest.approx([w[1] for w in want], abs=1e-4)
+
+
+def test_n_choices_are_the_seeded_single_answers(client: OpenAI) -> None:
+    """n=3 sampled: three choices decoded together, choice i equal to the single request with
+    seed + i (so the draws differ and each reproduces); usage sums the completions."""
+    msgs = [{"role": "user", "content": "Name a fruit and say why you like it."}]
+    kw = {"model": MODEL, "messages": msgs, "max_tokens": 10, "temperature": 0.9, "top_p": 0.95}
+    many = client.chat.completions.create(n=3, seed=7, **kw)  # type: ignore[call-overload]
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    texts = [c.message.content for c in many.choices]
+    singles = [
+        client.chat.completions.create(seed=7 + i, **kw).choices[0].message.content  # type: ignore[call-overload]
+        for i in range(3)
+    ]
+    assert texts == singles
+    assert len(set(texts)) > 1
+    assert many.usage is not None and many.usage.completion_tokens == 30
+    streamed: dict[int, str] = {0: "", 1: "", 2: ""}
+    finishes: dict[int, str | None] = {}
+    roles = []
+    for chunk in client.chat.completions.create(n=3, seed=7, stream=True, **kw):  # type: ignore[call-overload]
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+            roles += [c.index] if c.delta.role else []
+            finishes[c.index] = c.finish_reason or finishes.get(c.index)
+    assert [streamed[i] for i in range(3)] == texts
+    assert sorted(roles) == [0, 1, 2] and all(finishes[i] == "length" for i in range(3))
+
+
+def test_n_greedy_completions_are_identical(client: OpenAI) -> None:
+    got = client.completions.create(model=MODEL, prompt="The capital of France is", n=2,
+                                    max_tokens=6, temperature=0)
+    assert [c.index for c in got.choices] == [0, 1]
+    assert got.choices[0].text == got.choices[1].text and got.choices[0].text.strip()
