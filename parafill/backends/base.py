@@ -30,6 +30,9 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0  # also report each token's k most likely alternatives (local engine)
+    frequency_penalty: float = 0.0  # OpenAI's: minus this x the times a token was generated
+    presence_penalty: float = 0.0  # minus this once a token was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,17 @@ class LocalBackend:
 
     async def stream_ids(self, ids: list[int], s: Sampling) -> AsyncGenerator[Chunk, None]:
         """Stream a continuation of raw token ids (no chat template: completions endpoints)."""
-        params = GenParams(s.max_tokens, s.temperature, s.top_p, s.seed, self._eos, s.top_logprobs)
+        params = GenParams(
+            s.max_tokens,
+            s.temperature,
+            s.top_p,
+            s.seed,
+            self._eos,
+            s.top_logprobs,
+            s.frequency_penalty,
+            s.presence_penalty,
+            s.logit_bias,
+        )
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
         try:
             seq_id = self.engine.submit(ids, params)

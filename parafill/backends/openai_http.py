@@ -101,6 +101,12 @@ def encode_body(config: OpenAIConfig, request: Request) -> bytes:
     body.update(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
     if s.seed is not None:
         body["seed"] = s.seed
+    if s.frequency_penalty:
+        body["frequency_penalty"] = s.frequency_penalty
+    if s.presence_penalty:
+        body["presence_penalty"] = s.presence_penalty
+    if s.logit_bias:
+        body["logit_bias"] = {str(t): b for t, b in s.logit_bias}
     if config.logprobs and config.endpoint == "chat":
         # top_logprobs too, even 0: llama-cpp-python computes none without it
         body.update(logprobs=True, top_logprobs=s.top_logprobs)

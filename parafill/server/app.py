@@ -167,7 +167,25 @@ def _job(
     n = _room(backend, cfg, len(ids), req.limit, param)
     logprobs = isinstance(req, ChatRequest) and req.logprobs is True
     top = (req.top_logprobs or 0) if isinstance(req, ChatRequest) and logprobs else 0
-    s = Sampling(n, req.temperature, req.top_p, req.seed, req.stops, top)
+    vocab = len(backend.tokenizer)
+    if bad := [t for t, _ in req.bias if t >= vocab]:
+        raise APIError(
+            400,
+            f"logit_bias names token ids outside the vocabulary (0..{vocab - 1}): {bad}",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    s = Sampling(
+        n,
+        req.temperature,
+        req.top_p,
+        req.seed,
+        req.stops,
+        top,
+        req.frequency_penalty,
+        req.presence_penalty,
+        req.bias,
+    )
     return Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
 
 
@@ -201,6 +219,14 @@ async def _sot(
             param="n",
             code="unsupported_parameter",
         )
+    for name in ("frequency_penalty", "presence_penalty", "logit_bias"):
+        if getattr(req, name):
+            raise APIError(
+                400,
+                f"{name} is not available for {sot.NAME} (it decodes greedily, unadjusted)",
+                param=name,
+                code="unsupported_parameter",
+            )
     question = users[-1].to_message().content
     planner = sot.planner_for(cfg.sot, req.limit)
     _room(backend, cfg, len(ids), planner.point_tokens, "messages")

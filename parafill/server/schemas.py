@@ -53,6 +53,14 @@ class _Sampled(_In):
     stream_options: StreamOptions | None = None
     logprobs: Any = None
     tools: Any = None
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+
+    @property
+    def bias(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias); validated by `unsupported` first."""
+        return tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items())
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -102,6 +110,11 @@ def unsupported(req: ChatRequest | CompletionRequest) -> tuple[str, str] | None:
         return "logprobs", "logprobs are not supported on /v1/completions (use chat)"
     if req.tools:
         return "tools", "tools / function calling are not supported"
+    for key, value in (req.logit_bias or {}).items():
+        if not key.isdigit():
+            return "logit_bias", f"logit_bias keys are token ids, not {key!r}"
+        if not -100 <= value <= 100:
+            return "logit_bias", f"logit_bias values lie in -100..100, not {value}"
     if isinstance(req, CompletionRequest):
         if req.echo:
             return "echo", "echo is not supported"

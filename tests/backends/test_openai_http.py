@@ -73,6 +73,17 @@ async def test_dropped_prefix_is_stripped_when_the_model_writes_it(
     assert got[-1].finish_reason == "stop"
 
 
+def test_penalties_and_bias_are_sent_only_when_set() -> None:
+    cfg = OpenAIConfig(base_urls=("http://x",), model="m")
+    s = Sampling(max_tokens=4, frequency_penalty=0.5, presence_penalty=-1.0,
+                 logit_bias=((3, 2.5), (10, -100.0)))
+    body = encode_body(cfg, Request.chat("hi", sampling=s))
+    assert (b'"frequency_penalty":0.5,"presence_penalty":-1.0,'
+            b'"logit_bias":{"3":2.5,"10":-100.0}') in body
+    plain = encode_body(cfg, Request.chat("hi"))
+    assert b"penalty" not in plain and b"logit_bias" not in plain
+
+
 def test_completions_body_renders_prompt() -> None:
     cfg = OpenAIConfig(("http://x/v1/",), "m", endpoint="completions", prompt=lambda ms: "P")
     assert cfg.url(cfg.base_urls[0]) == "http://x/v1/completions"

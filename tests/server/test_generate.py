@@ -270,3 +270,29 @@ def test_n_greedy_completions_are_identical(client: OpenAI) -> None:
                                     max_tokens=6, temperature=0)
     assert [c.index for c in got.choices] == [0, 1]
     assert got.choices[0].text == got.choices[1].text and got.choices[0].text.strip()
+
+
+async def _ids(backend: LocalBackend, question: str, s: Sampling) -> list[int]:
+    out: list[int] = []
+    async for c in backend.stream(Request((Message("user", question),), s)):
+        out += c.token_ids
+    return out
+
+
+def test_penalties_and_logit_bias_reach_the_engine(client: OpenAI, served: Served) -> None:
+    """frequency / presence penalties and logit_bias: the served text is the backend's own
+    with the same adjustments (whose exactness tests/engine/test_penalties.py checks), and a
+    banned token never appears."""
+    msgs = [{"role": "user", "content": QUESTION}]
+    plain = served.portal.call(_ids, served.backend, QUESTION, Sampling(max_tokens=N))
+    banned = plain[0]
+    got = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=N, temperature=0, frequency_penalty=1.5,  # type: ignore[arg-type]
+        presence_penalty=0.5, logit_bias={str(banned): -100},
+    )
+    s = Sampling(max_tokens=N, frequency_penalty=1.5, presence_penalty=0.5,
+                 logit_bias=((banned, -100.0),))
+    want = served.portal.call(_ids, served.backend, QUESTION, s)
+    assert banned not in want and want != plain
+    tok = served.backend.tokenizer
+    assert got.choices[0].message.content == tok.decode(want)

@@ -28,6 +28,8 @@ from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import (
     GenParams,
     Top,
+    adjust,
+    check_bias,
     chosen_logprobs,
     pick,
     resolve_seed,
@@ -105,6 +107,7 @@ class Engine:
     def submit(self, prompt: list[int], params: GenParams) -> int:
         if not prompt:
             raise ValueError("prompt is empty")
+        check_bias(params, self.model.shapes.vocab)
         need = len(prompt) + params.max_tokens
         self.cache.check_fits(need)
         if need > len(self.model.cos):  # past the rotary table the step fails for everyone in it
@@ -154,7 +157,8 @@ class Engine:
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
-        if self.decoder is not None and decode_only:
+        plain = not any(s.params.adjusts for s in work)  # penalties / logit bias: eager step
+        if self.decoder is not None and decode_only and plain:
             # device-side state; marks the columns visible
             tokens, logps, tops = self.decoder.step(work)
             for seq in work:
@@ -178,11 +182,10 @@ class Engine:
         sampled = plan.sampled
         if not sampled:
             return sampled, [], [], []
+        params = [s.params for s in sampled]
+        chooser = adjust(logits, params, [s.generated for s in sampled])
         tokens = pick(
-            logits,
-            [s.params for s in sampled],
-            [s.seed for s in sampled],
-            [len(s.generated) for s in sampled],
+            chooser, params, [s.seed for s in sampled], [len(s.generated) for s in sampled]
         )
         tops = top_logprobs(logits, [s.params.top_logprobs for s in sampled])
         return sampled, tokens, chosen_logprobs(logits, tokens), tops

@@ -20,6 +20,8 @@ from parafill.backends.engine.kv import BudgetError, tokens_in
 from parafill.backends.engine.model import CompactLM, supports
 from parafill.backends.engine.sampling import (
     GenParams,
+    adjust,
+    check_bias,
     chosen_logprobs,
     pick,
     resolve_seed,
@@ -59,6 +61,7 @@ class FallbackEngine:
     def submit(self, prompt: list[int], params: GenParams) -> int:
         if not prompt:
             raise ValueError("prompt is empty")
+        check_bias(params, self.hf.config.vocab_size)
         need = len(prompt) + params.max_tokens
         if need > min(self.max_positions, self.config.budget_tokens):
             raise BudgetError(
@@ -130,7 +133,8 @@ class FallbackEngine:
         out = self.hf(input_ids=ids, attention_mask=mask, past_key_values=seq.past, use_cache=True)
         seq.past = out.past_key_values
         logits = out.logits[0, -1:].float()
-        tok = pick(logits, [seq.params], [seq.seed], [len(seq.generated)])[0]
+        chooser = adjust(logits, [seq.params], [seq.generated])
+        tok = pick(chooser, [seq.params], [seq.seed], [len(seq.generated)])[0]
         lp = (chosen_logprobs(logits, [tok])[0],)
         top = (top_logprobs(logits, [seq.params.top_logprobs])[0],)
         seq.generated.append(tok)

@@ -30,10 +30,28 @@ class GenParams:
     seed: int | None = None
     eos_ids: frozenset[int] = frozenset()
     top_logprobs: int = 0  # also report the k most likely tokens at each step (k <= TOP_MAX)
+    # OpenAI's logit adjustments, applied before temperature / top-p (and to greedy choice):
+    # logit[t] -= frequency * count(t in generated) + presence * (t in generated); += bias[t]
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
 
 
 TOP_MAX = 20  # OpenAI's bound on top_logprobs
 Top = tuple[tuple[int, float], ...]  # (token id, log p) of the most likely tokens, best first
+
+
+def check_bias(params: GenParams, vocab: int) -> None:
+    """A logit bias must name tokens of the vocabulary (refused at submit, not mid-step)."""
+    bad = [t for t, _ in params.logit_bias if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(
+            f"logit_bias names token ids outside the vocabulary (0..{vocab - 1}): {bad}"
+        )
 
 
 def resolve_seed(params: GenParams) -> int:
@@ -169,6 +187,32 @@ def top_logprobs(logits: Tensor, ks: list[int]) -> list[Top]:
     vals = vals - torch.logsumexp(sel, dim=-1, keepdim=True)
     for r, (v, t) in zip(rows, zip(vals.tolist(), ids.tolist(), strict=True), strict=True):
         out[r] = tuple(zip(t[: ks[r]], v[: ks[r]], strict=True))
+    return out
+
+
+def adjust(logits: Tensor, params: list[GenParams], generated: list[list[int]]) -> Tensor:
+    """Logits with each row's penalties (over the tokens it generated so far) and logit bias
+    applied; rows without any are left as they are (the same tensor when no row has any)."""
+    rows = [i for i, p in enumerate(params) if p.adjusts]
+    if not rows:
+        return logits
+    out = logits.float().clone()
+    dev, v = logits.device, logits.shape[-1]
+    longest = max(1, max(len(generated[i]) for i in rows))
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    weight = torch.zeros(len(rows), longest)
+    bias = torch.zeros(len(rows), v)
+    for r, i in enumerate(rows):
+        g = generated[i]
+        ids[r, : len(g)] = torch.tensor(g, dtype=torch.long)
+        weight[r, : len(g)] = 1.0
+        for tok, b in params[i].logit_bias:
+            bias[r, tok] += b
+    counts = torch.zeros(len(rows), v).scatter_add_(1, ids, weight).to(dev)
+    freq = torch.tensor([params[i].frequency_penalty for i in rows], device=dev)[:, None]
+    pres = torch.tensor([params[i].presence_penalty for i in rows], device=dev)[:, None]
+    sel = torch.tensor(rows, device=dev)
+    out[sel] = out[sel] - freq * counts - pres * (counts > 0).float() + bias.to(dev)
     return out
 
 

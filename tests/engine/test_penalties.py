@@ -1,0 +1,104 @@
+"""OpenAI's frequency / presence penalties and logit bias: exact (fp32, CPU) against an
+independent reference that applies the same formula to the HF forward's logits, in every
+packing mode (a penalized request takes the eager step on the static path) and on the HF
+fallback; bad biases are refused at submit."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from engine_ref import Run, drain, greedy, hf_logits, make_engine, rand_prompt, step
+
+from parafill.backends.engine.sampling import GenParams
+
+MODES = ["rows", "tree", "rows-static", "tree-static"]
+
+
+def _reference(hf: torch.nn.Module, prompt: list[int], p: GenParams) -> list[int]:
+    toks: list[int] = []
+    bias = dict(p.logit_bias)
+    while len(toks) < p.max_tokens:
+        logits = hf_logits(hf, prompt + toks)[-1].tolist()
+        seen = Counter(toks)
+        for t, c in seen.items():
+            logits[t] -= p.frequency_penalty * c + p.presence_penalty
+        for t, b in bias.items():
+            logits[t] += b
+        toks.append(max(range(len(logits)), key=logits.__getitem__))
+    return toks
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models: dict[str, torch.nn.Module]) -> torch.nn.Module:
+    return tiny_models["llama"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_penalties_and_bias_match_the_reference(llama: torch.nn.Module, mode: str) -> None:
+    gen = torch.Generator().manual_seed(5)
+    prompts = [rand_prompt(gen, 8 + 3 * i) for i in range(4)]
+    params = [
+        GenParams(14, frequency_penalty=0.7),
+        GenParams(14, presence_penalty=3.0, logit_bias=((3, 2.0), (7, -5.0))),
+        greedy(14),  # a plain neighbour keeps its own (static-eligible) tokens
+        GenParams(14, frequency_penalty=-0.4, presence_penalty=2.5),
+    ]
+    eng, _ = make_engine(llama, mode=mode, budget_tokens=512, rows=6)
+    run = Run()
+    ids = [eng.submit(p, g) for p, g in zip(prompts[:2], params[:2], strict=True)]
+    step(eng, run, 3)
+    ids += [eng.submit(p, g) for p, g in zip(prompts[2:], params[2:], strict=True)]
+    drain(eng, run, ids)
+    for i, p, g in zip(ids, prompts, params, strict=True):
+        assert run.tokens[i] == _reference(llama, p, g), g
+
+
+def test_penalties_change_what_greedy_writes(llama: torch.nn.Module) -> None:
+    prompt = rand_prompt(torch.Generator().manual_seed(6), 10)
+    plain = _reference(llama, prompt, greedy(24))
+    eng, _ = make_engine(llama, budget_tokens=256, rows=2)
+    i = eng.submit(prompt, GenParams(24, presence_penalty=5.0))
+    run = Run()
+    drain(eng, run, [i])
+    assert len(set(run.tokens[i])) == 24  # a strong presence penalty: no token twice
+    assert len(set(plain)) < 24  # ... which plain greedy does repeat (the test can fail)
+
+
+def test_logit_bias_forbids_and_forces(llama: torch.nn.Module) -> None:
+    prompt = rand_prompt(torch.Generator().manual_seed(7), 9)
+    plain = _reference(llama, prompt, greedy(8))
+    eng, _ = make_engine(llama, budget_tokens=256, rows=3)
+    ban = eng.submit(prompt, GenParams(8, logit_bias=((plain[0], -100.0),)))
+    force = eng.submit(prompt, GenParams(8, logit_bias=((42, 100.0),)))
+    run = Run()
+    drain(eng, run, [ban, force])
+    assert plain[0] not in run.tokens[ban]
+    assert run.tokens[force] == [42] * 8
+
+
+def test_bias_outside_the_vocabulary_is_refused_at_submit(llama: torch.nn.Module) -> None:
+    eng, _ = make_engine(llama, budget_tokens=256, rows=2)
+    vocab = llama.config.vocab_size
+    with pytest.raises(ValueError, match=rf"outside the vocabulary \(0..{vocab - 1}\).*{vocab}"):
+        eng.submit([1, 2, 3], GenParams(4, logit_bias=((vocab, 1.0),)))
+    assert not eng.waiting
+
+
+def test_penalties_on_the_hf_fallback() -> None:
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from parafill.backends.engine.engine import EngineConfig
+    from parafill.backends.engine.fallback import FallbackEngine
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128)
+    hf = AutoModelForCausalLM.from_config(cfg).eval()
+    eng = FallbackEngine(hf, EngineConfig(budget_tokens=128), 128)
+    prompt = rand_prompt(torch.Generator().manual_seed(8), 6)
+    g = GenParams(10, frequency_penalty=1.1, logit_bias=((5, 1.5),))
+    i = eng.submit(prompt, g)
+    run = Run()
+    drain(eng, run, [i])
+    assert run.tokens[i] == _reference(hf, prompt, g)
