@@ -32,6 +32,18 @@ def ref(tiny_refs: dict[str, RefCache]) -> RefCache:
 
 
 @pytest.fixture(scope="session")
+def gpt2() -> torch.nn.Module:
+    """A random GPT-2: an architecture the compact forward does not know (the HF fallback)."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=256, initializer_range=0.2
+    )
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture(scope="session")
 def smol() -> Smol:
     """The embedded SmolLM2-135M-Instruct (converted once, then cached)."""
     try:

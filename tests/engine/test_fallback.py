@@ -10,7 +10,7 @@ import pytest
 import torch
 from engine_ref import RefCache, Run, drain, greedy, rand_prompt, step
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from parafill.backends.base import Request, Sampling, complete
 from parafill.backends.engine.engine import EngineConfig
@@ -18,15 +18,6 @@ from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.model import supports
 from parafill.backends.local import LocalBackend
-
-
-@pytest.fixture(scope="module")
-def gpt2() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=256, initializer_range=0.2
-    )
-    return AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def test_unknown_architecture_takes_the_fallback_and_says_so(gpt2: torch.nn.Module) -> None:

@@ -227,14 +227,11 @@ def test_byte_budget_too_small_for_one_token_is_a_clear_error(llama: torch.nn.Mo
         make_engine(llama, budget_bytes=1000, rows=4)
 
 
-def test_byte_budget_on_the_hf_fallback() -> None:
-    from transformers import AutoModelForCausalLM, GPT2Config
-
+def test_byte_budget_on_the_hf_fallback(gpt2: torch.nn.Module) -> None:
     from parafill.backends.engine.engine import EngineConfig
     from parafill.backends.engine.fallback import FallbackEngine
 
-    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128)
-    hf = AutoModelForCausalLM.from_config(cfg).eval()
+    hf = gpt2
     per_token = 2 * 2 * 64 * 4  # K and V, 2 layers, 64 wide, fp32
     eng = FallbackEngine(hf, EngineConfig(budget_bytes=40 * per_token + 7), 128)
     assert eng.config.budget_tokens == 40

@@ -88,15 +88,11 @@ def test_top_logprobs_match_the_hf_forward(
     assert [[t for t, _ in got[i]] for i in ids] == [[t for t, _ in got2[i]] for i in ids2]
 
 
-def test_top_logprobs_on_the_hf_fallback() -> None:
-    from transformers import AutoModelForCausalLM, GPT2Config
-
+def test_top_logprobs_on_the_hf_fallback(gpt2: torch.nn.Module) -> None:
     from parafill.backends.engine.engine import EngineConfig
     from parafill.backends.engine.fallback import FallbackEngine
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128)
-    hf = AutoModelForCausalLM.from_config(cfg).eval()
+    hf = gpt2
     eng = FallbackEngine(hf, EngineConfig(budget_tokens=128), 128)
     prompt = rand_prompt(torch.Generator().manual_seed(3), 6)
     i = eng.submit(prompt, GenParams(5, top_logprobs=3))

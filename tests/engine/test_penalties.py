@@ -30,11 +30,6 @@ def _reference(hf: torch.nn.Module, prompt: list[int], p: GenParams) -> list[int
     return toks
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_models: dict[str, torch.nn.Module]) -> torch.nn.Module:
-    return tiny_models["llama"]
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_penalties_and_bias_match_the_reference(llama: torch.nn.Module, mode: str) -> None:
     gen = torch.Generator().manual_seed(5)
@@ -86,15 +81,11 @@ def test_bias_outside_the_vocabulary_is_refused_at_submit(llama: torch.nn.Module
     assert not eng.waiting
 
 
-def test_penalties_on_the_hf_fallback() -> None:
-    from transformers import AutoModelForCausalLM, GPT2Config
-
+def test_penalties_on_the_hf_fallback(gpt2: torch.nn.Module) -> None:
     from parafill.backends.engine.engine import EngineConfig
     from parafill.backends.engine.fallback import FallbackEngine
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128)
-    hf = AutoModelForCausalLM.from_config(cfg).eval()
+    hf = gpt2
     eng = FallbackEngine(hf, EngineConfig(budget_tokens=128), 128)
     prompt = rand_prompt(torch.Generator().manual_seed(8), 6)
     g = GenParams(10, frequency_penalty=1.1, logit_bias=((5, 1.5),))
