@@ -18,6 +18,7 @@ from starlette.responses import Response
 from parafill.backends.base import BackendError, Sampling
 from parafill.backends.engine.fallback import FallbackEngine
 from parafill.backends.local import LocalBackend
+from parafill.errors import real_error
 from parafill.orchestrator.runner import RunFailed
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import direct, sot
@@ -97,8 +98,30 @@ async def _text(backend: LocalBackend, cfg: ServerSettings, req: CompletionReque
         if isinstance(prompt, list)
         else list(backend.tokenizer.encode(prompt, add_special_tokens=False))
     )
+    _check_ids(backend, ids)
     job = _job("text", backend, cfg, req, ids, "prompt")
     return await _respond(backend, job, req.stream)
+
+
+def _check_ids(backend: LocalBackend, ids: list[int]) -> None:
+    """A prompt of raw ids must name tokens of the vocabulary: refused here, before the engine,
+    where an unknown id would fail the forward pass of every request sharing its step."""
+    vocab = _vocab(backend)
+    if bad := [t for t in ids if not 0 <= t < vocab]:
+        shown = ", ".join(str(t) for t in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise APIError(
+            400,
+            f"prompt has token ids outside the vocabulary (0..{vocab - 1}): {shown}",
+            param="prompt",
+            code="invalid_value",
+        )
+
+
+def _vocab(backend: LocalBackend) -> int:
+    """Token ids a request may name: those both the tokenizer and the model know."""
+    eng = backend.engine
+    model = eng.hf.config.vocab_size if isinstance(eng, FallbackEngine) else eng.model.shapes.vocab
+    return min(len(backend.tokenizer), int(model))
 
 
 def _check_common(cfg: ServerSettings, req: ChatRequest | CompletionRequest) -> None:
@@ -167,7 +190,7 @@ def _job(
     n = _room(backend, cfg, len(ids), req.limit, param)
     logprobs = isinstance(req, ChatRequest) and req.logprobs is True
     top = (req.top_logprobs or 0) if isinstance(req, ChatRequest) and logprobs else 0
-    vocab = len(backend.tokenizer)
+    vocab = _vocab(backend)
     if bad := [t for t, _ in req.bias if t >= vocab]:
         raise APIError(
             400,
@@ -194,8 +217,10 @@ async def _respond(backend: LocalBackend, job: Job, streaming: bool) -> Response
         return EventStream(direct.stream(backend, job), _describe)
     try:
         whole = await direct.complete(backend, job)
-    except BackendError as exc:
-        raise APIError(500, f"generation failed: {exc}") from exc
+    except Exception as exc:  # n choices run in a task group: look inside its ExceptionGroup
+        if isinstance(real := real_error(exc), BackendError):
+            raise APIError(500, f"generation failed: {real}") from real
+        raise
     return JSONResponse(whole.model_dump(exclude_none=True))
 
 
@@ -235,10 +260,18 @@ async def _sot(
         return EventStream(sot.stream(backend, planner, question, job), _describe)
     try:
         whole = await sot.complete(backend, planner, question, job)
-    except RunFailed as exc:
-        raise APIError(500, f"{sot.NAME} failed: {exc}") from exc
+    except Exception as exc:
+        if isinstance(real := real_error(exc), RunFailed):
+            raise APIError(500, f"{sot.NAME} failed: {real}") from real
+        raise
     return JSONResponse(whole.model_dump(exclude_none=True))
 
 
 def _describe(exc: Exception) -> dict[str, dict[str, str | None]]:
-    return APIError(500, f"generation failed: {exc}").body()
+    real = real_error(exc)
+    why = (
+        str(real)
+        if isinstance(real, BackendError | RunFailed)
+        else f"{type(real).__name__}: {real}"
+    )
+    return APIError(500, f"generation failed: {why}").body()

@@ -1,7 +1,8 @@
 """OpenAI-style error bodies (`{"error": {message, type, param, code}}`) and the API-key gate.
 
 Every failure the server answers — malformed JSON, validation (FastAPI's 422 becomes 400),
-unknown routes and models, limits, a missing key — goes out in this one shape. The key gate is a
+unknown routes and models, limits, a missing key — goes out in this one shape, naming the real
+error (unwrapped from exception groups). The key gate is a
 plain ASGI middleware so it runs before the body is read or validated.
 """
 
@@ -16,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from parafill.errors import real_error
 
 log = logging.getLogger("parafill.server")
 
@@ -75,7 +78,10 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected server error", exc_info=exc)
-    return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+    real = real_error(exc)
+    if isinstance(real, APIError):  # raised inside a task group
+        return real.response()
+    return APIError(500, f"internal error: {type(real).__name__}: {real}").response()
 
 
 class APIKeyGate:
