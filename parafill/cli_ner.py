@@ -6,14 +6,19 @@ so the engine decodes their nodes together. A bad line is reported on stderr wit
 number and skipped; the other lines are processed; each finished document is written as soon
 as those before it are; a summary ends the run (exit 1 if any was skipped). Each record names
 its input `line`, so `--resume` after a killed run keeps the finished records (a half-written
-last line is cut off) and processes only the lines that have none.
+last line is cut off) and processes only the lines that have none. Finished work is never
+erased by accident: an --output that is the --input, or that already holds records without
+--resume or --overwrite, is refused before the model loads; the input is read before the output
+is opened.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import deque
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,7 @@ from rich.console import Console
 
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.errors import real_error
 from parafill.orchestrator.runner import RunFailed
 from parafill.planners.ner import NerConfig, NerResult, check_config, default_adapter, extract
 from parafill.planners.ner_data import WNUT_LABELS
@@ -68,6 +74,9 @@ def ner(
     resume: Annotated[
         bool, typer.Option("--resume", help="--output exists: keep its records, do the rest.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="--output exists: replace its records.")
+    ] = False,
 ) -> None:
     """Extract named entities (PaDeLLM-NER: counts, then every mention in parallel)."""
     names = tuple(s.strip() for s in labels.split(",") if s.strip())
@@ -81,33 +90,62 @@ def ner(
             raise ValueError("give either TEXT or --input FILE (not both)")
         if resume and output is None:
             raise ValueError("--resume needs --output (the file to continue)")
+        _check_files(input, output, resume, overwrite)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     job = Job(cfg, mode, LocalConfig(model=model, adapter=chosen), concurrency, resume)
     try:
         skipped = anyio.run(_main, job, text, input, output)
-    except (ModelNotFound, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except Exception as exc:  # the backend's task group wraps what failed under it
+        if not isinstance(real := real_error(exc), ModelNotFound | ValueError | OSError):
+            raise
+        err.print(f"[red]error:[/red] {real}")
+        raise typer.Exit(2) from real
     if skipped:
         raise typer.Exit(1)
 
 
 async def _main(job: Job, text: str | None, src: Path | None, dst: Path | None) -> int:
+    if text is not None:
+        async with LocalBackend.open(job.local) as backend:
+            _print(await extract(text, backend, job.config, job.mode))
+        return 0
+    assert src is not None
+    with src.open(encoding="utf-8") as fin:  # all of it, before the model loads or --output opens
+        lines = fin.readlines()
     async with LocalBackend.open(job.local) as backend:
-        if text is not None:
-            result = await extract(text, backend, job.config, job.mode)
-            _print(result)
-            return 0
-        assert src is not None
         done = _finished_lines(dst) if job.resume and dst is not None else set()
         if done:
             err.print(f"{dst}: resuming: {len(done)} documents already done", markup=False)
         mode = "a" if job.resume else "w"
         sink = dst.open(mode, encoding="utf-8") if dst else nullcontext(sys.stdout)
-        with src.open(encoding="utf-8") as fin, sink as fout:
-            return await _jsonl(job, backend, fin, fout, str(src), done)
+        with sink as fout:
+            return await _jsonl(job, backend, lines, fout, str(src), done)
+
+
+def _check_files(src: Path | None, dst: Path | None, resume: bool, overwrite: bool) -> None:
+    """Refuse, before the model loads, what would erase work: --output being the --input, or
+    an --output holding records that neither --resume nor --overwrite says what to do with."""
+    if resume and overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+    if src is None or dst is None or not dst.exists():
+        return
+    if src.resolve() == dst.resolve() or _same_file(src, dst):
+        raise ValueError(f"--output {dst} is the --input file: writing it would erase the input")
+    if dst.is_file() and dst.stat().st_size > 0 and not (resume or overwrite):
+        raise ValueError(
+            f"--output {dst} already holds records: pass --resume to keep them and do the "
+            "rest, or --overwrite to replace them"
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Also a hard link or a symlink to the same file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # the input is missing: reported when it is read
+        return False
 
 
 def _finished_lines(dst: Path) -> set[int]:
@@ -146,7 +184,7 @@ def _print(result: NerResult) -> None:
 async def _jsonl(
     job: Job,
     backend: LocalBackend,
-    fin: IO[str],
+    fin: Iterable[str],
     fout: IO[str],
     name: str,
     skip: set[int] | None = None,

@@ -105,3 +105,48 @@ def test_cli_jsonl_resume_after_a_killed_run(tmp_path: Path) -> None:
     assert dst.read_text() == before
     bad = CliRunner().invoke(app, ["ner", "--input", str(src), "--resume"])
     assert bad.exit_code == 2 and "--resume needs --output" in bad.stderr
+
+
+def _no_model(tmp_path: Path) -> list[str]:
+    """A --model that does not exist: a refusal made before the model loads says its own
+    reason, not that the model is missing."""
+    return ["--model", str(tmp_path / "no-model.gguf")]
+
+
+def test_cli_refuses_output_that_is_the_input(tmp_path: Path) -> None:
+    src = tmp_path / "docs.jsonl"
+    src.write_text(json.dumps({"id": 1, "text": TRAIN_TWEET}) + "\n")
+    before = src.read_text()
+    (tmp_path / "link.jsonl").symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    for same in (src, tmp_path / "sub" / ".." / "docs.jsonl", tmp_path / "link.jsonl"):
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            args = ["ner", "--input", str(src), "--output", str(same), *extra, *_no_model(tmp_path)]
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 2, res.output
+            assert "is the --input file: writing it would erase the input" in res.stderr
+            assert src.read_text() == before
+
+
+def test_cli_refuses_to_truncate_finished_records(tmp_path: Path) -> None:
+    src, dst = tmp_path / "docs.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"id": 1, "text": "have fun in vancouver tonight !"}) + "\n")
+    old = json.dumps({"line": 1, "id": 1, "text": "x", "entities": [], "notes": []}) + "\n"
+    dst.write_text(old)
+    base = ["ner", "--input", str(src), "--output", str(dst)]
+    res = CliRunner().invoke(app, [*base, *_no_model(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "already holds records: pass --resume" in res.stderr and "--overwrite" in res.stderr
+    both = CliRunner().invoke(app, [*base, "--resume", "--overwrite", *_no_model(tmp_path)])
+    assert both.exit_code == 2 and "--resume or --overwrite, not both" in both.stderr
+    assert dst.read_text() == old
+    # an unreadable input fails before --output is opened: --overwrite has erased nothing yet
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "caf\xe9"}\n')
+    res = CliRunner().invoke(app, ["ner", "--input", str(bad), "--output", str(dst), "--overwrite"])
+    assert res.exit_code == 2 and "utf-8" in res.stderr
+    assert dst.read_text() == old
+    res = CliRunner().invoke(app, [*base, "--overwrite", "--labels", "geo-loc", "--mode", "ar"])
+    assert res.exit_code == 0, res.output
+    (row,) = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert row["text"] == "have fun in vancouver tonight !" and "seconds" in row
