@@ -9,6 +9,7 @@ and stop strings live above, in `parafill.backends.local`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -28,14 +29,14 @@ from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import (
     GenParams,
     Top,
-    adjust,
     check_bias,
-    chosen_logprobs,
-    pick,
+    check_prompt,
     resolve_seed,
-    top_logprobs,
 )
+from parafill.backends.engine.spec import SpecPolicy, affordable
 from parafill.backends.engine.step import Seq, build_step, longest_match
+from parafill.backends.engine.verify import Window, decide
+from parafill.fillers.base import Outcome, Proposer
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class EngineConfig:
     # a later request sharing its prefix reuses it instead of prefilling; evicted, least
     # recently used first, the moment its room is needed
     retain: bool = True
+    # verify drafted tokens of sequences submitted with a proposer: "auto" where the measured
+    # step cost says it pays, "always" whenever a proposer drafts, "off" never
+    speculate: Literal["auto", "always", "off"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class StepOutput:
     error: str | None = None
     logprobs: tuple[float, ...] = ()  # log p of each of `tokens` (the model's distribution)
     top: tuple[Top, ...] = ()  # per token, the most likely alternatives (params.top_logprobs)
+    # the sequence so far: forward passes that fed it, drafted tokens, drafts kept
+    passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass
@@ -99,14 +107,18 @@ class Engine:
         self.cached: list[Seq] = []  # finished, KV kept for reuse; least recently used first
         self.reused = 0  # prompt tokens taken from the prefix cache instead of prefilled
         self.steps = 0
+        self.drafted = self.accepted = 0  # over all sequences (drafts verified / kept)
+        self.policy = SpecPolicy()
         self._inbox = _Inbox()
         self._next_id = 0
 
     # ---- thread-safe entry points -------------------------------------------------------
 
-    def submit(self, prompt: list[int], params: GenParams) -> int:
-        if not prompt:
-            raise ValueError("prompt is empty")
+    def submit(
+        self, prompt: list[int], params: GenParams, proposer: Proposer | None = None
+    ) -> int:
+        """Queue a request; `proposer` drafts tokens to verify each step (None: one per step)."""
+        check_prompt(prompt, self.model.shapes.vocab)
         check_bias(params, self.model.shapes.vocab)
         need = len(prompt) + params.max_tokens
         self.cache.check_fits(need)
@@ -118,7 +130,8 @@ class Engine:
         with self._inbox.lock:
             seq_id = self._next_id
             self._next_id += 1
-            self._inbox.submitted.append(Seq(seq_id, list(prompt), params, resolve_seed(params)))
+            seq = Seq(seq_id, list(prompt), params, resolve_seed(params), proposer=proposer)
+            self._inbox.submitted.append(seq)
             self._inbox.lock.notify()
         return seq_id
 
@@ -149,61 +162,96 @@ class Engine:
         work = [s for s in self.live if not s.done_feeding]
         if not work:
             return outs
+        if self.config.speculate != "off":
+            self._propose(work)
         try:
             outs += self._forward(work)
         except Exception as exc:  # a failed forward fails the sequences in it, not the loop
             outs += [self._retire(s, "error", f"{type(exc).__name__}: {exc}") for s in work]
+        for s in work:
+            s.draft = []
         return outs
+
+    def _propose(self, work: list[Seq]) -> None:
+        """Draft for each decoding sequence with a proposer, as far as the step-cost rule
+        says verifying pays, and never past its max_tokens."""
+        bar = self.policy.threshold(len(work)) if self.config.speculate == "auto" else 0.0
+        for s in work:
+            if s.proposer is None or s.known - s.fed != 1 or s.prefix_only:
+                continue
+            room = s.params.max_tokens - len(s.generated) - 1
+            k = affordable(min(s.k, room), s.rate, bar)
+            if k > 0:
+                s.draft = s.proposer.propose(s.prompt + s.generated, k)[:k]
+            if not s.draft:
+                s.rate = self.policy.next_rate(s.rate, 0, 0)
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
-        plain = not any(s.params.adjusts for s in work)  # penalties / logit bias: eager step
+        plain = not any(s.params.adjusts or s.draft for s in work)  # else: the eager step
         if self.decoder is not None and decode_only and plain:
             # device-side state; marks the columns visible
             tokens, logps, tops = self.decoder.step(work)
             for seq in work:
                 seq.fed += 1
-            sampled = work
+                seq.passes += 1
+            windows = [
+                Window(s, [t], 0, [lp], [top])
+                for s, t, lp, top in zip(work, tokens, logps, tops, strict=True)
+            ]
         else:
-            sampled, tokens, logps, tops = self._eager_forward(work)
+            windows = self._eager_forward(work)
         self.steps += 1
-        return self._emit(sampled, tokens, logps, tops)
+        return [self._emit(w) for w in windows]
 
-    def _eager_forward(
-        self, work: list[Seq]
-    ) -> tuple[list[Seq], list[int], list[float], list[Top]]:
+    def _eager_forward(self, work: list[Seq]) -> list[Window]:
         step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)
         if self.decoder is not None:
             self.decoder.fresh = False  # its device-side tokens and positions are now stale
+        t0 = time.perf_counter()
         logits = self.model.forward(step, self.cache.k, self.cache.v)
+        windows = decide(logits, plan.sampled)  # the host sync
+        self.policy.cost.add(int(step.tokens.numel()), time.perf_counter() - t0)
+        kept = {id(w.seq): 1 + w.accepted for w in windows if w.seq.draft}
         for seq, cols in plan.written:
+            cols = cols[: kept.get(id(seq), len(cols))]  # rejected drafts stay invisible
             self.vis[seq.slot, torch.tensor(cols, device=self.vis.device)] = True
             seq.fed += len(cols)
-        sampled = plan.sampled
-        if not sampled:
-            return sampled, [], [], []
-        params = [s.params for s in sampled]
-        chooser = adjust(logits, params, [s.generated for s in sampled])
-        tokens = pick(
-            chooser, params, [s.seed for s in sampled], [len(s.generated) for s in sampled]
-        )
-        tops = top_logprobs(logits, [s.params.top_logprobs for s in sampled])
-        return sampled, tokens, chosen_logprobs(logits, tokens), tops
+            seq.passes += 1
+        return windows
 
-    def _emit(
-        self, sampled: list[Seq], tokens: list[int], logps: list[float], tops: list[Top]
-    ) -> list[StepOutput]:
-        outs = []
-        for seq, tok, lp, top in zip(sampled, tokens, logps, tops, strict=True):
+    def _emit(self, w: Window) -> StepOutput:
+        seq, p = w.seq, w.seq.params
+        n, finish = 0, None
+        for tok in w.predicted[: w.accepted + 1]:
             seq.generated.append(tok)
-            if tok in seq.params.eos_ids:
-                outs.append(self._retire(seq, "stop"))
-            elif len(seq.generated) >= seq.params.max_tokens:
-                out = StepOutput(seq.id, (tok,), "length", None, (lp,), (top,))
-                outs.append(self._retire(seq, "length", out=out))
-            else:
-                outs.append(StepOutput(seq.id, (tok,), logprobs=(lp,), top=(top,)))
-        return outs
+            if tok in p.eos_ids:
+                finish = "stop"
+                break
+            n += 1
+            if len(seq.generated) >= p.max_tokens:
+                finish = "length"
+                break
+        seq.fed = min(seq.fed, seq.known - 1)  # nothing at or after a stop is kept
+        self._learn(w)
+        out = StepOutput(
+            seq.id, tuple(w.predicted[:n]), finish, None, tuple(w.logprobs[:n]),
+            tuple(w.tops[:n]), seq.passes, seq.drafted, seq.accepted,
+        )  # fmt: skip
+        return out if finish is None else self._retire(seq, finish, out=out)
+
+    def _learn(self, w: Window) -> None:
+        seq, drafted = w.seq, len(w.seq.draft)
+        if seq.proposer is None:
+            return
+        seq.proposer.observe(Outcome(tuple(seq.draft), tuple(w.predicted), w.accepted))
+        if drafted:
+            self.drafted += drafted
+            self.accepted += w.accepted
+            seq.drafted += drafted
+            seq.accepted += w.accepted
+            seq.k = self.policy.next_k(seq.k, drafted, w.accepted)
+            seq.rate = self.policy.next_rate(seq.rate, drafted, w.accepted)
 
     # ---- admission, sharing, retirement --------------------------------------------------
 

@@ -22,6 +22,7 @@ from parafill.backends.engine.sampling import (
     GenParams,
     adjust,
     check_bias,
+    check_prompt,
     chosen_logprobs,
     pick,
     resolve_seed,
@@ -59,8 +60,7 @@ class FallbackEngine:
         self._next_id = 0
 
     def submit(self, prompt: list[int], params: GenParams) -> int:
-        if not prompt:
-            raise ValueError("prompt is empty")
+        check_prompt(prompt, self.hf.config.vocab_size)
         check_bias(params, self.hf.config.vocab_size)
         need = len(prompt) + params.max_tokens
         if need > min(self.max_positions, self.config.budget_tokens):

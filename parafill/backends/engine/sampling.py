@@ -54,6 +54,17 @@ def check_bias(params: GenParams, vocab: int) -> None:
         )
 
 
+def check_prompt(prompt: list[int], vocab: int) -> None:
+    """Every prompt id must be a token of the vocabulary: an out-of-range id would fail the
+    forward pass of every request sharing its step (refused at submit instead)."""
+    if not prompt:
+        raise ValueError("prompt is empty")
+    bad = [t for t in prompt if not (isinstance(t, int) and 0 <= t < vocab)]
+    if bad:
+        shown = ", ".join(str(t) for t in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"prompt has token ids outside the vocabulary (0..{vocab - 1}): {shown}")
+
+
 def resolve_seed(params: GenParams) -> int:
     """The request's seed as a signed 64-bit int (a fresh random one when none is given)."""
     seed = params.seed if params.seed is not None else secrets.randbits(64)

@@ -1,8 +1,10 @@
 """Sequence state and the assembly of one forward's inputs from the active sequences.
 
-Decode tokens go first, then prompt chunks up to the step's prefill budget. The attention
-mask is each sequence's visible columns plus causal visibility of its own new tokens; it is
-the same code for batch rows (one sequence per row) and tree packing (all in one row).
+Decode tokens go first (each sequence's last token plus its drafted tokens, if any), then
+prompt chunks up to the step's prefill budget. The attention mask is each sequence's visible
+columns plus causal visibility of its own new tokens, drafts included (a draft sees the
+sequence and the drafts before it, never another sequence's); it is the same code for batch
+rows (one sequence per row) and tree packing (all in one row).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from parafill.backends.engine.model import StepInput
 from parafill.backends.engine.sampling import GenParams
+from parafill.fillers.base import Proposer
 
 
 @dataclass(eq=False)
@@ -31,6 +34,13 @@ class Seq:
     cols: list[int] = field(default_factory=list)  # KV column of each position
     max_col: int = 0
     fed: int = 0  # positions whose KV is written
+    proposer: Proposer | None = None  # drafts tokens to verify (None: one token per step)
+    draft: list[int] = field(default_factory=list)  # this step's drafts, after the last token
+    k: int = 4  # current draft length (adapted to acceptance)
+    rate: float = 0.6  # running acceptance rate of its drafts
+    passes: int = 0  # forward passes that fed this sequence
+    drafted: int = 0
+    accepted: int = 0
 
     @property
     def known(self) -> int:
@@ -42,14 +52,17 @@ class Seq:
         return self.fed >= self.known
 
     def token(self, pos: int) -> int:
-        n = len(self.prompt)
-        return self.prompt[pos] if pos < n else self.generated[pos - n]
+        n, g = len(self.prompt), len(self.generated)
+        if pos < n:
+            return self.prompt[pos]
+        return self.generated[pos - n] if pos < n + g else self.draft[pos - n - g]
 
 
 @dataclass
 class StepPlan:
     written: list[tuple[Seq, list[int]]]  # columns each sequence writes this step
-    sampled: list[Seq]  # sequences whose next token is sampled, in logits order
+    sampled: list[tuple[Seq, int]]  # sequences choosing tokens, in logits order, and how
+    # many logits rows each has (1 + its drafts)
 
 
 def longest_match(
@@ -71,7 +84,7 @@ def build_step(
 ) -> tuple[StepInput, StepPlan]:
     decode = [s for s in work if s.known - s.fed == 1]
     prefill = [s for s in work if s.known - s.fed > 1]
-    feeds: list[tuple[Seq, int]] = [(s, 1) for s in decode]
+    feeds: list[tuple[Seq, int]] = [(s, 1 + len(s.draft)) for s in decode]
     budget = prefill_chunk
     for s in prefill:
         if budget <= 0:
@@ -101,9 +114,10 @@ def _tensors(
         owner += [i] * n
         order += list(range(n))
         written.append((s, new_cols))
-        if s.fed + n == s.known and not s.prefix_only:
-            sampled.append(s)
-            logits_at.append(len(tokens) - 1)
+        if s.fed + n >= s.known and not s.prefix_only:
+            rows_out = s.fed + n - s.known + 1  # the last known token and each draft
+            sampled.append((s, rows_out))
+            logits_at += range(len(tokens) - rows_out, len(tokens))
     r = max(rows) + 1
     q = max(per_row.values())
     length = max(s.max_col for s, _ in feeds) + 1

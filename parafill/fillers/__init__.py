@@ -1,0 +1,33 @@
+"""Fillers by name: `autoregressive` (the reference: no drafts), `ngram`, `jacobi`.
+
+`make(name, sources)` gives a fresh proposer for one sequence (None for the reference);
+`check(name)` refuses unknown names with the known ones listed.
+"""
+
+from __future__ import annotations
+
+from parafill.fillers.base import Factory, Outcome, Proposer, Sources
+from parafill.fillers.jacobi import Jacobi
+from parafill.fillers.ngram import NGram
+
+FILLERS: dict[str, Factory | None] = {"autoregressive": None, "ngram": NGram, "jacobi": Jacobi}
+
+
+class FillerError(ValueError):
+    """An unknown filler name."""
+
+
+def check(name: str) -> str:
+    """The name, if it is a known filler; a clear error naming the known ones otherwise."""
+    if name not in FILLERS:
+        raise FillerError(f"unknown filler {name!r} (known: {', '.join(FILLERS)})")
+    return name
+
+
+def make(name: str, sources: Sources | None = None) -> Proposer | None:
+    """A fresh proposer for one sequence; None for `autoregressive` (the reference)."""
+    factory = FILLERS[check(name)]
+    return None if factory is None else factory(sources or Sources())
+
+
+__all__ = ["FILLERS", "FillerError", "Outcome", "Proposer", "Sources", "check", "make"]
