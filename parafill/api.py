@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from functools import partial
 
 import anyio
 from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from parafill.backends.base import Backend
 from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.errors import real_error
 from parafill.orchestrator.events import Event
 from parafill.orchestrator.plan import Plan, RunResult
 from parafill.orchestrator.runner import Emit, Expander, RunConfig, run_plan
@@ -47,20 +49,40 @@ async def arun(
 
 
 @asynccontextmanager
-async def stream(
-    target: str | Plan, **kwargs: object
-) -> AsyncIterator[ObjectReceiveStream[Event]]:
+async def stream(target: str | Plan, **kwargs: object) -> AsyncIterator[ObjectReceiveStream[Event]]:
     """`async with stream(q) as events: async for ev in events: ...` — the last event is
-    RunFinished; a failed run raises from the `async with` block after the events end."""
+    RunFinished; a failed run raises its error from the `async with` block after the events
+    end. Leaving the block early (a `break`) cancels the run; nothing is raised for that."""
     send, recv = anyio.create_memory_object_stream[Event](math.inf)
+    failed: list[BaseException] = []
 
     async def produce() -> None:
         async with send:
-            await arun(target, on_event=send.send, **kwargs)  # type: ignore[arg-type]
+            try:
+                await arun(target, on_event=partial(_offer, send), **kwargs)  # type: ignore[arg-type]
+            except Exception as exc:  # raised from the `async with`, not from the task group
+                failed.append(real_error(exc))
 
-    async with anyio.create_task_group() as tg, recv:
+    own: BaseException | None = None
+    async with anyio.create_task_group() as tg:
         tg.start_soon(produce)
-        yield recv
+        try:
+            with recv:
+                yield recv
+        except Exception as exc:  # the caller's own error: out as itself once the run stops
+            own = exc
+        finally:
+            tg.cancel_scope.cancel()  # a no-op when the run is over; else the caller left early
+    if own is not None:
+        raise own
+    if failed:
+        raise failed[0]
+
+
+async def _offer(send: MemoryObjectSendStream[Event], ev: Event) -> None:
+    """Hand an event to the caller; one who has left (the run is being cancelled) gets none."""
+    with suppress(anyio.BrokenResourceError):
+        await send.send(ev)
 
 
 def run(target: str | Plan, **kwargs: object) -> RunResult:

@@ -78,6 +78,19 @@ async def test_stream_cancellation_frees_the_engine(backend):
             await anyio.sleep(0.05)
 
 
+async def test_leaving_stream_early_cancels_the_local_run(backend):
+    plan = Plan((Node("long", "Write a long story about a dragon.", max_tokens=400),))
+    async with parafill.stream(plan, backend=backend) as events:
+        async for ev in events:
+            if isinstance(ev, parafill.NodeText) and ev.text:
+                steps = backend.engine.steps
+                break  # no exception: the run is cancelled
+    with anyio.fail_after(60):  # a guard against a hang, not a measurement
+        while backend.engine.live or backend.engine.waiting:
+            await anyio.sleep(0.05)
+    assert backend.engine.steps - steps < 300  # the 400-token story was not decoded to its end
+
+
 async def test_dag_example_prints_steps_with_their_inputs(capsys):
     question = "What is the total cost of 3 books at 12 dollars each and 2 pens at 3 dollars each?"
     result = await _load("dag_question").main(question, 10, 12)
