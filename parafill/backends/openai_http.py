@@ -39,8 +39,8 @@ from parafill.backends.base import (
     Request,
     render_messages,
 )
+from parafill.backends.openai_sse import ChunkParser, EndpointKind, ProtocolError, SSEDecoder
 
-EndpointKind = Literal["chat", "completions"]
 PrefixMode = Literal["drop", "continue"]
 PromptRenderer = Callable[[Sequence[Message]], str]
 
@@ -157,10 +157,6 @@ def _merge(held: list[Chunk], text: str, finish: FinishReason | None) -> Chunk:
     return Chunk(text, sum(c.tokens for c in held), finish, logprob, (), per_token)
 
 
-class _ProtocolError(Exception):
-    """The server's stream was not what the OpenAI API promises."""
-
-
 class _Retryable(Exception):
     """An attempt failed before yielding anything; another attempt may succeed."""
 
@@ -169,92 +165,6 @@ class _Retryable(Exception):
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
-
-
-class _SSEDecoder:
-    """Server-sent events, fed line by line; returns each complete event's data."""
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> str | None:
-        if not line:  # a blank line ends the event
-            data, self._data = self._data, []
-            return "\n".join(data) if data else None
-        name, _, value = line.partition(":")
-        if name == "data":  # comments (":...") and other fields are ignored
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None
-
-
-class _ChunkParser:
-    """Turns event payloads into Chunks: one token per text chunk unless usage says more."""
-
-    def __init__(self, kind: EndpointKind) -> None:
-        self._kind = kind
-        self.tokens = 0
-        self.usage: int | None = None
-        self.finish: FinishReason | None = None
-        self.done = False
-
-    def parse(self, data: str) -> Chunk | None:
-        if data.strip() == "[DONE]":
-            self.done = True
-            return None
-        try:
-            event = json.loads(data)
-        except ValueError as exc:
-            raise _ProtocolError(f"unparseable event {data[:80]!r}") from exc
-        if not isinstance(event, dict) or "error" in event:
-            raise _ProtocolError(f"error event {data[:200]!r}")
-        usage = event.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.usage = usage["completion_tokens"]
-        choices = event.get("choices")
-        return self._choice(choices[0]) if isinstance(choices, list) and choices else None
-
-    def _choice(self, choice: dict[str, object]) -> Chunk | None:
-        reason = choice.get("finish_reason")
-        if reason:
-            self.finish = "length" if reason == "length" else "stop"
-        if self._kind == "chat":
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else None
-        else:
-            text = choice.get("text")
-        lps = _logprobs(choice.get("logprobs"))
-        if not isinstance(text, str) or not text:
-            if lps:  # a token whose text the server holds back (a partial UTF-8 character)
-                self.tokens += len(lps)
-                return Chunk("", len(lps), None, sum(lps), (), lps)
-            return None
-        if lps:
-            self.tokens += len(lps)
-            return Chunk(text, len(lps), None, sum(lps), (), lps)
-        self.tokens += 1
-        return Chunk(text, tokens=1)
-
-    def final(self) -> Chunk:
-        if self.finish is None:  # also after a bare [DONE]: some servers cut streams that way
-            end = "[DONE]" if self.done else "end of stream"
-            raise _ProtocolError(f"{end} after {self.tokens} chunks without a finish_reason")
-        extra = max(0, self.usage - self.tokens) if self.usage is not None else 0
-        return Chunk("", tokens=extra, finish_reason=self.finish)
-
-
-def _logprobs(block: object) -> tuple[float, ...]:
-    """The per-token log-probabilities of a chat choice's `logprobs` block (() if absent or
-    not in OpenAI's shape: a server that ignores the request is not an error)."""
-    content = block.get("content") if isinstance(block, dict) else None
-    if not isinstance(content, list):
-        return ()
-    out = []
-    for entry in content:
-        lp = entry.get("logprob") if isinstance(entry, dict) else None
-        if not isinstance(lp, int | float) or isinstance(lp, bool):
-            return ()
-        out.append(float(lp))
-    return tuple(out)
 
 
 class _Endpoint:
@@ -289,7 +199,7 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 
 
 def _describe(exc: Exception, timeout: float) -> str:
-    if isinstance(exc, _ProtocolError):
+    if isinstance(exc, ProtocolError):
         return f"bad stream: {exc}"
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__}: no bytes for {timeout:g}s)"
@@ -412,12 +322,12 @@ class OpenAIBackend:
     async def _attempt(self, url: str, body: bytes) -> AsyncGenerator[Chunk, None]:
         """One HTTP request. Fails with _Retryable only if nothing was yielded yet."""
         assert self._client is not None
-        parser = _ChunkParser(self._config.endpoint)
+        parser = ChunkParser(self._config.endpoint)
         yielded = False
         try:
             async with self._client.stream("POST", url, content=body, headers=self._headers) as r:
                 await _check_status(r, url)
-                sse = _SSEDecoder()
+                sse = SSEDecoder()
                 # aiter_lines is an async generator; close it with the response, not at GC.
                 lines = cast(AsyncGenerator[str, None], r.aiter_lines())
                 async with aclosing(lines):
@@ -430,7 +340,7 @@ class OpenAIBackend:
                         if parser.done:
                             break
                 final = parser.final()
-        except (httpx.TransportError, _ProtocolError) as exc:
+        except (httpx.TransportError, ProtocolError) as exc:
             reason = _describe(exc, self._config.timeout)
             if yielded:
                 msg = f"{url}: stream broke after {parser.tokens} chunks: {reason}"
