@@ -2,8 +2,9 @@
 
 Requests go to the base URL with the fewest outstanding requests, under a concurrency cap per
 URL. 429 / 5xx / connection failures are retried with jittered exponential backoff (honouring
-Retry-After) only while nothing has been yielded; a stream that breaks later raises a retryable
-`BackendError` so the runner can redo the whole node. No tokenizing or chat templating here.
+Retry-After up to `retry_after_max` seconds) only while nothing has been yielded; a stream that
+breaks later raises a retryable `BackendError` so the runner can redo the whole node. No
+tokenizing or chat templating here.
 
 A request ending in an assistant message (a node's answer prefix, e.g. SoT's "1.") is sent as
 the server can take it (`assistant_prefix`): "continue" keeps it and asks the server to
@@ -65,6 +66,7 @@ class OpenAIConfig:
     max_retries: int = 3
     backoff_base: float = 0.5
     backoff_cap: float = 8.0
+    retry_after_max: float = 60.0  # a longer Retry-After is waited only this long
     prompt: PromptRenderer = concat_prompt  # completions endpoint only
     include_usage: bool = True  # ask for server token counts (stream_options)
     assistant_prefix: PrefixMode = "drop"  # chat: how a trailing assistant message is sent
@@ -77,6 +79,8 @@ class OpenAIConfig:
             raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
         if self.timeout <= 0 or not 0 <= self.backoff_base <= self.backoff_cap:
             raise ValueError("need timeout > 0 and 0 <= backoff_base <= backoff_cap")
+        if not 0 <= self.retry_after_max < float("inf"):
+            raise ValueError("retry_after_max must be a finite number of seconds >= 0")
 
     def url(self, base_url: str) -> str:
         """Full endpoint URL; `base_url` may or may not already end in /v1."""
@@ -217,24 +221,37 @@ async def _check_status(response: httpx.Response, url: str) -> None:
 
 
 class _Backoff:
-    """Delays between attempts; raises BackendError once the retries are spent."""
+    """Delays between attempts; raises BackendError once the retries are spent. A server's
+    Retry-After is honoured up to `retry_after_max` (a server asking for an hour, or for
+    `inf`, must not stall the run); the give-up error says when it was cut."""
 
     def __init__(self, config: OpenAIConfig, rng: random.Random) -> None:
         self._config = config
         self._rng = rng
         self.failures = 0
+        self.capped: float | None = None  # the largest Retry-After that was cut
 
     def delay(self, failure: _Retryable) -> float:
         self.failures += 1
-        if self.failures > self._config.max_retries:
+        cfg = self._config
+        if self.failures > cfg.max_retries:
             raise BackendError(
                 f"{failure.url}: gave up after {self.failures} attempts; last: {failure.reason}"
+                + self._note()
             ) from failure
         if failure.retry_after is not None:
+            if failure.retry_after > cfg.retry_after_max:
+                self.capped = max(self.capped or 0.0, failure.retry_after)
+                return cfg.retry_after_max
             return failure.retry_after
-        cfg = self._config
         ceiling: float = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (self.failures - 1))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
+
+    def _note(self) -> str:
+        if self.capped is None:
+            return ""
+        cap = self._config.retry_after_max
+        return f" (the server asked to wait {self.capped:g} s; waited {cap:g} s, retry_after_max)"
 
 
 class OpenAIBackend:
