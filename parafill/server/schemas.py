@@ -3,18 +3,35 @@
 The HTTP boundary only: handlers turn requests into parafill's frozen dataclasses at once.
 Unknown request fields are ignored (as vLLM does); known fields parafill cannot honour (n over
 16, completions' logprobs, echo, tools, best_of > 1; top_logprobs without logprobs, as OpenAI) are
-refused by `unsupported()` with a 400 naming them. Chat `logprobs: true` returns each chosen
-token's log-probability, and with `top_logprobs: k` (<= 20) the k most likely tokens at each
-position.
+refused by `unsupported()` with a 400 naming them. Counts are strict ints (`true` is not 1), text
+must be valid Unicode (no lone surrogates), stop strings non-empty: all 400s at validation.
+Chat `logprobs: true` returns each chosen token's log-probability, and with `top_logprobs: k`
+(<= 20) the k most likely tokens at each position.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from parafill.backends.base import Message
+
+T = TypeVar("T")
+Count = Annotated[int, Field(strict=True)]  # `true` is not 1, `2.0` is not 2
+
+
+def _unicode(value: T) -> T:
+    """JSON may carry lone UTF-16 surrogates (`"\\ud800"`); no tokenizer or reply can. Checks a
+    string or the strings of a list."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                where = f"a lone surrogate at {exc.start}"
+                raise ValueError(f"text is not valid Unicode ({where})") from None
+    return value
 
 
 class _In(BaseModel):
@@ -23,12 +40,18 @@ class _In(BaseModel):
 
 class TextPart(_In):
     type: Literal["text"]
-    text: str
+    text: str  # checked by ChatMessage (here an error would read as the union's)
 
 
 class ChatMessage(_In):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, content: str | list[TextPart]) -> str | list[TextPart]:
+        _unicode(content if isinstance(content, str) else [p.text for p in content])
+        return content
 
     def to_message(self) -> Message:
         text = (
@@ -43,12 +66,12 @@ class StreamOptions(_In):
 
 class _Sampled(_In):
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Count | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: Count | None = None
     stop: str | list[str] | None = None
-    n: int = 1
+    n: Count = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: Any = None
@@ -56,6 +79,15 @@ class _Sampled(_In):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
+
+    _text = field_validator("model")(_unicode)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if stop == "" or (isinstance(stop, list) and "" in stop):
+            raise ValueError("a stop string must have at least 1 character")
+        return _unicode(stop)
 
     @property
     def bias(self) -> tuple[tuple[int, float], ...]:
@@ -75,8 +107,8 @@ class _Sampled(_In):
 
 class ChatRequest(_Sampled):
     messages: list[ChatMessage]
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_completion_tokens: Count | None = Field(default=None, ge=1)
+    top_logprobs: Count | None = Field(default=None, ge=0, le=20)
 
     @property
     def limit(self) -> int | None:
@@ -84,10 +116,12 @@ class ChatRequest(_Sampled):
 
 
 class CompletionRequest(_Sampled):
-    prompt: str | list[str] | list[int]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for this endpoint
+    prompt: str | list[str] | list[StrictInt]
+    max_tokens: Count | None = Field(default=16, ge=1)  # OpenAI's default for this endpoint
     echo: bool = False
-    best_of: int | None = None
+    best_of: Count | None = None
+
+    _prompt = field_validator("prompt")(_unicode)
 
     @property
     def limit(self) -> int | None:
@@ -111,7 +145,7 @@ def unsupported(req: ChatRequest | CompletionRequest) -> tuple[str, str] | None:
     if req.tools:
         return "tools", "tools / function calling are not supported"
     for key, value in (req.logit_bias or {}).items():
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):  # "²".isdigit(), and int("١٢") == 12
             return "logit_bias", f"logit_bias keys are token ids, not {key!r}"
         if not -100 <= value <= 100:
             return "logit_bias", f"logit_bias values lie in -100..100, not {value}"

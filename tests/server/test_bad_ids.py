@@ -92,7 +92,7 @@ def test_error_messages_unwrap_exception_groups() -> None:
     assert real_error(inner) is inner
 
 
-def _refuse(prompt: list[int], params: Any) -> int:
+def _refuse(*args: Any, **kwargs: Any) -> int:
     raise ValueError("refused for this test")
 
 
