@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 
 from parafill.backends.engine.weights import ModelNotFound
-from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.backends.local import LocalBackend
+from parafill.cli_opts import EngineOpts, FillerOpt, engine_opts
 from parafill.cli_view import RunView, summary
 from parafill.orchestrator.plan import Plan, PlanError, RunResult
 from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
@@ -53,6 +54,7 @@ def run(
     plan: Annotated[
         str, typer.Option("--plan", help="auto (router decides) | always (decompose) | never.")
     ] = "auto",
+    filler: FillerOpt = None,
 ) -> None:
     """Answer QUESTION: the router decides whether skeleton-of-thought (outline, then fill
     every point in parallel) pays, or whether to answer directly; the result says why."""
@@ -62,36 +64,42 @@ def run(
     skeleton = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     direct = DirectPlanner(direct_tokens) if compare else None
-    _guard(lambda: anyio.run(_run, question, planner, direct, model, mode, as_json))
+    opts = engine_opts(model, mode, filler)
+    _guard(lambda: anyio.run(_run, question, planner, direct, opts, as_json))
 
 
 @app.command("plan")
 def run_plan_file(
-    path: Path, model: ModelOpt = None, as_json: JsonOpt = False, mode: ModeOpt = "rows"
+    path: Path,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+    mode: ModeOpt = "rows",
+    filler: FillerOpt = None,
 ) -> None:
     """Run a hand-written JSON plan (nodes with dependencies; see README)."""
+    opts = engine_opts(model, mode, filler)
     try:
         plan = Plan.from_json(path.read_text())
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] cannot use plan {str(path)!r}: {exc}")
         raise typer.Exit(2) from exc
-    _guard(lambda: anyio.run(_run, plan, None, None, model, mode, as_json))
+    _guard(lambda: anyio.run(_run, plan, None, None, opts, as_json))
 
 
 async def _run(
     target: str | Plan,
     planner: Planner | None,
     direct: Planner | None,
-    model: str | None,
-    mode: str,
+    opts: EngineOpts,
     as_json: bool,
 ) -> None:
-    cfg = LocalConfig(model=model, mode=mode)  # type: ignore[arg-type]
-    async with LocalBackend.open(cfg, on_convert=lambda m: err.print(f"[yellow]{m}[/yellow]")) as b:
+    run = RunConfig(filler=opts.filler)
+    convert = lambda m: err.print(f"[yellow]{m}[/yellow]")  # noqa: E731
+    async with LocalBackend.open(opts.local(), on_convert=convert) as b:
         if isinstance(planner, RouterPlanner) and _needs_costs(planner, target):
-            planner = replace(planner, cost=await _costs(b, model, mode))
-        result = await _one(target, planner, b, show=True)
-        baseline = await _one(target, direct, b, show=False) if direct else None
+            planner = replace(planner, cost=await _costs(b, opts.model, opts.mode))
+        result = await _one(target, planner, b, run, show=True)
+        baseline = await _one(target, direct, b, run, show=False) if direct else None
     if as_json:
         out.print_json(json.dumps(_as_dict(result, baseline)))
         return
@@ -106,13 +114,13 @@ async def _run(
 
 
 async def _one(
-    target: str | Plan, planner: Planner | None, backend: LocalBackend, show: bool
+    target: str | Plan, planner: Planner | None, backend: LocalBackend, run: RunConfig, show: bool
 ) -> RunResult:
     plan = target if isinstance(target, Plan) else planner.plan(target)  # type: ignore[union-attr]
     hooks = dict(planner.expanders) if planner else {}
     view = RunView.create(err) if show else None
     try:
-        return await run_plan(plan, backend, RunConfig(), expanders=hooks, emit=view)
+        return await run_plan(plan, backend, run, expanders=hooks, emit=view)
     finally:
         if view:
             view.close()

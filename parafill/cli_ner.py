@@ -31,8 +31,10 @@ from rich.console import Console
 
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.cli_opts import FillerOpt
 from parafill.errors import real_error
-from parafill.orchestrator.runner import RunFailed
+from parafill.fillers import check as check_filler
+from parafill.orchestrator.runner import RunConfig, RunFailed
 from parafill.planners.ner import NerConfig, NerResult, check_config, default_adapter, extract
 from parafill.planners.ner_data import WNUT_LABELS
 
@@ -53,6 +55,7 @@ class Job:
     local: LocalConfig
     concurrency: int = 1
     resume: bool = False
+    run: RunConfig = RunConfig()  # --filler
 
 
 def ner(
@@ -77,6 +80,7 @@ def ner(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="--output exists: replace its records.")
     ] = False,
+    filler: FillerOpt = None,
 ) -> None:
     """Extract named entities (PaDeLLM-NER: counts, then every mention in parallel)."""
     names = tuple(s.strip() for s in labels.split(",") if s.strip())
@@ -91,10 +95,13 @@ def ner(
         if resume and output is None:
             raise ValueError("--resume needs --output (the file to continue)")
         _check_files(input, output, resume, overwrite)
+        if filler is not None:
+            check_filler(filler)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    job = Job(cfg, mode, LocalConfig(model=model, adapter=chosen), concurrency, resume)
+    local = LocalConfig(model=model, adapter=chosen)
+    job = Job(cfg, mode, local, concurrency, resume, RunConfig(filler=filler))
     try:
         skipped = anyio.run(_main, job, text, input, output)
     except Exception as exc:  # the backend's task group wraps what failed under it
@@ -109,7 +116,7 @@ def ner(
 async def _main(job: Job, text: str | None, src: Path | None, dst: Path | None) -> int:
     if text is not None:
         async with LocalBackend.open(job.local) as backend:
-            _print(await extract(text, backend, job.config, job.mode))
+            _print(await extract(text, backend, job.config, job.mode, job.run))
         return 0
     assert src is not None
     with src.open(encoding="utf-8") as fin:  # all of it, before the model loads or --output opens
@@ -206,7 +213,9 @@ async def _jsonl(
         record: dict[str, object] | None = None
         try:
             doc = DocIn.model_validate_json(line)
-            record = _record(no, doc, await extract(doc.text, backend, job.config, job.mode))
+            record = _record(
+                no, doc, await extract(doc.text, backend, job.config, job.mode, job.run)
+            )
         except (ValidationError, ValueError, RunFailed) as exc:
             err.print(f"{name}:{no}: skipped: {_reason(exc)}", markup=False)
             counts["skipped"] += 1

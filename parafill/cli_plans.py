@@ -13,6 +13,7 @@ import anyio
 import typer
 
 from parafill.cli import JsonOpt, ModelOpt, ModeOpt, _guard, _run, err
+from parafill.cli_opts import FillerOpt, engine_opts
 from parafill.planners.dag import DagPlanner
 from parafill.planners.reasoning import Mode, ReasoningPlanner
 from parafill.planners.static import DirectPlanner
@@ -32,6 +33,7 @@ def dag(
     join_tokens: int = 160,
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
+    filler: FillerOpt = None,
 ) -> None:
     """Answer QUESTION with numbered steps that use earlier results ($1, $2); every step runs
     as soon as the steps it uses are done, then a join step writes the answer."""
@@ -39,7 +41,8 @@ def dag(
         max_steps, max_depth, 2, plan_tokens, step_tokens, join_tokens, direct_tokens
     )
     direct = DirectPlanner(direct_tokens) if compare else None
-    _guard(lambda: anyio.run(_run, question, planner, direct, model, mode, as_json))
+    opts = engine_opts(model, mode, filler)
+    _guard(lambda: anyio.run(_run, question, planner, direct, opts, as_json))
 
 
 def reason(
@@ -54,6 +57,7 @@ def reason(
     join_tokens: int = 192,
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
+    filler: FillerOpt = None,
 ) -> None:
     """Answer QUESTION with N reasoning branches in parallel, then a majority vote over their
     short answers (recorded in the notes) or a synthesis of the drafts."""
@@ -69,7 +73,8 @@ def reason(
         temperature=temperature,
     )  # fmt: skip
     direct = DirectPlanner(direct_tokens) if compare else None
-    _guard(lambda: anyio.run(_run, question, planner, direct, model, mode, as_json))
+    opts = engine_opts(model, mode, filler)
+    _guard(lambda: anyio.run(_run, question, planner, direct, opts, as_json))
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,7 @@ from parafill.backends.engine.engine import Engine
 from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.fillers import check as check_filler
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import ServerSettings, create_app
 
@@ -55,6 +56,13 @@ def serve(
     name: Annotated[str | None, typer.Option(help="Model id in /v1/models.")] = None,
     skeleton_tokens: Annotated[int, typer.Option(help="parafill-sot skeleton cap.")] = 128,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    filler: Annotated[
+        str,
+        typer.Option(
+            help="How requests decode unless they say (field 'filler'): "
+            "autoregressive | ngram | jacobi."
+        ),
+    ] = "autoregressive",
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible)."""
     if mode not in ("rows", "tree"):
@@ -65,7 +73,13 @@ def serve(
     except ValueError as exc:
         err.print(f"[red]error:[/red] --kv-budget: {exc}")
         raise typer.Exit(2) from exc
+    try:
+        check_filler(filler)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] --filler: {exc}")
+        raise typer.Exit(2) from exc
     local = LocalConfig(
+        filler=filler,
         model=model,
         mode=mode,  # type: ignore[arg-type]
         budget_tokens=budget_tokens,

@@ -62,8 +62,9 @@ class RunView:
         elif isinstance(ev, NodeFinished):
             row = self.rows.setdefault(ev.result.id, _Row())
             row.status, row.tokens, row.text = "done", ev.result.tokens, ev.result.text
-            self._line(f"[{ev.result.id}] done: {ev.result.tokens} tokens in "
-                       f"{ev.result.seconds:.1f} s")
+            self._line(
+                f"[{ev.result.id}] done: {ev.result.tokens} tokens in {ev.result.seconds:.1f} s"
+            )
         elif isinstance(ev, NodeFailed):
             self.rows.setdefault(ev.node, _Row()).status = "retrying" if ev.will_retry else "failed"
             self._line(f"[{ev.node}] attempt {ev.attempt} failed: {ev.error}")

@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 
 from parafill.backends.engine.weights import ModelNotFound
-from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.backends.local import LocalBackend
+from parafill.cli_opts import EngineOpts, FillerOpt, engine_opts
 from parafill.cli_view import RunView, summary
 from parafill.orchestrator.plan import RunResult
 from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
@@ -42,6 +43,7 @@ def write(
     max_subsections: Annotated[int, typer.Option(help="Cap on subsections per section.")] = 3,
     section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
     outline_tokens: Annotated[int, typer.Option(help="Token budget of the outline.")] = 120,
+    filler: FillerOpt = None,
 ) -> None:
     """Write a Markdown document on TOPIC: outline, then every section filled in parallel."""
     if out_path is not None and not out_path.parent.is_dir():
@@ -59,9 +61,9 @@ def write(
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    config = LocalConfig(model=model, mode=mode)  # type: ignore[arg-type]
+    opts = engine_opts(model, mode, filler)
     try:
-        result = anyio.run(_write, topic, planner, config)
+        result = anyio.run(_write, topic, planner, opts)
     except ModelNotFound as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -72,13 +74,17 @@ def write(
     _emit(planner, result, out_path)
 
 
-async def _write(topic: str, planner: DocumentPlanner, config: LocalConfig) -> RunResult:
-    async with LocalBackend.open(config, on_convert=_converting) as backend:
+async def _write(topic: str, planner: DocumentPlanner, opts: EngineOpts) -> RunResult:
+    async with LocalBackend.open(opts.local(), on_convert=_converting) as backend:
         view = RunView.create(err)
         try:
             plan = planner.plan(topic)
             return await run_plan(
-                plan, backend, RunConfig(), expanders=planner.expanders, emit=view
+                plan,
+                backend,
+                RunConfig(filler=opts.filler),
+                expanders=planner.expanders,
+                emit=view,
             )
         finally:
             view.close()

@@ -39,7 +39,9 @@ class Sampling:
 class Request:
     messages: tuple[Message, ...]
     sampling: Sampling = field(default_factory=Sampling)
-    filler: str = "autoregressive"
+    # how the node decodes ("autoregressive", "ngram", "jacobi"); None: the backend's default.
+    # Backends that do not speculate (remote servers) decode as they always do.
+    filler: str | None = None
 
     @staticmethod
     def chat(user: str, system: str | None = None, sampling: Sampling | None = None) -> Request:
@@ -48,6 +50,16 @@ class Request:
 
 
 FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class FillStats:
+    """How a request was decoded so far: forward passes that fed it, tokens drafted, drafts
+    kept (tokens per forward = output tokens / passes)."""
+
+    passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Chunk:
     token_ids: tuple[int, ...] = ()  # the tokens behind this chunk, where the backend has them
     token_logprobs: tuple[float, ...] = ()  # log p of each token (of `token_ids` where given)
     token_top: tuple[tuple[tuple[int, float], ...], ...] = ()  # per token: (id, log p), best first
+    fill: FillStats | None = None  # the request's decoding so far (local engine)
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class Capabilities:
     shared_prefix: bool = False  # a common prompt prefix is prefilled once
     tree_packing: bool = False  # branches packed into one sequence with a tree mask
     max_concurrency: int = 8
+    speculates: bool = False  # honours Request.filler (draft-and-verify inside a request)
 
 
 @runtime_checkable

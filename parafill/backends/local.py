@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import torch
@@ -24,6 +24,7 @@ from parafill.backends.base import (
     BackendError,
     Capabilities,
     Chunk,
+    FillStats,
     FinishReason,
     Message,
     Request,
@@ -35,6 +36,7 @@ from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError, Mode
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import load
+from parafill.fillers import FillerError, check, make
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class LocalConfig:
     max_positions: int = 4096
     adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
     retain: bool = True  # keep finished requests' KV as a prefix cache for later requests
+    filler: str = "autoregressive"  # for requests that name none (Request.filler None)
+    speculate: Literal["auto", "always", "off"] = "auto"  # see EngineConfig.speculate
 
 
 class Detokenizer:
@@ -81,9 +85,15 @@ class Detokenizer:
 
 
 class LocalBackend:
-    def __init__(self, engine: Engine | FallbackEngine, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self,
+        engine: Engine | FallbackEngine,
+        tokenizer: PreTrainedTokenizerBase,
+        filler: str = "autoregressive",
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
+        self.filler = filler  # for requests that name none
         self._streams: dict[int, MemoryObjectSendStream[StepOutput]] = {}
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self._eos = frozenset(int(e) for e in eos)
@@ -104,9 +114,10 @@ class LocalBackend:
             budget_bytes=cfg.budget_bytes,
             rows=cfg.rows,
             retain=cfg.retain,
+            speculate=cfg.speculate,
         )
         notify = on_convert or (lambda _msg: None)
-        backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok)
+        backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok, check(cfg.filler))
         async with backend.running():
             yield backend
 
@@ -129,7 +140,7 @@ class LocalBackend:
         if isinstance(self.engine, FallbackEngine):
             return Capabilities(False, False, False, cfg.max_seqs)
         width = cfg.rows if cfg.mode == "rows" else cfg.max_seqs
-        return Capabilities(True, True, cfg.mode == "tree", width)
+        return Capabilities(True, True, cfg.mode == "tree", width, cfg.speculate != "off")
 
     @property
     def forward_passes(self) -> int:
@@ -148,10 +159,14 @@ class LocalBackend:
         return list(self.tokenizer.encode(text))
 
     def stream(self, request: Request) -> AsyncIterator[Chunk]:
-        return self.stream_ids(self.encode(request.messages), request.sampling)
+        return self.stream_ids(self.encode(request.messages), request.sampling, request.filler)
 
-    async def stream_ids(self, ids: list[int], s: Sampling) -> AsyncGenerator[Chunk, None]:
-        """Stream a continuation of raw token ids (no chat template: completions endpoints)."""
+    async def stream_ids(
+        self, ids: list[int], s: Sampling, filler: str | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream a continuation of raw token ids (no chat template: completions endpoints).
+        `filler` names how to decode (None: the backend's default); the HF fallback engine
+        decodes one token per step whatever it names."""
         params = GenParams(
             s.max_tokens,
             s.temperature,
@@ -165,8 +180,12 @@ class LocalBackend:
         )
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
         try:
-            seq_id = self.engine.submit(ids, params)
-        except (BudgetError, ValueError) as exc:
+            proposer = make(filler or self.filler)
+            if isinstance(self.engine, Engine):
+                seq_id = self.engine.submit(ids, params, proposer)
+            else:
+                seq_id = self.engine.submit(ids, params)
+        except (BudgetError, FillerError, ValueError) as exc:
             raise BackendError(str(exc), retryable=False) from exc
         self._streams[seq_id] = send
         try:
@@ -200,14 +219,15 @@ async def _chunks(recv: AsyncIterator[StepOutput], detok: Detokenizer) -> AsyncI
             raise BackendError("request was cancelled in the engine", retryable=False)
         text, stopped = detok.add(out.tokens, final=out.finish is not None)
         n, lp, ids, lps = len(out.tokens), sum(out.logprobs), out.tokens, out.logprobs
+        fill = FillStats(out.passes, out.drafted, out.accepted)
         if stopped:
-            yield Chunk(text, n, "stop", lp, ids, lps, out.top)
+            yield Chunk(text, n, "stop", lp, ids, lps, out.top, fill)
             return
         if out.finish is not None:
             finish: FinishReason = "length" if out.finish == "length" else "stop"
-            yield Chunk(text, n, finish, lp, ids, lps, out.top)
+            yield Chunk(text, n, finish, lp, ids, lps, out.top, fill)
             return
-        yield Chunk(text, n, None, lp, ids, lps, out.top)
+        yield Chunk(text, n, None, lp, ids, lps, out.top, fill)
 
 
 def _auto_device() -> str:

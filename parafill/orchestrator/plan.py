@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
+from parafill.backends.base import FillStats
+from parafill.fillers import FILLERS
+
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.:-]+)\s*\}\}")
 
 
@@ -34,7 +37,7 @@ class Node:
     prompt: str
     deps: tuple[str, ...] = ()
     max_tokens: int = 256
-    filler: str = "autoregressive"
+    filler: str | None = None  # "autoregressive" | "ngram" | "jacobi"; None: the backend's
     system: str | None = None
     expand: str | None = None  # name of a Growth hook run on this node's output
     prefix: str = ""  # the answer starts with this text; the model continues it
@@ -84,6 +87,13 @@ class NodeResult:
     attempts: int = 1
     finish_reason: str | None = None
     logprob: float | None = None  # summed log p of the output's tokens, if the backend has it
+    fill: FillStats | None = None  # forward passes, drafted / kept tokens (local engine)
+
+    @property
+    def tokens_per_pass(self) -> float | None:
+        if self.fill is None or not self.fill.passes:
+            return None
+        return self.tokens / self.fill.passes
 
 
 def validate(plan: Plan, *, existing: Iterable[str] = ()) -> nx.DiGraph:
@@ -99,6 +109,9 @@ def validate(plan: Plan, *, existing: Iterable[str] = ()) -> nx.DiGraph:
             raise PlanError(f"duplicate node id {n.id!r}", node=n.id)
         if n.max_tokens < 1:
             raise PlanError(f"node {n.id!r} has max_tokens {n.max_tokens} (< 1)", node=n.id)
+        if n.filler is not None and n.filler not in FILLERS:
+            names = ", ".join(FILLERS)
+            raise PlanError(f"node {n.id!r} names unknown filler {n.filler!r} ({names})", n.id)
         graph.add_node(n.id)
     ids = set(graph.nodes) | known
     for n in plan.nodes:
@@ -158,7 +171,7 @@ class NodeModel(BaseModel):
     prompt: str
     deps: list[str] = Field(default_factory=list)
     max_tokens: int = 256
-    filler: str = "autoregressive"
+    filler: str | None = None
     system: str | None = None
     expand: str | None = None
     prefix: str = ""

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import ObjectSendStream
 
-from parafill.backends.base import Backend, BackendError, Message, Metered, Request, Sampling
+from parafill.backends.base import (
+    Backend,
+    BackendError,
+    FillStats,
+    Message,
+    Metered,
+    Request,
+    Sampling,
+)
 from parafill.orchestrator.events import (
     Event,
     NodeFailed,
@@ -39,6 +47,7 @@ class RunConfig:
     retries: int = 0  # extra attempts after a retryable failure
     retry_delay: float = 0.5  # first backoff; doubles per attempt
     seed: int | None = None
+    filler: str | None = None  # every node decodes with this filler (else each node's own)
 
 
 class RunFailed(RuntimeError):
@@ -139,7 +148,7 @@ def _request(node: Node, outputs: Mapping[str, str], cfg: RunConfig) -> Request:
         msgs += (Message("assistant", node.prefix),)
     seed = node.seed if node.seed is not None else cfg.seed
     sampling = Sampling(node.max_tokens, node.temperature, seed=seed, stop=node.stop)
-    return Request(msgs, sampling, filler=node.filler)
+    return Request(msgs, sampling, filler=cfg.filler or node.filler)
 
 
 async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
@@ -150,7 +159,7 @@ async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
             await ctx.emit(NodeStarted(node.id, attempt))
             try:
                 with anyio.fail_after(ctx.config.node_timeout):
-                    text, tokens, finish, logprob = await _stream(node.id, request, ctx)
+                    text, tokens, finish, logprob, fill = await _stream(node.id, request, ctx)
             except Exception as exc:  # classified below; never swallowed
                 error, retryable = _describe(exc, ctx.config.node_timeout)
                 again = retryable and attempt < attempts
@@ -161,26 +170,27 @@ async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
                 await anyio.sleep(ctx.config.retry_delay * 2 ** (attempt - 1))
                 continue
             secs = time.perf_counter() - t0
-            result = NodeResult(node.id, text, tokens, secs, attempt, finish, logprob)
+            result = NodeResult(node.id, text, tokens, secs, attempt, finish, logprob, fill)
             await ctx.done.send(result)
             return
 
 
 async def _stream(
     node_id: str, request: Request, ctx: _Ctx
-) -> tuple[str, int, str | None, float | None]:
+) -> tuple[str, int, str | None, float | None, FillStats | None]:
     parts: list[str] = []
-    tokens, finish = 0, None
+    tokens, finish, fill = 0, None, None
     logprob: float | None = None  # stays None unless the backend reports log-probabilities
     async for chunk in ctx.backend.stream(request):
         parts.append(chunk.text)
         tokens += chunk.tokens
         finish = chunk.finish_reason or finish
+        fill = chunk.fill or fill
         if chunk.logprob is not None:
             logprob = (logprob or 0.0) + chunk.logprob
         if chunk.text:
             await ctx.emit(NodeText(node_id, chunk.text))
-    return "".join(parts), tokens, finish, logprob
+    return "".join(parts), tokens, finish, logprob, fill
 
 
 def _describe(exc: Exception, timeout: float | None) -> tuple[str, bool]:

@@ -167,6 +167,7 @@ def step_nodes(
             _step_prompt(question, s),
             deps=tuple(f"step-{k}" for k in s.refs),
             max_tokens=step_tokens,
+            filler="ngram",  # drafts from the question and earlier results in the prompt
             system=STEP_SYSTEM,
             stop=("\n\n",),
         )
@@ -178,7 +179,7 @@ def step_nodes(
         "Using these results, answer the question."
     )
     deps = tuple(s.id for s in steps)
-    nodes.append(Node("join", join, deps, join_tokens, system=JOIN_SYSTEM))
+    nodes.append(Node("join", join, deps, join_tokens, "ngram", system=JOIN_SYSTEM))
     return tuple(nodes)
 
 

@@ -369,7 +369,7 @@ class DocumentPlanner:
 def _node(
     nid: str, tokens: int, prompt: str, deps: Iterable[str] = (), stop: tuple[str, ...] = _STOP
 ) -> Node:
-    return Node(nid, prompt, tuple(deps), tokens, system=WRITER_SYSTEM, stop=stop)
+    return Node(nid, prompt, tuple(deps), tokens, "ngram", system=WRITER_SYSTEM, stop=stop)
 
 
 def _label(num: str) -> str:

@@ -110,6 +110,7 @@ class NerPlanner:
                 f"mention:{label}:{k}",
                 P.mention_prompt(text, label, k, n),
                 max_tokens=self.config.mention_tokens,
+                filler="ngram",  # a mention is copied from the text in the prompt
                 system=P.SYSTEM,
                 stop=("\n",),
             )
@@ -129,7 +130,7 @@ def ar_plan(text: str, cfg: NerConfig) -> Plan:
     if not text.strip():
         raise ValueError("the text is empty: nothing to extract entities from")
     prompt = P.ar_prompt(text, cfg.labels)
-    node = Node("entities", prompt, max_tokens=cfg.ar_tokens, system=P.SYSTEM)
+    node = Node("entities", prompt, max_tokens=cfg.ar_tokens, filler="ngram", system=P.SYSTEM)
     return Plan((node,), answer=("entities",))
 
 

@@ -139,7 +139,7 @@ class _Tally:
     def _synthesis(self, vote: Vote | None) -> Growth:
         drafts = "\n\n".join(f"Draft {k}:\n{{{{{i}}}}}" for k, i in enumerate(self.ids, 1))
         prompt = SYNTHESIS_PROMPT.format(question=self.question, drafts=drafts)
-        join = Node("join", prompt, self.ids, self.join_tokens, system=BRANCH_SYSTEM)
+        join = Node("join", prompt, self.ids, self.join_tokens, "ngram", system=BRANCH_SYSTEM)
         why = "no short answers to vote on" if vote is None else vote.describe()
         return Growth((join,), ("join",), note=f"synthesis over {len(self.ids)} branches ({why})")
 

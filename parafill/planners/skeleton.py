@@ -119,6 +119,7 @@ class SkeletonPlanner:
                 f"point-{k}",
                 POINT_PROMPT.format(question=question, skeleton=listing, k=k, point=p),
                 max_tokens=self.point_tokens,
+                filler="ngram",  # drafts from the question and the skeleton in its prompt
                 system=POINT_SYSTEM,
                 prefix=f"{k}. {p}:",
                 stop=("\n",),  # one paragraph per point; small models run on into the list

@@ -9,7 +9,7 @@ check limits against the engine's context *before* anything is submitted (so a b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -209,7 +209,8 @@ def _job(
         req.presence_penalty,
         req.bias,
     )
-    return Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
+    job = Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
+    return replace(job, filler=req.filler)
 
 
 async def _respond(backend: LocalBackend, job: Job, streaming: bool) -> Response:

@@ -51,6 +51,7 @@ class Job:
     created: int = 0
     logprobs: bool = False  # chat: return each chosen token's log-probability
     n: int = 1  # choices: n sequences from one prompt (the engine prefills it once)
+    filler: str | None = None  # how the engine decodes it (None: the backend's default)
 
     @staticmethod
     def new(
@@ -193,7 +194,9 @@ async def _answer(backend: LocalBackend, job: Job, index: int) -> Answer:
     parts: list[str] = []
     tokens, finish = 0, None
     entries: list[TokenLogprob] | None = [] if job.logprobs else None
-    async with aclosing(backend.stream_ids(list(job.prompt), job.sampling_of(index))) as chunks:
+    async with aclosing(
+        backend.stream_ids(list(job.prompt), job.sampling_of(index), job.filler)
+    ) as chunks:
         async for c in chunks:
             parts.append(c.text)
             tokens += c.tokens
@@ -230,7 +233,9 @@ def stream(backend: LocalBackend, job: Job) -> Produce:
         async def one(i: int) -> None:
             pending: list[TokenLogprob] = []  # tokens whose text the detokenizer still holds
             sampling = job.sampling_of(i)
-            async with aclosing(backend.stream_ids(list(job.prompt), sampling)) as chunks:
+            async with aclosing(
+                backend.stream_ids(list(job.prompt), sampling, job.filler)
+            ) as chunks:
                 async for c in chunks:
                     tokens[i] += c.tokens
                     if job.logprobs:

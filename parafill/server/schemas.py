@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from parafill.backends.base import Message
+from parafill.fillers import check as check_filler
 
 T = TypeVar("T")
 Count = Annotated[int, Field(strict=True)]  # `true` is not 1, `2.0` is not 2
@@ -79,8 +80,16 @@ class _Sampled(_In):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
+    # parafill's own: how the engine decodes this request ("autoregressive", "ngram",
+    # "jacobi"); None: the server's --filler
+    filler: str | None = None
 
     _text = field_validator("model")(_unicode)
+
+    @field_validator("filler")
+    @classmethod
+    def _filler(cls, filler: str | None) -> str | None:
+        return None if filler is None else check_filler(filler)
 
     @field_validator("stop")
     @classmethod

@@ -81,7 +81,9 @@ def test_logits_match_hf_smollm2(smol: Smol, chat: Chat) -> None:
     prompt = chat("Name three colours.")
     lm = CompactLM(hf, 512)
     got = lm.forward(_packed([prompt], tree=False), *_caches(lm, 1, len(prompt)))
-    torch.testing.assert_close(got, hf_logits(hf, prompt), atol=ATOL, rtol=0)
+    # 30 layers of fp32 matmuls summed in oneDNN's order vs MKL's (HF): logits of magnitude
+    # ~15 differ by up to ~1.2e-4 (1e-5 relative); greedy tokens are compared exactly elsewhere
+    torch.testing.assert_close(got, hf_logits(hf, prompt), atol=3e-4, rtol=0)
 
 
 @pytest.mark.parametrize("tree", [False, True], ids=["rows", "tree"])

@@ -119,7 +119,9 @@ def _assert_accounting(eng: object) -> None:
 
 
 @pytest.mark.parametrize("mode", ["rows", "tree"])
-def test_oracle_windows_cut_forward_passes(mode: str, llama: torch.nn.Module, ref: RefCache) -> None:
+def test_oracle_windows_cut_forward_passes(
+    mode: str, llama: torch.nn.Module, ref: RefCache
+) -> None:
     prompt = rand_prompt(torch.Generator().manual_seed(12), 15)
     want = ref(prompt, 40)
     eng, lm = make_engine(llama, mode=mode, budget_tokens=512, rows=2, speculate="always")
@@ -211,13 +213,17 @@ def test_seeded_sampling_is_the_same_with_and_without_drafts(
 ) -> None:
     gen = torch.Generator().manual_seed(15)
     prompts = [_repetitive(gen, 12 + i) for i in range(4)]
-    params = [GenParams(20, temperature=t, top_p=p, seed=100 + j)
-              for j, (t, p) in enumerate([(0.7, 1.0), (1.0, 0.9), (1.3, 1.0), (0.5, 0.5)])]
+    params = [
+        GenParams(20, temperature=t, top_p=p, seed=100 + j)
+        for j, (t, p) in enumerate([(0.7, 1.0), (1.0, 0.9), (1.3, 1.0), (0.5, 0.5)])
+    ]
     plain = _run(llama, mode, prompts, params, None)
     eng, _ = make_engine(llama, mode=mode, budget_tokens=512, rows=4, speculate="always")
     run = Run()
-    ids = [eng.submit(p, g, _proposer(kind, p, plain[j][0], j))
-           for j, (p, g) in enumerate(zip(prompts, params, strict=True))]
+    ids = [
+        eng.submit(p, g, _proposer(kind, p, plain[j][0], j))
+        for j, (p, g) in enumerate(zip(prompts, params, strict=True))
+    ]
     drain(eng, run, ids)
     assert [run.tokens[i] for i in ids] == [t for t, _, _ in plain]
     assert eng.drafted > 5
@@ -239,9 +245,7 @@ def test_sampled_drafts_follow_the_target_distribution(llama: torch.nn.Module) -
         def observe(self, outcome: Outcome) -> None:
             pass
 
-    eng, _ = make_engine(
-        llama, mode="tree", budget_tokens=16384, max_seqs=1024, speculate="always"
-    )
+    eng, _ = make_engine(llama, mode="tree", budget_tokens=16384, max_seqs=1024, speculate="always")
     ids = [eng.submit(prompt, GenParams(3, temperature=0.6, seed=s), Always()) for s in range(3000)]
     run = Run()
     outs = []

@@ -33,7 +33,7 @@ from parafill.backends.engine.sampling import (
     check_prompt,
     resolve_seed,
 )
-from parafill.backends.engine.spec import SpecPolicy, affordable
+from parafill.backends.engine.spec import SpecPolicy
 from parafill.backends.engine.step import Seq, build_step, longest_match
 from parafill.backends.engine.verify import Window, decide
 from parafill.fillers.base import Outcome, Proposer
@@ -114,9 +114,7 @@ class Engine:
 
     # ---- thread-safe entry points -------------------------------------------------------
 
-    def submit(
-        self, prompt: list[int], params: GenParams, proposer: Proposer | None = None
-    ) -> int:
+    def submit(self, prompt: list[int], params: GenParams, proposer: Proposer | None = None) -> int:
         """Queue a request; `proposer` drafts tokens to verify each step (None: one per step)."""
         check_prompt(prompt, self.model.shapes.vocab)
         check_bias(params, self.model.shapes.vocab)
@@ -173,15 +171,21 @@ class Engine:
         return outs
 
     def _propose(self, work: list[Seq]) -> None:
-        """Draft for each decoding sequence with a proposer, as far as the step-cost rule
-        says verifying pays, and never past its max_tokens."""
-        bar = self.policy.threshold(len(work)) if self.config.speculate == "auto" else 0.0
-        for s in work:
-            if s.proposer is None or s.known - s.fed != 1 or s.prefix_only:
-                continue
-            room = s.params.max_tokens - len(s.generated) - 1
-            k = affordable(min(s.k, room), s.rate, bar)
+        """Draft for each decoding sequence with a proposer, as many tokens as the measured
+        step costs say pay (all it asks for with speculate="always"), never past max_tokens."""
+        decoding = [s for s in work if s.known - s.fed == 1 and not s.prefix_only]
+        asks = [s for s in decoding if s.proposer is not None]
+        if not asks:
+            return
+        wants = [min(s.k, s.params.max_tokens - len(s.generated) - 1) for s in asks]
+        if self.config.speculate == "auto":
+            prefill = sum(s.known - s.fed for s in work) - len(decoding)
+            fed = len(decoding) + min(prefill, self.config.prefill_chunk)
+            rates = [(s.rate, w) for s, w in zip(asks, wants, strict=True)]
+            wants = self.policy.allocate(fed, len(decoding), rates)
+        for s, k in zip(asks, wants, strict=True):
             if k > 0:
+                assert s.proposer is not None
                 s.draft = s.proposer.propose(s.prompt + s.generated, k)[:k]
             if not s.draft:
                 s.rate = self.policy.next_rate(s.rate, 0, 0)

@@ -1,61 +1,79 @@
-"""When and how far to speculate: per-sequence draft length and a measured step-cost rule.
+"""How many tokens to draft for each sequence this step, from measured step costs.
 
-Pure Python (no torch). A step costs about `base + per_token * N` seconds for N fed tokens
-(fitted online from the engine's own steps). Drafting k more tokens for a sequence costs
-`per_token * k`; it pays when the tokens it is expected to add per second of that cost beat
-the step's current rate (tokens out per second). On a wide batch, or for a sequence whose
-drafts keep failing, that rule turns drafting off; a sequence left off drifts back towards
-the prior so it is retried now and then.
+Pure Python (no torch). The engine records how long each eager step took for the number of
+tokens it fed (`StepCost`: a running mean per width, interpolated between widths seen). A
+sequence's j-th draft is kept with probability about rate**j (rate: its running per-token
+acceptance). `SpecPolicy.allocate` adds drafts in order of that value while the expected
+tokens out per second of the whole step still rise, so drafting happens only where the
+measured costs say it pays: on a wide batch, or for a sequence whose drafts keep failing, it
+stops. A sequence left without drafts drifts back towards the prior rate and is retried.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 
 @dataclass
 class StepCost:
-    """Exponentially weighted least squares of step seconds on fed tokens."""
+    """Seconds per step by tokens fed: a running mean per width, linear in between."""
 
-    decay: float = 0.95
-    n: float = 0.0
-    sx: float = 0.0
-    sy: float = 0.0
-    sxx: float = 0.0
-    sxy: float = 0.0
+    weight: float = 0.2
+    means: dict[int, float] = field(default_factory=dict)
 
     def add(self, tokens: int, seconds: float) -> None:
-        d = self.decay
-        self.n = d * self.n + 1
-        self.sx = d * self.sx + tokens
-        self.sy = d * self.sy + seconds
-        self.sxx = d * self.sxx + tokens * tokens
-        self.sxy = d * self.sxy + tokens * seconds
+        old = self.means.get(tokens)
+        self.means[tokens] = seconds if old is None else old + self.weight * (seconds - old)
 
-    def fit(self) -> tuple[float, float] | None:
-        """(base, per_token) seconds, or None before two distinct widths were seen."""
-        var = self.n * self.sxx - self.sx * self.sx
-        if self.n < 2 or var <= 1e-9 * max(1.0, self.sxx):
+    def __call__(self, tokens: int) -> float | None:
+        """Estimated seconds for a step of `tokens`; None before any step was timed."""
+        if tokens in self.means:
+            return self.means[tokens]
+        if not self.means:
             return None
-        per = max(0.0, (self.n * self.sxy - self.sx * self.sy) / var)
-        base = max(1e-9, (self.sy - per * self.sx) / self.n)
-        return base, per
+        xs = sorted(self.means)
+        i = bisect.bisect_left(xs, tokens)
+        if 0 < i < len(xs):
+            a, b = xs[i - 1], xs[i]
+            return self.means[a] + (tokens - a) / (b - a) * (self.means[b] - self.means[a])
+        edge = xs[0] if i == 0 else xs[-1]
+        if len(xs) == 1:
+            return self.means[edge]  # one width seen: assume flat until another is timed
+        a, b = (xs[0], xs[1]) if i == 0 else (xs[-2], xs[-1])
+        slope = max(0.0, (self.means[b] - self.means[a]) / (b - a))
+        # beyond the widths seen: the nearest segment's slope, never cheaper than the edge
+        return max(self.means[edge], self.means[edge] + slope * (tokens - edge))
 
 
 @dataclass
 class SpecPolicy:
-    k_max: int = 8
+    k_max: int = 16
     k_min: int = 1
     prior: float = 0.6  # assumed acceptance rate of a fresh sequence
+    explore: int = 4  # drafts a sequence may try while no verify step has been timed
     cost: StepCost = field(default_factory=StepCost)
 
-    def threshold(self, width: int) -> float:
-        """The acceptance rate a draft token must beat in a step of `width` sequences."""
-        fit = self.cost.fit()
-        if fit is None:
-            return 0.0
-        base, per = fit
-        return per * width / (base + per * width)
+    def allocate(self, fed: int, out: int, asks: list[tuple[float, int]]) -> list[int]:
+        """Drafts per sequence. `fed`: tokens the step feeds without drafts, `out`: tokens it
+        yields without them, `asks`: (acceptance rate, most drafts wanted) per sequence."""
+        base = self.cost(fed)
+        if base is None:
+            return [min(k, self.explore) for _, k in asks]  # no costs yet: try a few
+        offers = sorted(
+            ((r**j, i) for i, (r, k) in enumerate(asks) for j in range(1, k + 1)),
+            reverse=True,
+        )
+        best, best_rate, gain = 0, out / base, float(out)
+        for d, (value, _) in enumerate(offers, 1):
+            gain += value
+            t = self.cost(fed + d)
+            if t is not None and gain / t > best_rate:
+                best, best_rate = d, gain / t
+        ks = [0] * len(asks)
+        for _, i in offers[:best]:
+            ks[i] += 1
+        return ks
 
     def next_k(self, k: int, drafted: int, accepted: int) -> int:
         """Grow the draft length on full acceptance, shrink it to what was kept otherwise."""
@@ -68,16 +86,3 @@ class SpecPolicy:
         if drafted:  # drafts after the first rejected one were never tested
             return rate + 0.3 * (accepted / min(drafted, accepted + 1) - rate)
         return rate + 0.05 * (self.prior - rate)
-
-
-def affordable(k: int, rate: float, bar: float) -> int:
-    """Drafts worth verifying: the j-th draft is kept with probability about rate**j, and is
-    worth its cost while that beats `bar` (the step's break-even acceptance)."""
-    if bar <= 0.0 or rate >= 1.0:
-        return k
-    if rate <= bar:
-        return 0
-    j = 1
-    while j < k and rate ** (j + 1) > bar:
-        j += 1
-    return j

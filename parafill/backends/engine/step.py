@@ -100,7 +100,8 @@ def _tensors(
 ) -> tuple[StepInput, StepPlan]:
     tokens, pos, rows, cols, qslots, owner, order = [], [], [], [], [], [], []
     per_row: dict[int, int] = {}
-    written, sampled, logits_at = [], [], []
+    written, sampled = [], []
+    logits_at: list[int] = []
     for i, (s, n) in enumerate(feeds):
         span = range(s.fed, s.fed + n)
         new_cols = [s.cols[p] for p in span]
