@@ -180,11 +180,7 @@ class LocalBackend:
         )
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
         try:
-            proposer = make(filler or self.filler)
-            if isinstance(self.engine, Engine):
-                seq_id = self.engine.submit(ids, params, proposer)
-            else:
-                seq_id = self.engine.submit(ids, params)
+            seq_id = self.engine.submit(ids, params, make(filler or self.filler))
         except (BudgetError, FillerError, ValueError) as exc:
             raise BackendError(str(exc), retryable=False) from exc
         self._streams[seq_id] = send

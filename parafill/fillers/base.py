@@ -23,9 +23,19 @@ class Outcome:
     accepted: int  # how many drafts were kept (predicted[accepted] was emitted as well)
 
 
+@dataclass(frozen=True)
+class Draft:
+    """Drafted tokens with, per token, the proposer's estimate of the chance it is kept
+    given that the ones before it were (the engine drafts as far as that pays)."""
+
+    tokens: tuple[int, ...]
+    confidence: tuple[float, ...]
+
+
 class Proposer(Protocol):
-    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
-        """Up to k tokens that may follow `tokens` (prompt + output so far); [] for none."""
+    def propose(self, tokens: Sequence[int], k: int) -> Draft | list[int]:
+        """Up to k tokens that may follow `tokens` (prompt + output so far); [] for none.
+        A plain list lets the engine estimate confidences from past acceptance."""
         ...
 
     def observe(self, outcome: Outcome) -> None:

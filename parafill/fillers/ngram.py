@@ -4,45 +4,57 @@ Tables map every n-gram (n = 1..max_n) seen so far to the token that followed it
 occurrence, over the plan's source texts, the prompt and the accepted output (updated online
 as tokens are accepted). A draft is grown one token at a time from the *longest* suffix of
 (context + draft so far) found in the tables, so it copies spans verbatim where the text
-repeats its input and can splice continuations it never saw whole. Order-1 matches are weak:
-one such token ends the draft.
+repeats its input and can splice continuations it never saw whole. Each drafted token carries
+the running hit rate of its match order (longer matches are right far more often: measured
+on SmolLM2 answers to grounded MT-bench questions, 39% at order 1, 73% at 3, 89% at 6+),
+updated from every verify step, so the engine drafts long where the text is being copied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from parafill.fillers.base import Outcome, Sources
+from parafill.fillers.base import Draft, Outcome, Sources
+
+# prior hit rate by match order (index); measured as in the module docstring
+PRIOR = (0.0, 0.4, 0.5, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9)
 
 
 class NGram:
-    def __init__(self, sources: Sources | None = None, max_n: int = 6) -> None:
+    def __init__(self, sources: Sources | None = None, max_n: int = 8) -> None:
         self.max_n = max_n
         self.tables: list[dict[tuple[int, ...], int]] = [{} for _ in range(max_n + 1)]
+        self.hits = [PRIOR[min(n, len(PRIOR) - 1)] for n in range(max_n + 1)]
+        self.orders: list[int] = []  # the match order behind each token of the last draft
         for text in (sources or Sources()).texts:
             self._index(list(text), 0)
         self.ctx: list[int] = []
         self.indexed = 0  # ctx[:indexed] n-grams (those with a next token) are in the tables
 
-    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+    def propose(self, tokens: Sequence[int], k: int) -> Draft:
         if len(tokens) < len(self.ctx) or list(tokens[: len(self.ctx)]) != self.ctx:
             self.ctx, self.indexed = [], 0  # a different sequence: start over on its tokens
         self.ctx.extend(tokens[len(self.ctx) :])
         self.indexed = self._index(self.ctx, self.indexed)
         tail = self.ctx[-self.max_n :]
         draft: list[int] = []
+        self.orders = []
         while len(draft) < k:
             nxt, order = self._next(tail)
             if nxt is None:
                 break
             draft.append(nxt)
+            self.orders.append(order)
             tail = (tail + [nxt])[-self.max_n :]
-            if order < 2:
-                break
-        return draft
+        return Draft(tuple(draft), tuple(self.hits[o] for o in self.orders))
 
     def observe(self, outcome: Outcome) -> None:
-        """Accepted tokens reach the tables through the next `propose`'s context."""
+        """Update the hit rate of each order tested (up to the first rejection); accepted
+        tokens reach the tables through the next `propose`'s context."""
+        tested = min(len(outcome.draft), outcome.accepted + 1)
+        for j, order in enumerate(self.orders[:tested]):
+            kept = 1.0 if j < outcome.accepted else 0.0
+            self.hits[order] += 0.1 * (kept - self.hits[order])
 
     def _next(self, tail: list[int]) -> tuple[int | None, int]:
         for n in range(min(self.max_n, len(tail)), 0, -1):

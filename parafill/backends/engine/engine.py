@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -25,6 +25,7 @@ from parafill.backends.engine.kv import (
     bytes_per_token,
     tokens_in,
 )
+from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import (
     GenParams,
@@ -33,10 +34,11 @@ from parafill.backends.engine.sampling import (
     check_prompt,
     resolve_seed,
 )
+from parafill.backends.engine.schedule import Seq, longest_match
 from parafill.backends.engine.spec import SpecPolicy
-from parafill.backends.engine.step import Seq, build_step, longest_match
+from parafill.backends.engine.step import build_step
 from parafill.backends.engine.verify import Window, decide
-from parafill.fillers.base import Outcome, Proposer
+from parafill.fillers.base import Draft, Outcome, Proposer
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,6 @@ class StepOutput:
     accepted: int = 0
 
 
-@dataclass
-class _Inbox:
-    lock: threading.Condition = field(default_factory=threading.Condition)
-    submitted: list[Seq] = field(default_factory=list)
-    cancelled: set[int] = field(default_factory=set)
-
-
 class Engine:
     def __init__(self, model: CompactLM, config: EngineConfig | None = None) -> None:
         self.model = model
@@ -109,8 +104,7 @@ class Engine:
         self.steps = 0
         self.drafted = self.accepted = 0  # over all sequences (drafts verified / kept)
         self.policy = SpecPolicy()
-        self._inbox = _Inbox()
-        self._next_id = 0
+        self._inbox: Inbox[Seq] = Inbox()
 
     # ---- thread-safe entry points -------------------------------------------------------
 
@@ -125,32 +119,18 @@ class Engine:
                 f"request needs {need} positions but the model is set up for "
                 f"{len(self.model.cos)}; raise max_positions or lower max_tokens"
             )
-        with self._inbox.lock:
-            seq_id = self._next_id
-            self._next_id += 1
-            seq = Seq(seq_id, list(prompt), params, resolve_seed(params), proposer=proposer)
-            self._inbox.submitted.append(seq)
-            self._inbox.lock.notify()
-        return seq_id
+        seed = resolve_seed(params)
+        return self._inbox.put(lambda i: Seq(i, list(prompt), params, seed, proposer=proposer))
 
     def cancel(self, seq_id: int) -> None:
-        with self._inbox.lock:
-            self._inbox.cancelled.add(seq_id)
-            self._inbox.lock.notify()
+        self._inbox.cancel(seq_id)
 
     def serve(self, deliver: Callable[[list[StepOutput]], None], stop: threading.Event) -> None:
         """Run steps until `stop` is set; idle waits do not spin."""
-        while not stop.is_set():
-            with self._inbox.lock:
-                if not (self.live or self.waiting or self._inbox.submitted):
-                    self._inbox.lock.wait(timeout=0.05)
-            outs = self.step()
-            if outs:
-                deliver(outs)
+        serve(self._inbox, self.step, lambda: bool(self.live or self.waiting), deliver, stop)
 
     def wake(self) -> None:
-        with self._inbox.lock:
-            self._inbox.lock.notify()
+        self._inbox.wake()
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -172,23 +152,31 @@ class Engine:
 
     def _propose(self, work: list[Seq]) -> None:
         """Draft for each decoding sequence with a proposer, as many tokens as the measured
-        step costs say pay (all it asks for with speculate="always"), never past max_tokens."""
+        step costs say pay (all it offers with speculate="always"), never past max_tokens."""
         decoding = [s for s in work if s.known - s.fed == 1 and not s.prefix_only]
-        asks = [s for s in decoding if s.proposer is not None]
-        if not asks:
+        offers: list[tuple[Seq, list[int], list[float]]] = []
+        for s in decoding:
+            room = s.params.max_tokens - len(s.generated) - 1
+            if s.proposer is None or room <= 0:
+                continue
+            got = s.proposer.propose(s.prompt + s.generated, min(self.policy.k_max, room))
+            if isinstance(got, Draft):
+                offers.append((s, list(got.tokens)[:room], list(got.confidence)[:room]))
+            elif got:  # no confidences: the sequence's own acceptance, up to its draft length
+                toks = list(got)[: min(s.k, room)]
+                offers.append((s, toks, [s.rate] * len(toks)))
+            else:
+                s.rate = self.policy.next_rate(s.rate, 0, 0)
+        if not offers:
             return
-        wants = [min(s.k, s.params.max_tokens - len(s.generated) - 1) for s in asks]
         if self.config.speculate == "auto":
             prefill = sum(s.known - s.fed for s in work) - len(decoding)
             fed = len(decoding) + min(prefill, self.config.prefill_chunk)
-            rates = [(s.rate, w) for s, w in zip(asks, wants, strict=True)]
-            wants = self.policy.allocate(fed, len(decoding), rates)
-        for s, k in zip(asks, wants, strict=True):
-            if k > 0:
-                assert s.proposer is not None
-                s.draft = s.proposer.propose(s.prompt + s.generated, k)[:k]
-            if not s.draft:
-                s.rate = self.policy.next_rate(s.rate, 0, 0)
+            ks = self.policy.allocate(fed, len(decoding), [c for _, _, c in offers])
+        else:
+            ks = [len(t) for _, t, _ in offers]
+        for (s, toks, _), k in zip(offers, ks, strict=True):
+            s.draft = toks[:k]
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
@@ -260,10 +248,8 @@ class Engine:
     # ---- admission, sharing, retirement --------------------------------------------------
 
     def _drain_inbox(self) -> list[StepOutput]:
-        with self._inbox.lock:
-            self.waiting += self._inbox.submitted
-            cancelled, self._inbox.submitted = self._inbox.cancelled, []
-            self._inbox.cancelled = set()
+        submitted, cancelled = self._inbox.take()
+        self.waiting += submitted
         outs = [StepOutput(s.id, (), "cancelled") for s in self.waiting if s.id in cancelled]
         self.waiting = [s for s in self.waiting if s.id not in cancelled]
         outs += [self._retire(s, "cancelled") for s in list(self.live) if s.id in cancelled]

@@ -17,6 +17,7 @@ import torch
 
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.kv import BudgetError, tokens_in
+from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM, supports
 from parafill.backends.engine.sampling import (
     GenParams,
@@ -28,6 +29,7 @@ from parafill.backends.engine.sampling import (
     resolve_seed,
     top_logprobs,
 )
+from parafill.fillers.base import Proposer
 
 
 @dataclass(eq=False)
@@ -54,12 +56,10 @@ class FallbackEngine:
         self.cached: list[_Seq] = []  # no prefix cache on this path
         self.reused = 0
         self.steps = 0
-        self._lock = threading.Condition()
-        self._submitted: list[_Seq] = []
-        self._cancelled: set[int] = set()
-        self._next_id = 0
+        self._inbox: Inbox[_Seq] = Inbox()
 
-    def submit(self, prompt: list[int], params: GenParams) -> int:
+    def submit(self, prompt: list[int], params: GenParams, proposer: Proposer | None = None) -> int:
+        """Queue a request. This path decodes one token per step: `proposer` is ignored."""
         check_prompt(prompt, self.hf.config.vocab_size)
         check_bias(params, self.hf.config.vocab_size)
         need = len(prompt) + params.max_tokens
@@ -68,29 +68,17 @@ class FallbackEngine:
                 f"request needs {need} positions/KV slots but this model is set "
                 f"up for {min(self.max_positions, self.config.budget_tokens)}"
             )
-        with self._lock:
-            seq_id, self._next_id = self._next_id, self._next_id + 1
-            self._submitted.append(_Seq(seq_id, list(prompt), params, resolve_seed(params)))
-            self._lock.notify()
-        return seq_id
+        seed = resolve_seed(params)
+        return self._inbox.put(lambda i: _Seq(i, list(prompt), params, seed))
 
     def cancel(self, seq_id: int) -> None:
-        with self._lock:
-            self._cancelled.add(seq_id)
-            self._lock.notify()
+        self._inbox.cancel(seq_id)
 
     def wake(self) -> None:
-        with self._lock:
-            self._lock.notify()
+        self._inbox.wake()
 
     def serve(self, deliver: Callable[[list[StepOutput]], None], stop: threading.Event) -> None:
-        while not stop.is_set():
-            with self._lock:
-                if not (self.live or self.waiting or self._submitted):
-                    self._lock.wait(timeout=0.05)
-            outs = self.step()
-            if outs:
-                deliver(outs)
+        serve(self._inbox, self.step, lambda: bool(self.live or self.waiting), deliver, stop)
 
     def step(self) -> list[StepOutput]:
         outs = self._drain()
@@ -100,9 +88,8 @@ class FallbackEngine:
         return outs
 
     def _drain(self) -> list[StepOutput]:
-        with self._lock:
-            self.waiting += self._submitted
-            cancelled, self._submitted, self._cancelled = self._cancelled, [], set()
+        submitted, cancelled = self._inbox.take()
+        self.waiting += submitted
         outs = [
             StepOutput(s.id, (), "cancelled") for s in self.waiting + self.live if s.id in cancelled
         ]

@@ -22,7 +22,7 @@ from torch import Tensor
 from parafill.backends.engine.kv import KVCache
 from parafill.backends.engine.model import CompactLM, StepInput
 from parafill.backends.engine.sampling import TOP_MAX, Top, select_rows
-from parafill.backends.engine.step import Seq
+from parafill.backends.engine.schedule import Seq
 
 TOKEN, POSITION, SLOT, LIVE, SEED, DRAW = range(6)
 TEMP, TOP_P = range(2)

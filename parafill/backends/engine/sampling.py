@@ -16,53 +16,11 @@ token except where two tokens' probabilities tie exactly at the drawn point (tes
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class GenParams:
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    eos_ids: frozenset[int] = frozenset()
-    top_logprobs: int = 0  # also report the k most likely tokens at each step (k <= TOP_MAX)
-    # OpenAI's logit adjustments, applied before temperature / top-p (and to greedy choice):
-    # logit[t] -= frequency * count(t in generated) + presence * (t in generated); += bias[t]
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-
-    @property
-    def adjusts(self) -> bool:
-        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
-
-
-TOP_MAX = 20  # OpenAI's bound on top_logprobs
-Top = tuple[tuple[int, float], ...]  # (token id, log p) of the most likely tokens, best first
-
-
-def check_bias(params: GenParams, vocab: int) -> None:
-    """A logit bias must name tokens of the vocabulary (refused at submit, not mid-step)."""
-    bad = [t for t, _ in params.logit_bias if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(
-            f"logit_bias names token ids outside the vocabulary (0..{vocab - 1}): {bad}"
-        )
-
-
-def check_prompt(prompt: list[int], vocab: int) -> None:
-    """Every prompt id must be a token of the vocabulary: an out-of-range id would fail the
-    forward pass of every request sharing its step (refused at submit instead)."""
-    if not prompt:
-        raise ValueError("prompt is empty")
-    bad = [t for t in prompt if not (isinstance(t, int) and 0 <= t < vocab)]
-    if bad:
-        shown = ", ".join(str(t) for t in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        raise ValueError(f"prompt has token ids outside the vocabulary (0..{vocab - 1}): {shown}")
+from parafill.backends.engine.params import TOP_MAX, GenParams, Top, check_bias, check_prompt
 
 
 def resolve_seed(params: GenParams) -> int:
@@ -232,3 +190,19 @@ def chosen_logprobs(logits: Tensor, tokens: list[int]) -> list[float]:
     idx = torch.tensor(tokens, device=logits.device)[:, None]
     logp = logits.float().gather(1, idx)[:, 0] - torch.logsumexp(logits.float(), dim=-1)
     return [float(x) for x in logp.tolist()]
+
+
+__all__ = [
+    "TOP_MAX",
+    "GenParams",
+    "Top",
+    "adjust",
+    "check_bias",
+    "check_prompt",
+    "chosen_logprobs",
+    "pick",
+    "resolve_seed",
+    "select_rows",
+    "top_logprobs",
+    "uniforms",
+]

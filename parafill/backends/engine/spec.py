@@ -2,11 +2,12 @@
 
 Pure Python (no torch). The engine records how long each eager step took for the number of
 tokens it fed (`StepCost`: a running mean per width, interpolated between widths seen). A
-sequence's j-th draft is kept with probability about rate**j (rate: its running per-token
-acceptance). `SpecPolicy.allocate` adds drafts in order of that value while the expected
-tokens out per second of the whole step still rise, so drafting happens only where the
-measured costs say it pays: on a wide batch, or for a sequence whose drafts keep failing, it
-stops. A sequence left without drafts drifts back towards the prior rate and is retried.
+sequence's j-th draft is kept with the product of its drafts' chances (the proposer's own
+estimates, or the sequence's running acceptance rate). `SpecPolicy.allocate` adds drafts in
+order of that value while the expected tokens out per second of the whole step still rise,
+so drafting happens only where the measured costs say it pays: on a wide batch, or for a
+sequence whose drafts keep failing, it stops. A sequence left without drafts drifts back
+towards the prior rate and is retried.
 """
 
 from __future__ import annotations
@@ -54,24 +55,30 @@ class SpecPolicy:
     explore: int = 4  # drafts a sequence may try while no verify step has been timed
     cost: StepCost = field(default_factory=StepCost)
 
-    def allocate(self, fed: int, out: int, asks: list[tuple[float, int]]) -> list[int]:
-        """Drafts per sequence. `fed`: tokens the step feeds without drafts, `out`: tokens it
-        yields without them, `asks`: (acceptance rate, most drafts wanted) per sequence."""
+    def allocate(self, fed: int, out: int, asks: list[list[float]]) -> list[int]:
+        """Drafts to verify per sequence. `fed`: tokens the step feeds without drafts, `out`:
+        tokens it yields without them, `asks`: per sequence, the chance each offered draft
+        is kept given the ones before it were. The j-th draft of a sequence is worth the
+        product of its first j chances; drafts are taken best first while the expected
+        tokens out per second of the step rise."""
         base = self.cost(fed)
         if base is None:
-            return [min(k, self.explore) for _, k in asks]  # no costs yet: try a few
-        offers = sorted(
-            ((r**j, i) for i, (r, k) in enumerate(asks) for j in range(1, k + 1)),
-            reverse=True,
-        )
+            return [min(len(a), self.explore) for a in asks]  # no costs yet: try a few
+        offers = []
+        for i, chances in enumerate(asks):
+            value = 1.0
+            for j, c in enumerate(chances):
+                value *= c
+                offers.append((-value, j, i))
+        offers.sort()
         best, best_rate, gain = 0, out / base, float(out)
-        for d, (value, _) in enumerate(offers, 1):
-            gain += value
+        for d, (neg, _, _) in enumerate(offers, 1):
+            gain -= neg
             t = self.cost(fed + d)
             if t is not None and gain / t > best_rate:
                 best, best_rate = d, gain / t
         ks = [0] * len(asks)
-        for _, i in offers[:best]:
+        for _, _, i in offers[:best]:
             ks[i] += 1
         return ks
 

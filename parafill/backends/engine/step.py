@@ -1,7 +1,6 @@
-"""Sequence state and the assembly of one forward's inputs from the active sequences.
+"""The tensors of one forward, from the feeds `schedule` chose (see schedule.py).
 
-Decode tokens go first (each sequence's last token plus its drafted tokens, if any), then
-prompt chunks up to the step's prefill budget. The attention mask is each sequence's visible
+The attention mask is each sequence's visible
 columns plus causal visibility of its own new tokens, drafts included (a draft sees the
 sequence and the drafts before it, never another sequence's); it is the same code for batch
 rows (one sequence per row) and tree packing (all in one row).
@@ -9,53 +8,13 @@ rows (one sequence per row) and tree packing (all in one row).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from parafill.backends.engine.model import StepInput
-from parafill.backends.engine.sampling import GenParams
-from parafill.fillers.base import Proposer
-
-
-@dataclass(eq=False)
-class Seq:
-    id: int
-    prompt: list[int]
-    params: GenParams
-    seed: int  # the draws' seed (sampled requests; see sampling.uniforms)
-    prefix_only: bool = False  # holds a shared prefix for siblings; never samples
-    generated: list[int] = field(default_factory=list)
-    row: int = -1
-    slot: int = -1
-    cols: list[int] = field(default_factory=list)  # KV column of each position
-    max_col: int = 0
-    fed: int = 0  # positions whose KV is written
-    proposer: Proposer | None = None  # drafts tokens to verify (None: one token per step)
-    draft: list[int] = field(default_factory=list)  # this step's drafts, after the last token
-    k: int = 4  # current draft length (adapted to acceptance)
-    rate: float = 0.6  # running acceptance rate of its drafts
-    passes: int = 0  # forward passes that fed this sequence
-    drafted: int = 0
-    accepted: int = 0
-
-    @property
-    def known(self) -> int:
-        # the last sampled token is known but not yet fed
-        return len(self.prompt) + len(self.generated)
-
-    @property
-    def done_feeding(self) -> bool:
-        return self.fed >= self.known
-
-    def token(self, pos: int) -> int:
-        n, g = len(self.prompt), len(self.generated)
-        if pos < n:
-            return self.prompt[pos]
-        return self.generated[pos - n] if pos < n + g else self.draft[pos - n - g]
+from parafill.backends.engine.schedule import Seq, longest_match, schedule
 
 
 @dataclass
@@ -65,34 +24,10 @@ class StepPlan:
     # many logits rows each has (1 + its drafts)
 
 
-def longest_match(
-    tokens: list[int], seqs: Sequence[Seq], written_only: bool = False
-) -> tuple[Seq | None, int]:
-    """The sequence sharing the longest token prefix with `tokens` (KV-written part only)."""
-    best: Seq | None = None
-    best_len = 0
-    for s in seqs:
-        limit = s.fed if written_only else s.known
-        n = len(os.path.commonprefix([tokens, (s.prompt + s.generated)[:limit]]))
-        if n > best_len:
-            best, best_len = s, n
-    return best, best_len
-
-
 def build_step(
     work: list[Seq], vis: Tensor, prefill_chunk: int, device: torch.device
 ) -> tuple[StepInput, StepPlan]:
-    decode = [s for s in work if s.known - s.fed == 1]
-    prefill = [s for s in work if s.known - s.fed > 1]
-    feeds: list[tuple[Seq, int]] = [(s, 1 + len(s.draft)) for s in decode]
-    budget = prefill_chunk
-    for s in prefill:
-        if budget <= 0:
-            break
-        n = min(s.known - s.fed, budget)
-        feeds.append((s, n))
-        budget -= n
-    return _tensors(feeds, vis, device)
+    return _tensors(schedule(work, prefill_chunk), vis, device)
 
 
 def _tensors(
@@ -156,3 +91,6 @@ def _mask(
     mask[:, :, 0] = True  # padded queries attend somewhere harmless (avoids NaN rows)
     mask[torch.tensor(rows, device=dev), torch.tensor(qslots, device=dev)] = per_query
     return mask[:, None]  # (R, 1, Q, L)
+
+
+__all__ = ["Seq", "StepPlan", "build_step", "longest_match"]

@@ -23,7 +23,7 @@ from parafill.backends.engine.sampling import (
     pick,
     top_logprobs,
 )
-from parafill.backends.engine.step import Seq
+from parafill.backends.engine.schedule import Seq
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,42 @@
+"""The step scheduler and the drafting policy are pure Python: they import, and decide, with
+torch unavailable (checked in a subprocess that blocks the import)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_schedule_runs_without_torch() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None  # any import of torch now fails
+        from parafill.backends.engine.params import GenParams
+        from parafill.backends.engine.schedule import Seq, schedule
+        from parafill.backends.engine.spec import SpecPolicy
+
+        def seq(i, prompt, fed, generated=(), draft=()):
+            s = Seq(i, list(prompt), GenParams(32), 0, generated=list(generated))
+            s.fed, s.draft = fed, list(draft)
+            return s
+
+        a = seq(0, range(10), 10, generated=[5])            # decoding, no drafts
+        b = seq(1, range(8), 8, generated=[1, 2], draft=[7, 7, 7])  # last token + 3 drafts
+        b.fed = 9
+        c = seq(2, range(40), 0)                            # prefilling
+        d = seq(3, range(30), 0)                            # waits for the budget
+        feeds = schedule([c, a, b, d], prefill_chunk=32)
+        assert [(s.id, n) for s, n in feeds] == [(0, 1), (1, 4), (2, 32)], feeds
+        assert b.token(10) == 7 and b.token(9) == 2       # drafts follow the known tokens
+        p = SpecPolicy()
+        p.cost.add(2, 0.02)
+        p.cost.add(6, 0.024)
+        assert p.allocate(2, 2, [[0.9] * 4, [0.1] * 4]) == [4, 0]
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
