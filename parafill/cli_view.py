@@ -96,7 +96,10 @@ class RunView:
 
 def summary(result: RunResult) -> str:
     passes = "n/a" if result.forward_passes is None else str(result.forward_passes)
+    fills = [r.fill for r in result.results.values() if r.fill is not None]
+    drafted = sum(f.drafted for f in fills)
+    kept = f" · drafts kept {sum(f.accepted for f in fills)}/{drafted}" if drafted else ""
     return (
-        f"nodes {len(result.results)} · tokens {result.tokens} · forward passes {passes} · "
+        f"nodes {len(result.results)} · tokens {result.tokens} · forward passes {passes}{kept} · "
         f"wall {result.seconds:.2f} s"
     )

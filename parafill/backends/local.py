@@ -104,6 +104,7 @@ class LocalBackend:
         cls, config: LocalConfig | None = None, on_convert: Callable[[str], None] | None = None
     ) -> AsyncIterator[LocalBackend]:
         cfg = config or LocalConfig()
+        filler = check(cfg.filler)  # before the model loads
         device = cfg.device if cfg.device != "auto" else _auto_device()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
@@ -117,7 +118,7 @@ class LocalBackend:
             speculate=cfg.speculate,
         )
         notify = on_convert or (lambda _msg: None)
-        backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok, check(cfg.filler))
+        backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok, filler)
         async with backend.running():
             yield backend
 
