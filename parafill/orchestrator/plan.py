@@ -1,4 +1,4 @@
-"""Plan, Node and result values, plan validation (networkx) and the JSON boundary (pydantic).
+"""Plan, Node and result values, plan validation and the JSON boundary (pydantic).
 
 A Plan is a DAG of nodes plus the ids whose outputs form the answer. Plans can grow while
 running: a node may name an `expand` hook (looked up by the runner) that turns its output into
@@ -8,8 +8,9 @@ a `Growth` (new nodes, a new answer order). Validation errors name the offending
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,10 +55,12 @@ class Plan:
     notes: tuple[str, ...] = ()  # planner decisions (e.g. the router's), kept in the result
 
     def node(self, node_id: str) -> Node:
-        for n in self.nodes:
-            if n.id == node_id:
-                return n
-        raise KeyError(node_id)
+        return self._index[node_id]
+
+    @cached_property
+    def _index(self) -> dict[str, Node]:
+        # built on first lookup (plans are frozen, so it never goes stale); O(1) per lookup
+        return {n.id: n for n in self.nodes}
 
     def to_json(self) -> str:
         return PlanModel.from_plan(self).model_dump_json(indent=2)
@@ -65,7 +68,7 @@ class Plan:
     @staticmethod
     def from_json(text: str) -> Plan:
         plan = PlanModel.model_validate_json(text).to_plan()
-        validate(plan)
+        check_plan(plan)
         return plan
 
 
@@ -97,38 +100,60 @@ class NodeResult:
 
 
 def validate(plan: Plan, *, existing: Iterable[str] = ()) -> nx.DiGraph:
-    """Check ids, dependencies and acyclicity. `existing` are ids already known (growth)."""
+    """Check ids, dependencies and acyclicity. `existing` are ids already known (growth).
+    Returns the graph of the plan's nodes (edges dependency -> dependent)."""
+    known = existing if isinstance(existing, (set, frozenset)) else set(existing)
+    check_plan(plan, known)
+    graph: nx.DiGraph = nx.DiGraph()
+    graph.add_nodes_from(n.id for n in plan.nodes)
+    graph.add_edges_from((d, n.id) for n in plan.nodes for d in n.deps if d not in known)
+    return graph
+
+
+def check_plan(plan: Plan, known: Container[str] = frozenset()) -> None:
+    """`validate` without building a graph: time linear in the plan's nodes and edges."""
     if not plan.nodes:
         raise PlanError("plan is empty: it has no nodes")
-    known = set(existing)
-    graph: nx.DiGraph = nx.DiGraph()
-    for n in plan.nodes:
+    _check(plan.nodes, plan.answer, known)
+
+
+def validate_growth(growth: Growth, known: Container[str]) -> None:
+    """Check a growth against the ids of a running plan, in time linear in the growth alone.
+
+    New nodes may depend on known or other new nodes, and known nodes never depend on new
+    ones, so a cycle can only lie among the new nodes: only they are searched. An empty growth
+    (a note, a new answer order) is valid.
+    """
+    _check(growth.nodes, growth.answer or (), known)
+
+
+def _check(nodes: Sequence[Node], answer: Iterable[str], known: Container[str]) -> None:
+    new: dict[str, tuple[str, ...]] = {}  # id -> deps, of the nodes being checked
+    for n in nodes:
         if not n.id or not n.id.strip():
             raise PlanError("a node has an empty id", node=n.id)
-        if n.id in known or graph.has_node(n.id):
+        if n.id in known or n.id in new:
             raise PlanError(f"duplicate node id {n.id!r}", node=n.id)
         if n.max_tokens < 1:
             raise PlanError(f"node {n.id!r} has max_tokens {n.max_tokens} (< 1)", node=n.id)
         if n.filler is not None and n.filler not in FILLERS:
             names = ", ".join(FILLERS)
             raise PlanError(f"node {n.id!r} names unknown filler {n.filler!r} ({names})", n.id)
-        graph.add_node(n.id)
-    ids = set(graph.nodes) | known
-    for n in plan.nodes:
-        _check_deps(n, ids)
-        graph.add_edges_from((d, n.id) for d in n.deps if d not in known)
-    _check_acyclic(graph)
-    for a in plan.answer:
-        if a not in ids:
+        new[n.id] = n.deps
+    for n in nodes:
+        _check_deps(n, new, known)
+    if cycle := _find_cycle(new):
+        raise PlanError(f"plan has a cycle: {' -> '.join(cycle)}", node=cycle[0])
+    for a in answer:
+        if a not in new and a not in known:
             raise PlanError(f"answer names unknown node {a!r}", node=a)
-    return graph
 
 
-def _check_deps(n: Node, ids: set[str]) -> None:
+def _check_deps(n: Node, new: Container[str], known: Container[str]) -> None:
     for d in n.deps:
         if d == n.id:
             raise PlanError(f"node {n.id!r} depends on itself", node=n.id)
-        if d not in ids:
+        if d not in new and d not in known:
             raise PlanError(f"node {n.id!r} depends on unknown node {d!r}", node=n.id)
     for ref in PLACEHOLDER.findall(n.prompt):
         if ref not in n.deps:
@@ -137,13 +162,29 @@ def _check_deps(n: Node, ids: set[str]) -> None:
             )
 
 
-def _check_acyclic(graph: nx.DiGraph) -> None:
-    try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        return
-    path = " -> ".join([str(u) for u, _ in cycle] + [str(cycle[0][0])])
-    raise PlanError(f"plan has a cycle: {path}", node=str(cycle[0][0]))
+def _find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str]:
+    """A cycle among `deps`' keys as [u, v, ..., u], each depended on by the next; [] if none.
+    Iterative depth-first search (a 100k-node chain must not hit the recursion limit)."""
+    state: dict[str, bool] = {}  # True: on the search path; False: finished, on no cycle
+    for root in deps:
+        if root in state:
+            continue
+        state[root] = True
+        path: list[tuple[str, Iterator[str]]] = [(root, iter(deps[root]))]
+        while path:
+            node, todo = path[-1]
+            d = next((d for d in todo if d in deps and state.get(d) is not False), None)
+            if d is None:
+                state[node] = False
+                path.pop()
+            elif state.get(d):  # d is on the path: d -> ... -> node -> d, reversed below
+                ids = [i for i, _ in path]
+                loop = ids[ids.index(d) :][::-1]
+                return [*loop, loop[0]]
+            else:
+                state[d] = True
+                path.append((d, iter(deps[d])))
+    return []
 
 
 def answer_part(node: Node, text: str) -> str:
@@ -211,7 +252,7 @@ def _fields(n: Node) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class RunResult:
-    """Outcome of a run: per-node results in completion order, the assembled answer."""
+    """Outcome of a run: per-node results in plan order, the assembled answer."""
 
     answer: str
     results: Mapping[str, NodeResult]
@@ -220,6 +261,7 @@ class RunResult:
     forward_passes: int | None = None
     notes: tuple[str, ...] = ()
     failed: Mapping[str, str] = field(default_factory=dict)
+    cancelled: tuple[str, ...] = ()  # nodes a failure stopped (running or never started)
 
     @property
     def tokens(self) -> int:

@@ -1,8 +1,10 @@
 """The runner: the one module that owns tasks. Drives a Scheduler with an anyio task group.
 
-Every node whose dependencies are done starts at once (bounded by a CapacityLimiter);
-per-node timeouts and retries; a node that finally fails cancels the rest and raises
-`RunFailed`, which carries the finished nodes' results. Events go to an optional callback.
+Up to `max_concurrency` ready nodes run at once, the first in plan order (a CapacityLimiter
+guards the same bound). What finished is applied once per tick in plan order, not arrival
+order, so a run's plan, notes and answer reproduce. Per-node timeouts and retries; a node that
+finally fails cancels the rest and raises `RunFailed`, whose result holds the finished nodes'
+results and names the cancelled ones. Events go to an optional callback.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from parafill.backends.base import (
     Backend,
@@ -34,7 +37,7 @@ from parafill.orchestrator.events import (
     RunFinished,
 )
 from parafill.orchestrator.plan import Growth, Node, NodeResult, Plan, RunResult, render_prompt
-from parafill.orchestrator.scheduler import Scheduler
+from parafill.orchestrator.scheduler import Scheduler, Status
 
 Expander = Callable[[Node, str], Growth]
 Emit = Callable[[Event], Awaitable[None]]
@@ -66,6 +69,9 @@ class _Failure:
     error: str
 
 
+_Outcome = NodeResult | _Failure
+
+
 async def _ignore(_: Event) -> None:
     return None
 
@@ -76,7 +82,7 @@ class _Ctx:
     config: RunConfig
     emit: Emit
     limiter: anyio.CapacityLimiter
-    done: ObjectSendStream[NodeResult | _Failure]
+    done: MemoryObjectSendStream[_Outcome]
 
 
 async def run_plan(
@@ -92,40 +98,65 @@ async def run_plan(
     sched = Scheduler(plan)
     emit = emit or _ignore
     t0, fp0 = time.perf_counter(), _passes(backend)
-    send, recv = anyio.create_memory_object_stream[NodeResult | _Failure](math.inf)
+    send, recv = anyio.create_memory_object_stream[_Outcome](math.inf)
     ctx = _Ctx(backend, cfg, emit, anyio.CapacityLimiter(cfg.max_concurrency), send)
     failure: _Failure | None = None
     async with send, recv, anyio.create_task_group() as tg:
         while failure is None:
-            for node in sched.ready():
-                sched.start(node.id)
-                request = _request(node, sched.outputs(), cfg)
+            for node in sched.take(cfg.max_concurrency - sched.active):
+                request = _request(node, sched.inputs(node), cfg)
+                if (note := _filler_note(request, backend, sched.notes)) is not None:
+                    sched.note(note, node.id)
                 tg.start_soon(_run_node, node, request, ctx)
-            if not sched.running:
+            if not sched.active:
                 break
-            failure = await _apply(await recv.receive(), sched, expanders or {}, emit)
-            if failure is not None:
-                sched.fail(failure.node, failure.error)
+            arrived = [await recv.receive(), *_arrived(recv)]
+            failure = await _apply(arrived, sched, expanders or {}, emit)
         tg.cancel_scope.cancel()
-    result = _result(sched, t0, fp0, backend)
     if failure is not None:
-        sched.cancel_unfinished()
-        raise RunFailed(failure.node, failure.error, result)
+        sched.cancel_unfinished()  # before the result is built, so it lists them
+        raise RunFailed(failure.node, failure.error, _result(sched, t0, fp0, backend))
+    result = _result(sched, t0, fp0, backend)
     await emit(RunFinished(result))
     return result
 
 
+def _arrived(recv: MemoryObjectReceiveStream[_Outcome]) -> list[_Outcome]:
+    """Everything already waiting in the stream, without blocking."""
+    return [recv.receive_nowait() for _ in range(recv.statistics().current_buffer_used)]
+
+
 async def _apply(
-    outcome: NodeResult | _Failure,
+    arrived: list[_Outcome],
     sched: Scheduler,
     expanders: Mapping[str, Expander],
     emit: Emit,
 ) -> _Failure | None:
-    if isinstance(outcome, _Failure):
-        return outcome
-    sched.finish(outcome)
-    await emit(NodeFinished(outcome))
-    node = sched.plan.node(outcome.id)
+    """Apply what arrived in one tick in plan order, not arrival order (with the scheduler's
+    order-independent growth placement, a run's plan, notes and answer do not depend on which
+    node finished first). Returns the first failure in that order; once there is one, later
+    results are still recorded but not expanded."""
+    failure: _Failure | None = None
+    for outcome in sorted(arrived, key=lambda o: sched.position(_node_id(o))):
+        if isinstance(outcome, _Failure):
+            sched.fail(outcome.node, outcome.error)
+            failure = failure or outcome
+            continue
+        sched.finish(outcome)
+        await emit(NodeFinished(outcome))
+        if failure is None and (failure := await _expand(outcome, sched, expanders, emit)):
+            sched.fail(failure.node, failure.error)
+    return failure
+
+
+def _node_id(outcome: _Outcome) -> str:
+    return outcome.node if isinstance(outcome, _Failure) else outcome.id
+
+
+async def _expand(
+    outcome: NodeResult, sched: Scheduler, expanders: Mapping[str, Expander], emit: Emit
+) -> _Failure | None:
+    node = sched.node(outcome.id)
     if node.expand is None:
         return None
     hook = expanders.get(node.expand)
@@ -133,7 +164,7 @@ async def _apply(
         return _Failure(node.id, f"no expander named {node.expand!r} is registered")
     try:
         growth = hook(node, outcome.text)
-        sched.grow(growth)
+        sched.grow(growth, node.id)
     except ValueError as exc:
         return _Failure(node.id, f"growth from node output is invalid: {exc}")
     labels = tuple(n.prefix or n.id for n in growth.nodes)
@@ -151,6 +182,15 @@ def _request(node: Node, outputs: Mapping[str, str], cfg: RunConfig) -> Request:
     return Request(msgs, sampling, filler=cfg.filler or node.filler)
 
 
+def _filler_note(request: Request, backend: Backend, notes: list[str]) -> str | None:
+    """Once per run and filler: a backend that does not speculate ignores the filler."""
+    name = request.filler
+    if name in (None, "autoregressive") or backend.capabilities.speculates:
+        return None
+    note = f"filler {name!r} ignored: this backend decodes one token per step"
+    return None if note in notes else note
+
+
 async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
     attempts = ctx.config.retries + 1
     async with ctx.limiter:
@@ -158,21 +198,26 @@ async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
             t0 = time.perf_counter()
             await ctx.emit(NodeStarted(node.id, attempt))
             try:
-                with anyio.fail_after(ctx.config.node_timeout):
+                with _deadline(ctx.config.node_timeout):
                     text, tokens, finish, logprob, fill = await _stream(node.id, request, ctx)
             except Exception as exc:  # classified below; never swallowed
                 error, retryable = _describe(exc, ctx.config.node_timeout)
                 again = retryable and attempt < attempts
                 await ctx.emit(NodeFailed(node.id, error, attempt, again))
                 if not again:
-                    await ctx.done.send(_Failure(node.id, error))
+                    ctx.done.send_nowait(_Failure(node.id, error))  # unbounded: never blocks
                     return
                 await anyio.sleep(ctx.config.retry_delay * 2 ** (attempt - 1))
                 continue
             secs = time.perf_counter() - t0
             result = NodeResult(node.id, text, tokens, secs, attempt, finish, logprob, fill)
-            await ctx.done.send(result)
+            ctx.done.send_nowait(result)
             return
+
+
+def _deadline(timeout: float | None) -> AbstractContextManager[object]:
+    # no timeout: no cancel scope at all (a scope per node is a measurable cost at 100k nodes)
+    return nullcontext() if timeout is None else anyio.fail_after(timeout)
 
 
 async def _stream(
@@ -206,13 +251,14 @@ def _passes(backend: Backend) -> int | None:
 
 
 def _result(sched: Scheduler, t0: float, fp0: int | None, backend: Backend) -> RunResult:
-    fp1 = _passes(backend)
+    fp1, plan = _passes(backend), sched.plan
     return RunResult(
         answer=sched.answer(),
-        results=dict(sched.results),
-        plan=sched.plan,
+        results={n.id: sched.results[n.id] for n in plan.nodes if n.id in sched.results},
+        plan=plan,
         seconds=time.perf_counter() - t0,
         forward_passes=None if fp0 is None or fp1 is None else fp1 - fp0,
         notes=tuple(sched.notes),
-        failed=dict(sched.errors),
+        failed={i: sched.errors[i] for i in sorted(sched.errors, key=sched.position)},
+        cancelled=tuple(sched.in_order(Status.CANCELLED)),
     )

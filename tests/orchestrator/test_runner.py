@@ -26,8 +26,9 @@ def _diamond() -> Plan:
 async def test_dependencies_before_dependents_and_siblings_overlap():
     fake = FakeBackend(reply=lambda p: "w " * 5, delay=0.02)
     result = await run_plan(_diamond(), fake)
-    calls = {c.prompt.split()[0] if not c.prompt.startswith("Context") else "D": c
-             for c in fake.calls}
+    calls = {
+        c.prompt.split()[0] if not c.prompt.startswith("Context") else "D": c for c in fake.calls
+    }
     by_first = {c.prompt.split(" ")[0]: c for c in fake.calls}
     a, b, c = by_first["A"], by_first["B"], by_first["C"]
     d = calls["D"]
@@ -85,6 +86,7 @@ async def test_timeout_then_failure_keeps_finished_results():
         await run_plan(plan, fake, RunConfig(node_timeout=0.2, retries=1, retry_delay=0.01))
     assert set(err.value.result.results) == {"ok"}
     assert err.value.result.failed == {"bad": "timed out after 0.2 s"}
+    assert err.value.result.cancelled == ("later",)
     assert sum("slow" in c.prompt for c in fake.calls) == 2  # retried once
 
 
@@ -129,3 +131,57 @@ async def test_node_seed_reaches_the_backend_and_overrides_the_run_seed() -> Non
     plan = Plan((Node("a", "A", seed=7, temperature=0.5), Node("b", "B")), answer=("a", "b"))
     await run_plan(plan, Recorder(), RunConfig(seed=3))
     assert seen == {"A": 7, "B": 3}
+
+
+class _Paced(FakeBackend):
+    """Waits `wait[prompt]` seconds before answering: the same replies, a chosen finish order."""
+
+    def __init__(self, wait: dict[str, float]) -> None:
+        super().__init__(reply=lambda p: f"re {p}", delay=0.0)
+        self.wait = wait
+        self.finished: list[str] = []
+
+    async def stream(self, request):  # type: ignore[no-untyped-def]
+        prompt = request.messages[-1].content
+        await anyio.sleep(self.wait.get(prompt, 0.0))
+        async for chunk in super().stream(request):
+            yield chunk
+        self.finished.append(prompt)
+
+
+def _kids(node: Node, text: str) -> Growth:
+    kids = (Node(f"{node.id}1", f"kid of {{{{{node.id}}}}}", (node.id,)),)
+    return Growth(kids, (node.id, kids[0].id), note=f"{node.id} grew")
+
+
+@pytest.mark.parametrize("wait", [{"A": 0.15}, {"B": 0.15}, {}])
+async def test_results_apply_in_plan_order_whichever_node_finishes_first(wait) -> None:
+    fake = _Paced(wait)
+    plan = Plan((Node("a", "A", expand="kids"), Node("b", "B", expand="kids")), notes=("p",))
+    result = await run_plan(plan, fake, expanders={"kids": _kids})
+    if wait:  # the slow one really did finish last
+        assert [p for p in fake.finished if p in ("A", "B")][-1] == next(iter(wait))
+    assert [n.id for n in result.plan.nodes] == ["a", "b", "a1", "b1"]
+    assert result.plan.answer == ("b", "b1")  # b's growth is later in plan order: it wins
+    assert result.notes == ("p", "a grew", "b grew")
+    assert result.answer == "re B\n\nre kid of re B"
+    assert list(result.results) == ["a", "b", "a1", "b1"]
+
+
+async def test_a_failure_cancels_the_rest_and_the_result_says_which() -> None:
+    fake = FakeBackend(fail_times={"bad": 1}, hang_on=("hang",))
+    plan = Plan(
+        (
+            Node("fast", "fast"),
+            Node("hang", "hang on"),
+            Node("bad", "bad after {{fast}}", ("fast",)),
+            Node("after", "after {{bad}}", ("bad",)),
+        )
+    )
+    with pytest.raises(RunFailed, match="node 'bad' failed: injected failure") as err:
+        await run_plan(plan, fake)
+    result = err.value.result
+    assert set(result.results) == {"fast"}
+    assert set(result.failed) == {"bad"}
+    assert result.cancelled == ("hang", "after")  # running and never started, in plan order
+    assert all(c.ended is not None for c in fake.calls)  # the hanging call was cancelled
