@@ -15,7 +15,7 @@ def test_schedule_runs_without_torch() -> None:
         sys.modules["torch"] = None  # any import of torch now fails
         from parafill.backends.engine.params import GenParams
         from parafill.backends.engine.schedule import Seq, schedule
-        from parafill.backends.engine.spec import SpecPolicy
+        from parafill.backends.engine.spec import Shape, SpecPolicy
 
         def seq(i, prompt, fed, generated=(), draft=()):
             s = Seq(i, list(prompt), GenParams(32), 0, generated=list(generated))
@@ -31,9 +31,9 @@ def test_schedule_runs_without_torch() -> None:
         assert [(s.id, n) for s, n in feeds] == [(0, 1), (1, 4), (2, 32)], feeds
         assert b.token(10) == 7 and b.token(9) == 2       # drafts follow the known tokens
         p = SpecPolicy()
-        p.cost.add(2, 0.02)
-        p.cost.add(6, 0.024)
-        assert p.allocate(2, 2, [[0.9] * 4, [0.1] * 4]) == [4, 0]
+        for n in (2, 3, 6, 8, 2, 4, 10):
+            p.cost.add(Shape(n, n, 50), 0.02 + 0.001 * n)
+        assert p.allocate(Shape(2, 2, 50), 0, 2, [[0.9] * 4, [0.01] * 4]) == [4, 0]
         print("ok")
         """
     )

@@ -1,66 +1,97 @@
-"""The drafting policy without torch: step-cost interpolation, the greedy allocation that
-drafts only while expected tokens per second rise, and draft-length / rate adaptation."""
+"""The drafting policy without torch: the shape-aware step-cost fit, the greedy allocation
+that drafts only while expected tokens per second rise, and draft-length / rate adaptation."""
 
 from __future__ import annotations
 
 import math
 
-from parafill.backends.engine.spec import SpecPolicy, StepCost
+from parafill.backends.engine.spec import Shape, SpecPolicy, StepCost
 
 
-def test_cost_table_interpolates_and_extrapolates() -> None:
+def _true_cost(s: Shape) -> float:
+    # 20 ms fixed, +5 ms once more than one token, 1 ms per token, attention 0.2 ms per 1e4
+    return 0.020 + 0.005 * (s.tokens > 1) + 0.001 * s.tokens + 0.0002 * s.slots * s.length / 1e4
+
+
+def _fitted(shapes: list[Shape]) -> StepCost:
     c = StepCost()
-    assert c(5) is None
-    c.add(1, 0.020)
-    assert c(1) == 0.020 and c(9) == 0.020  # one width seen: flat
-    c.add(3, 0.030)
-    assert math.isclose(c(2) or 0, 0.025)
-    assert math.isclose(c(5) or 0, 0.040)  # the last segment's slope
-    assert c(0) == 0.020  # never below the narrowest seen
-    c.add(3, 0.040)  # a running mean, not the last sample
-    assert 0.030 < (c(3) or 0) < 0.040
+    for s in shapes:
+        c.add(s, _true_cost(s))
+    return c
 
 
-def _policy(costs: dict[int, float]) -> SpecPolicy:
+SHAPES = [
+    Shape(n, n * q, length)
+    for n in (1, 2, 5, 9, 17, 8, 32)
+    for q in (1, 3)
+    for length in (100, 600)
+]
+
+
+def test_cost_fit_recovers_a_linear_cost() -> None:
+    c = StepCost()
+    assert c(Shape(1, 1, 10)) is None
+    c = _fitted(SHAPES)
+    for s in (Shape(1, 1, 300), Shape(12, 40, 300), Shape(50, 50, 900)):
+        assert math.isclose(c(s) or 0, _true_cost(s), rel_tol=1e-3), s
+
+
+def test_cost_fit_never_goes_negative() -> None:
+    c = StepCost()
+    for n in range(1, 12):  # cost that falls with tokens: the fit clamps at zero slope
+        c.add(Shape(n, n, 100), 0.05 - 0.001 * n)
+    assert c.coef is not None and min(c.coef) >= 0
+
+
+def _policy(shapes: list[Shape] = SHAPES) -> SpecPolicy:
     p = SpecPolicy()
-    for n, t in costs.items():
-        p.cost.add(n, t)
+    p.cost = _fitted(shapes)
     return p
 
 
 def test_no_costs_yet_tries_a_few_drafts() -> None:
-    assert SpecPolicy(explore=3).allocate(1, 1, [[0.5] * 8, [0.9] * 2]) == [3, 2]
+    assert SpecPolicy(explore=3).allocate(Shape(1, 1, 9), 1, 1, [[0.5] * 8, [0.9] * 2]) == [3, 2]
 
 
 def test_cheap_verification_drafts_deep_for_a_reliable_sequence() -> None:
-    p = _policy({1: 0.020, 2: 0.021, 17: 0.030})
-    ks = p.allocate(1, 1, [[0.9] * 16])
-    assert ks[0] >= 8
+    (k,) = _policy().allocate(Shape(1, 1, 200), 0, 1, [[0.95] * 16])
+    assert k >= 8
 
 
-def test_costly_verification_drafts_nothing() -> None:
-    # each fed token costs as much as a whole step: no acceptance rate below 1 pays
-    p = _policy({8: 0.080, 9: 0.090, 16: 0.160, 40: 0.400})
-    assert p.allocate(8, 8, [[0.7] * 8] * 8) == [0] * 8
+def test_wide_batch_drafts_nothing_when_tokens_cost_more_than_they_bring() -> None:
+    p = SpecPolicy()
+    for n in (8, 9, 16, 24, 40, 8, 9, 16):  # every fed token costs as much as a whole step
+        p.cost.add(Shape(n, n, 100), 0.010 * n)
+    assert p.allocate(Shape(8, 8, 100), 0, 8, [[0.7] * 8] * 8) == [0] * 8
+
+
+def test_rows_padding_makes_long_drafts_dearer_than_in_tree_packing() -> None:
+    p = SpecPolicy()
+    for s in SHAPES:  # attention dominates: 3 ms per 1e4 slot-columns
+        p.cost.add(s, 0.02 + 0.001 * s.tokens + 0.003 * s.slots * s.length / 1e4)
+    asks = [[0.9] * 16] + [[0.3] * 16] * 15
+    rows = p.allocate(Shape(16, 16, 800), 16, 16, asks)
+    tree = p.allocate(Shape(16, 16, 800), 0, 16, asks)
+    assert sum(rows) < sum(tree)
+    assert rows[0] >= max(rows[1:])
 
 
 def test_allocation_prefers_the_likelier_drafts() -> None:
-    p = _policy({4: 0.040, 5: 0.042, 8: 0.048, 12: 0.056, 20: 0.072})
-    ks = p.allocate(4, 4, [[0.95] * 8, [0.2] * 8, [0.6] * 8, [0.0] * 8])
-    assert ks[0] > ks[2] > ks[1] >= ks[3] == 0
+    ks = _policy().allocate(Shape(4, 4, 200), 0, 4, [[0.95] * 8, [0.2] * 8, [0.6] * 8, [0.0] * 8])
+    assert ks[0] >= ks[2] >= ks[1] >= ks[3] == 0 and ks[0] > ks[1]
 
 
 def test_allocation_never_lowers_expected_throughput() -> None:
-    p = _policy({1: 0.02, 2: 0.03, 3: 0.031, 5: 0.034, 9: 0.04})
-    for rate in (0.1, 0.3, 0.5, 0.8, 0.95):
-        (k,) = p.allocate(1, 1, [[rate] * 8])
+    p = _policy()
+    for rate in (0.05, 0.3, 0.5, 0.8, 0.95):
+        (k,) = p.allocate(Shape(1, 1, 300), 0, 1, [[rate] * 8])
         gain = 1 + sum(rate**j for j in range(1, k + 1))
-        assert gain / (p.cost(1 + k) or 1) >= 1 / (p.cost(1) or 1) - 1e-12
+        with_drafts = p.cost(Shape(1 + k, 1 + k, 300)) or 1
+        assert gain / with_drafts >= 1 / (p.cost(Shape(1, 1, 300)) or 1) - 1e-12
 
 
 def test_a_confident_head_is_taken_and_a_doubtful_tail_is_not() -> None:
-    p = _policy({1: 0.02, 2: 0.03, 3: 0.031, 5: 0.034, 9: 0.04})
-    (k,) = p.allocate(1, 1, [[0.95, 0.95, 0.95, 0.1, 0.9, 0.9]])
+    (k,) = _policy().allocate(Shape(1, 1, 300), 0, 1, [[0.95, 0.95, 0.95, 0.02, 0.9, 0.9]])
     assert k == 3
 
 
@@ -68,6 +99,5 @@ def test_draft_length_and_rate_adapt() -> None:
     p = SpecPolicy(k_max=16)
     assert p.next_k(4, 4, 4) == 8 and p.next_k(16, 16, 16) == 16
     assert p.next_k(8, 8, 2) == 3 and p.next_k(4, 0, 0) == 4
-    r = p.next_rate(0.6, 8, 0)  # first draft rejected: one tested, none kept
-    assert r < 0.6
+    assert p.next_rate(0.6, 8, 0) < 0.6  # first draft rejected: one tested, none kept
     assert p.next_rate(0.2, 0, 0) > 0.2  # idle: back towards the prior

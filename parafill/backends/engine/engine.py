@@ -35,7 +35,7 @@ from parafill.backends.engine.sampling import (
     resolve_seed,
 )
 from parafill.backends.engine.schedule import Seq, longest_match
-from parafill.backends.engine.spec import SpecPolicy
+from parafill.backends.engine.spec import Shape, SpecPolicy
 from parafill.backends.engine.step import build_step
 from parafill.backends.engine.verify import Window, decide
 from parafill.fillers.base import Draft, Outcome, Proposer
@@ -170,13 +170,22 @@ class Engine:
         if not offers:
             return
         if self.config.speculate == "auto":
-            prefill = sum(s.known - s.fed for s in work) - len(decoding)
-            fed = len(decoding) + min(prefill, self.config.prefill_chunk)
-            ks = self.policy.allocate(fed, len(decoding), [c for _, _, c in offers])
+            shape, rows = self._shape(work, len(decoding))
+            ks = self.policy.allocate(shape, rows, len(decoding), [c for _, _, c in offers])
         else:
             ks = [len(t) for _, t, _ in offers]
         for (s, toks, _), k in zip(offers, ks, strict=True):
             s.draft = toks[:k]
+
+    def _shape(self, work: list[Seq], decoding: int) -> tuple[Shape, int]:
+        """The coming step's shape without drafts, and its batch rows (0 in tree mode)."""
+        prefill = min(sum(s.known - s.fed for s in work) - decoding, self.config.prefill_chunk)
+        length = max(s.max_col for s in work) + 1
+        if self.config.mode == "tree":
+            return Shape(decoding + prefill, decoding + prefill, length), 0
+        rows = max(s.row for s in work) + 1
+        widest = max(1, min(prefill, max(s.known - s.fed for s in work)))
+        return Shape(decoding + prefill, rows * widest, length), rows
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
@@ -192,18 +201,21 @@ class Engine:
                 for s, t, lp, top in zip(work, tokens, logps, tops, strict=True)
             ]
         else:
-            windows = self._eager_forward(work)
+            windows = self._eager_forward(work, decode_only)
         self.steps += 1
         return [self._emit(w) for w in windows]
 
-    def _eager_forward(self, work: list[Seq]) -> list[Window]:
+    def _eager_forward(self, work: list[Seq], decode_only: bool) -> list[Window]:
         step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)
         if self.decoder is not None:
             self.decoder.fresh = False  # its device-side tokens and positions are now stale
         t0 = time.perf_counter()
         logits = self.model.forward(step, self.cache.k, self.cache.v)
         windows = decide(logits, plan.sampled)  # the host sync
-        self.policy.cost.add(int(step.tokens.numel()), time.perf_counter() - t0)
+        if decode_only:  # the costs drafting is weighed against: decode and verify steps
+            r, _, q, length = step.mask.shape
+            shape = Shape(int(step.tokens.numel()), r * q, length)
+            self.policy.cost.add(shape, time.perf_counter() - t0)
         kept = {id(w.seq): 1 + w.accepted for w in windows if w.seq.draft}
         for seq, cols in plan.written:
             cols = cols[: kept.get(id(seq), len(cols))]  # rejected drafts stay invisible

@@ -1,7 +1,8 @@
 """How many tokens to draft for each sequence this step, from measured step costs.
 
-Pure Python (no torch). The engine records how long each eager step took for the number of
-tokens it fed (`StepCost`: a running mean per width, interpolated between widths seen). A
+Pure Python (no torch). The engine records how long each eager decode / verify step took and
+its shape (`StepCost`: tokens fed, attention query slots x KV length — rows mode pads every
+row to its longest feed — fitted by non-negative weighted least squares). A
 sequence's j-th draft is kept with the product of its drafts' chances (the proposer's own
 estimates, or the sequence's running acceptance rate). `SpecPolicy.allocate` adds drafts in
 order of that value while the expected tokens out per second of the whole step still rise,
@@ -12,39 +13,80 @@ towards the prior rate and is retried.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a step's cost depends on: tokens fed, the attention's query slots (rows mode pads
+    every row to its longest feed: rows x longest; tree packing: the tokens) and the KV
+    columns attended."""
+
+    tokens: int
+    slots: int
+    length: int
+
+    def features(self) -> tuple[float, ...]:
+        # a fixed cost, the jump from one row to a matrix product, per token, attention work
+        return (1.0, float(self.tokens > 1), float(self.tokens), self.slots * self.length / 1e4)
 
 
 @dataclass
 class StepCost:
-    """Seconds per step by tokens fed: a running mean per width, linear in between."""
+    """Step seconds as a non-negative linear function of `Shape.features`, fitted by
+    exponentially weighted least squares over the engine's own decode / verify steps."""
 
-    weight: float = 0.2
-    means: dict[int, float] = field(default_factory=dict)
+    decay: float = 0.98
+    seen: float = 0.0
+    xx: list[list[float]] = field(default_factory=lambda: [[0.0] * 4 for _ in range(4)])
+    xy: list[float] = field(default_factory=lambda: [0.0] * 4)
+    coef: list[float] | None = None
 
-    def add(self, tokens: int, seconds: float) -> None:
-        old = self.means.get(tokens)
-        self.means[tokens] = seconds if old is None else old + self.weight * (seconds - old)
+    def add(self, shape: Shape, seconds: float) -> None:
+        f = shape.features()
+        for a in range(4):
+            self.xy[a] = self.decay * self.xy[a] + f[a] * seconds
+            for b in range(4):
+                self.xx[a][b] = self.decay * self.xx[a][b] + f[a] * f[b]
+        self.seen = self.decay * self.seen + 1
+        self.coef = _nonneg_solve(self.xx, self.xy) if self.seen >= 6 else None
 
-    def __call__(self, tokens: int) -> float | None:
-        """Estimated seconds for a step of `tokens`; None before any step was timed."""
-        if tokens in self.means:
-            return self.means[tokens]
-        if not self.means:
+    def __call__(self, shape: Shape) -> float | None:
+        """Estimated seconds for a step of this shape; None until enough steps were timed."""
+        if self.coef is None:
             return None
-        xs = sorted(self.means)
-        i = bisect.bisect_left(xs, tokens)
-        if 0 < i < len(xs):
-            a, b = xs[i - 1], xs[i]
-            return self.means[a] + (tokens - a) / (b - a) * (self.means[b] - self.means[a])
-        edge = xs[0] if i == 0 else xs[-1]
-        if len(xs) == 1:
-            return self.means[edge]  # one width seen: assume flat until another is timed
-        a, b = (xs[0], xs[1]) if i == 0 else (xs[-2], xs[-1])
-        slope = max(0.0, (self.means[b] - self.means[a]) / (b - a))
-        # beyond the widths seen: the nearest segment's slope, never cheaper than the edge
-        return max(self.means[edge], self.means[edge] + slope * (tokens - edge))
+        return sum(c * x for c, x in zip(self.coef, shape.features(), strict=True))
+
+
+def _nonneg_solve(xx: list[list[float]], xy: list[float]) -> list[float]:
+    """Least squares with every coefficient >= 0 (a negative one dropped and refitted)."""
+    active = list(range(len(xy)))
+    while True:
+        sol = _solve([[xx[a][b] for b in active] for a in active], [xy[a] for a in active])
+        if all(v >= 0 for v in sol) or len(active) == 1:
+            out = [0.0] * len(xy)
+            for a, v in zip(active, sol, strict=True):
+                out[a] = max(v, 0.0)
+            return out
+        active = [a for a, v in zip(active, sol, strict=True) if v >= 0] or active[:1]
+
+
+def _solve(m: list[list[float]], v: list[float]) -> list[float]:
+    """Gaussian elimination with a small ridge (tiny systems only)."""
+    n = len(v)
+    a = [row[:] + [v[i]] for i, row in enumerate(m)]
+    for i in range(n):
+        a[i][i] += 1e-9 * (1.0 + abs(a[i][i]))
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(a[r][c]))
+        a[c], a[p] = a[p], a[c]
+        if abs(a[c][c]) < 1e-18:
+            continue
+        for r in range(n):
+            if r != c:
+                f = a[r][c] / a[c][c]
+                a[r] = [x - f * y for x, y in zip(a[r], a[c], strict=True)]
+    return [a[i][n] / a[i][i] if abs(a[i][i]) > 1e-18 else 0.0 for i in range(n)]
 
 
 @dataclass
@@ -55,13 +97,14 @@ class SpecPolicy:
     explore: int = 4  # drafts a sequence may try while no verify step has been timed
     cost: StepCost = field(default_factory=StepCost)
 
-    def allocate(self, fed: int, out: int, asks: list[list[float]]) -> list[int]:
-        """Drafts to verify per sequence. `fed`: tokens the step feeds without drafts, `out`:
-        tokens it yields without them, `asks`: per sequence, the chance each offered draft
-        is kept given the ones before it were. The j-th draft of a sequence is worth the
-        product of its first j chances; drafts are taken best first while the expected
-        tokens out per second of the step rise."""
-        base = self.cost(fed)
+    def allocate(self, step: Shape, rows: int, out: int, asks: list[list[float]]) -> list[int]:
+        """Drafts to verify per sequence. `step`: the step without drafts; `rows`: batch rows
+        (0 in tree packing, where drafts add query slots one for one); `out`: tokens the step
+        yields without drafts; `asks`: per sequence, the chance each offered draft is kept
+        given the ones before it were. The j-th draft of a sequence is worth the product of
+        its first j chances; drafts are taken best first while the expected tokens out per
+        second of the step rise."""
+        base = self.cost(step)
         if base is None:
             return [min(len(a), self.explore) for a in asks]  # no costs yet: try a few
         offers = []
@@ -71,11 +114,14 @@ class SpecPolicy:
                 value *= c
                 offers.append((-value, j, i))
         offers.sort()
-        best, best_rate, gain = 0, out / base, float(out)
-        for d, (neg, _, _) in enumerate(offers, 1):
+        best, best_rate, gain = 0, out / max(base, 1e-9), float(out)
+        widest = step.slots // rows if rows else 0  # query slots per row before drafts
+        for d, (neg, j, _) in enumerate(offers, 1):
             gain -= neg
-            t = self.cost(fed + d)
-            if t is not None and gain / t > best_rate:
+            widest = max(widest, j + 2) if rows else 0
+            slots = rows * widest if rows else step.slots + d
+            t = self.cost(Shape(step.tokens + d, slots, step.length))
+            if t is not None and t > 0 and gain / t > best_rate:
                 best, best_rate = d, gain / t
         ks = [0] * len(asks)
         for _, _, i in offers[:best]:
