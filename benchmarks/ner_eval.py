@@ -5,6 +5,10 @@ the same engine and model, each tweet run parallel then AR back to back (same lo
 The held-out split is the last 500 tweets of wnut16_dev.conll; the adapter never saw them.
 
     python benchmarks/ner_eval.py --limit 40            # -> benchmarks/results/ner_wnut16_cpu.md
+    python benchmarks/ner_eval.py --filler autoregressive   # every node one token per pass
+
+Without --filler each node decodes with its planner's filler (mention nodes and the AR list:
+ngram, count nodes: the backend's autoregressive default).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import anyio
 import torch
 
 from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.orchestrator.runner import RunConfig
 from parafill.planners.ner import ADAPTER, NerConfig, NerResult, extract
 from parafill.planners.ner_data import Entity, Score, read_conll, score, split
 
@@ -34,11 +39,13 @@ async def evaluate(args: argparse.Namespace) -> dict[str, list[NerResult]]:
     tweets = held_out[: args.limit]
     local = LocalConfig(adapter=None if args.no_adapter else str(args.adapter))
     runs: dict[str, list[NerResult]] = {m: [] for m in MODES}
+    run = RunConfig(filler=args.filler)
     async with LocalBackend.open(local) as backend:
         await extract("warm up Paris", backend, NerConfig(), "ar")  # first-call costs
         for i, tweet in enumerate(tweets, 1):
             for mode in MODES:
-                runs[mode].append(await extract(tweet.text, backend, NerConfig(), mode))
+                got = await extract(tweet.text, backend, NerConfig(), mode, run)
+                runs[mode].append(got)
             p, a = runs["parallel"][-1], runs["ar"][-1]
             print(
                 f"[{i}/{len(tweets)}] parallel {p.seconds:.2f} s {len(p.entities)} ent | "
@@ -78,6 +85,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[NerResult]], wall: flo
         f"{sum(map(len, gold))} gold entities",
         f"- model: embedded SmolLM2-135M-Instruct; adapter: {adapter}",
         f"- hardware: {hardware()} — {args.hardware_note}",
+        f"- fillers: {args.filler or 'the planner defaults (mentions and the AR list: ngram)'}",
         f"- whole run {wall:.0f} s; speed-up (AR wall / parallel wall): {ar / max(par, 1e-9):.2f}x",
         "",
         *table(gold, runs),
@@ -102,6 +110,7 @@ def main() -> None:
     ap.add_argument("--adapter", type=Path, default=ADAPTER)
     ap.add_argument("--no-adapter", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--filler", default=None, help="every node's filler (default: the planner's)")
     ap.add_argument("--hardware-note", default="2-core CPU, shared with other jobs (loaded)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ner_wnut16_cpu.md"))
     args = ap.parse_args()

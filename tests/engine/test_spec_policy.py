@@ -50,7 +50,8 @@ def _policy(shapes: list[Shape] = SHAPES) -> SpecPolicy:
 
 
 def test_no_costs_yet_tries_a_few_drafts() -> None:
-    assert SpecPolicy(explore=3).allocate(Shape(1, 1, 9), 1, 1, [[0.5] * 8, [0.9] * 2]) == [3, 2]
+    asks = [[0.5] * 8, [0.9] * 2, [0.7] * 1, [0.1] * 5]
+    assert SpecPolicy(explore=2).allocate(Shape(1, 1, 9), 1, 1, asks) == [0, 2, 1, 0]
 
 
 def test_cheap_verification_drafts_deep_for_a_reliable_sequence() -> None:
@@ -101,3 +102,11 @@ def test_draft_length_and_rate_adapt() -> None:
     assert p.next_k(8, 8, 2) == 3 and p.next_k(4, 0, 0) == 4
     assert p.next_rate(0.6, 8, 0) < 0.6  # first draft rejected: one tested, none kept
     assert p.next_rate(0.2, 0, 0) > 0.2  # idle: back towards the prior
+
+
+def test_one_stall_does_not_swamp_the_fit() -> None:
+    c = _fitted(SHAPES)
+    s = Shape(9, 9, 300)
+    before = c(s) or 0
+    c.add(s, 100 * before)  # another process held the CPU for this step
+    assert (c(s) or 0) < 1.2 * before

@@ -358,7 +358,10 @@ class Engine:
             wanted = any(
                 longest_match(w.prompt, [p])[1] >= self.config.min_share for w in self.waiting
             )
-            if not wanted:
+            # with no row free for its forks, a prefix would hold one while they wait: it goes
+            # to the prefix cache instead (KV kept, row freed; forks take it from there) or,
+            # with retain off, is dropped (forks prefill it themselves)
+            if not wanted or not self.free_slots:
                 self._retire(p, "stop")
 
     def _retire(

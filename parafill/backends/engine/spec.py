@@ -43,6 +43,11 @@ class StepCost:
     coef: list[float] | None = None
 
     def add(self, shape: Shape, seconds: float) -> None:
+        """Record a timed step; a stall far above the fit (another process, a page fault)
+        counts as at most twice the estimate, so one outlier cannot switch drafting off."""
+        guess = self(shape)
+        if guess is not None and guess > 0:
+            seconds = min(seconds, 2.0 * guess)
         f = shape.features()
         for a in range(4):
             self.xy[a] = self.decay * self.xy[a] + f[a] * seconds
@@ -94,7 +99,8 @@ class SpecPolicy:
     k_max: int = 16
     k_min: int = 1
     prior: float = 0.6  # assumed acceptance rate of a fresh sequence
-    explore: int = 4  # drafts a sequence may try while no verify step has been timed
+    explore: int = 4  # sequences that draft (2 tokens) while too few steps have been timed
+    margin: float = 1.05
     cost: StepCost = field(default_factory=StepCost)
 
     def allocate(self, step: Shape, rows: int, out: int, asks: list[list[float]]) -> list[int]:
@@ -105,8 +111,12 @@ class SpecPolicy:
         its first j chances; drafts are taken best first while the expected tokens out per
         second of the step rise."""
         base = self.cost(step)
-        if base is None:
-            return [min(len(a), self.explore) for a in asks]  # no costs yet: try a few
+        if base is None:  # no costs yet: a few short drafts, the likeliest first, to time
+            first = sorted(range(len(asks)), key=lambda i: -(asks[i] or [0.0])[0])
+            ks = [0] * len(asks)
+            for i in first[: self.explore]:
+                ks[i] = min(len(asks[i]), 2)
+            return ks
         offers = []
         for i, chances in enumerate(asks):
             value = 1.0
@@ -114,7 +124,9 @@ class SpecPolicy:
                 value *= c
                 offers.append((-value, j, i))
         offers.sort()
-        best, best_rate, gain = 0, out / max(base, 1e-9), float(out)
+        # drafting must promise `margin` more tokens per second than not drafting: the fit is
+        # an estimate, and a wrong bet costs time
+        best, best_rate, gain = 0, self.margin * out / max(base, 1e-9), float(out)
         widest = step.slots // rows if rows else 0  # query slots per row before drafts
         for d, (neg, j, _) in enumerate(offers, 1):
             gain -= neg
@@ -138,4 +150,4 @@ class SpecPolicy:
         """A running per-draft acceptance rate; with nothing drafted it drifts to the prior."""
         if drafted:  # drafts after the first rejected one were never tested
             return rate + 0.3 * (accepted / min(drafted, accepted + 1) - rate)
-        return rate + 0.05 * (self.prior - rate)
+        return rate + 0.01 * (self.prior - rate)
