@@ -175,6 +175,7 @@ class ReasoningPlanner:
             f"branch-{k}",
             BRANCH_PROMPT.format(question=question, k=k, hint=hint),
             max_tokens=self.branch_tokens,
+            filler="ngram",
             system=BRANCH_SYSTEM,
             expand=hook,
             temperature=self.temperature,

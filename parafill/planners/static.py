@@ -10,7 +10,9 @@ from parafill.orchestrator.runner import Expander
 
 
 def direct_node(question: str, max_tokens: int, node_id: str = "answer") -> Node:
-    return Node(node_id, question, max_tokens=max_tokens)
+    # the same filler as the planners' text nodes, so a decomposed answer and a direct one
+    # are compared like with like
+    return Node(node_id, question, max_tokens=max_tokens, filler="ngram")
 
 
 @dataclass(frozen=True)

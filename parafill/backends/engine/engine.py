@@ -174,8 +174,9 @@ class Engine:
             ks = self.policy.allocate(shape, rows, len(decoding), [c for _, _, c in offers])
         else:
             ks = [len(t) for _, t, _ in offers]
-        for (s, toks, _), k in zip(offers, ks, strict=True):
+        for (s, toks, chances), k in zip(offers, ks, strict=True):
             s.draft = toks[:k]
+            s.expect = self.policy.expected(chances[:k])
 
     def _shape(self, work: list[Seq], decoding: int) -> tuple[Shape, int]:
         """The coming step's shape without drafts, and its batch rows (0 in tree mode)."""
@@ -250,6 +251,7 @@ class Engine:
             return
         seq.proposer.observe(Outcome(tuple(seq.draft), tuple(w.predicted), w.accepted))
         if drafted:
+            self.policy.calibrate(seq.expect, w.accepted)
             self.drafted += drafted
             self.accepted += w.accepted
             seq.drafted += drafted

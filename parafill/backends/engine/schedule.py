@@ -33,6 +33,7 @@ class Seq:
     draft: list[int] = field(default_factory=list)  # this step's drafts, after the last token
     k: int = 4  # current draft length (adapted to acceptance)
     rate: float = 0.6  # running acceptance rate of its drafts
+    expect: float = 0.0  # drafts of this step expected to be kept (their chances say)
     passes: int = 0  # forward passes that fed this sequence
     drafted: int = 0
     accepted: int = 0

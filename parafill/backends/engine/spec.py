@@ -102,6 +102,27 @@ class SpecPolicy:
     explore: int = 4  # sequences that draft (2 tokens) while too few steps have been timed
     margin: float = 1.05
     cost: StepCost = field(default_factory=StepCost)
+    # calibration: drafts kept vs the kept count the chances predicted (running sums); every
+    # value is scaled by their ratio, so over-confident proposers are trusted less
+    predicted: float = 1.0
+    kept: float = 1.0
+
+    def calibrate(self, predicted: float, kept: int) -> None:
+        self.predicted = 0.98 * self.predicted + predicted
+        self.kept = 0.98 * self.kept + kept
+
+    @property
+    def trust(self) -> float:
+        return min(1.0, max(0.1, self.kept / max(self.predicted, 1e-9)))
+
+    @staticmethod
+    def expected(chances: list[float]) -> float:
+        """Drafts expected to be kept: the sum of the running products of their chances."""
+        total, value = 0.0, 1.0
+        for c in chances:
+            value *= c
+            total += value
+        return total
 
     def allocate(self, step: Shape, rows: int, out: int, asks: list[list[float]]) -> list[int]:
         """Drafts to verify per sequence. `step`: the step without drafts; `rows`: batch rows
@@ -119,7 +140,7 @@ class SpecPolicy:
             return ks
         offers = []
         for i, chances in enumerate(asks):
-            value = 1.0
+            value = self.trust
             for j, c in enumerate(chances):
                 value *= c
                 offers.append((-value, j, i))
