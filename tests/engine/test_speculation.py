@@ -12,6 +12,7 @@ import pytest
 import torch
 from engine_ref import RefCache, Run, drain, greedy, hf_logits, make_engine, rand_prompt, step
 
+from parafill.backends.engine.engine import Engine, StepOutput
 from parafill.backends.engine.sampling import GenParams
 from parafill.fillers import Outcome, Proposer, make
 
@@ -106,6 +107,18 @@ def test_greedy_equals_plain_decoding_with_joins_and_cancels(
     _assert_accounting(eng)
 
 
+def _drain_all(eng: Engine, max_steps: int) -> tuple[Run, list[StepOutput]]:
+    """Step until the engine is idle; every output in order, and the per-request view."""
+    run, outs = Run(), []
+    for _ in range(max_steps):
+        got = eng.step()
+        outs += got
+        run.take(got)
+        if not eng.live and not eng.waiting and not eng._inbox.submitted:
+            break
+    return run, outs
+
+
 def _assert_accounting(eng: object) -> None:
     from parafill.backends.engine.engine import Engine
 
@@ -126,14 +139,7 @@ def test_oracle_windows_cut_forward_passes(
     want = ref(prompt, 40)
     eng, lm = make_engine(llama, mode=mode, budget_tokens=512, rows=2, speculate="always")
     i = eng.submit(prompt, greedy(40), Oracle(prompt, want))
-    run = Run()
-    outs = []
-    for _ in range(60):
-        got = eng.step()
-        outs += got
-        run.take(got)
-        if i in run.finish:
-            break
+    run, outs = _drain_all(eng, 60)
     assert run.tokens[i] == want
     assert len(lm.steps) < 25  # 40 tokens from far fewer forwards than 41
     last = [o for o in outs if o.seq_id == i][-1]
@@ -247,14 +253,7 @@ def test_sampled_drafts_follow_the_target_distribution(llama: torch.nn.Module) -
 
     eng, _ = make_engine(llama, mode="tree", budget_tokens=16384, max_seqs=1024, speculate="always")
     ids = [eng.submit(prompt, GenParams(3, temperature=0.6, seed=s), Always()) for s in range(3000)]
-    run = Run()
-    outs = []
-    for _ in range(3000):
-        got = eng.step()
-        outs += got
-        run.take(got)
-        if not eng.live and not eng.waiting:
-            break
+    run, outs = _drain_all(eng, 3000)
     tried = {o.seq_id: o.drafted for o in outs}
     seconds = Counter(run.tokens[i][1] for i in ids if run.tokens[i][0] == t1)
     n = sum(seconds.values())
