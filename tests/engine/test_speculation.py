@@ -266,3 +266,32 @@ def test_sampled_drafts_follow_the_target_distribution(llama: torch.nn.Module) -
     chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp, strict=True))
     assert chi2 < 22.5  # 6 degrees of freedom, p = 0.001
     assert abs(seconds[d] / n - float(probs[d])) < 4 * (float(probs[d]) / n) ** 0.5
+
+
+class Broken:
+    """A proposer that fails: its sequence decodes on without drafts, step-mates unharmed."""
+
+    def __init__(self, where: str) -> None:
+        self.where, self.calls = where, 0
+
+    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+        self.calls += 1
+        if self.where == "propose" and self.calls > 2:
+            raise RuntimeError("proposer bug")
+        return [3] * k
+
+    def observe(self, outcome: Outcome) -> None:
+        if self.where == "observe" and self.calls > 2:
+            raise RuntimeError("proposer bug")
+
+
+@pytest.mark.parametrize("where", ["propose", "observe"])
+def test_a_failing_proposer_harms_nobody(where: str, llama: torch.nn.Module, ref: RefCache) -> None:
+    gen = torch.Generator().manual_seed(17)
+    prompts = [rand_prompt(gen, 10 + i) for i in range(3)]
+    eng, _ = make_engine(llama, budget_tokens=512, rows=4, speculate="always")
+    ids = [eng.submit(prompts[0], greedy(15), Broken(where))]
+    ids += [eng.submit(p, greedy(15), make("ngram")) for p in prompts[1:]]
+    run, _ = _drain_all(eng, 100)
+    for i, p in zip(ids, prompts, strict=True):
+        assert run.tokens[i] == ref(p, 15) and run.finish[i] == "length"

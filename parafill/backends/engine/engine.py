@@ -159,7 +159,10 @@ class Engine:
             room = s.params.max_tokens - len(s.generated) - 1
             if s.proposer is None or room <= 0:
                 continue
-            got = s.proposer.propose(s.prompt + s.generated, min(self.policy.k_max, room))
+            try:
+                got = s.proposer.propose(s.prompt + s.generated, min(self.policy.k_max, room))
+            except Exception:  # a failing proposer costs its sequence the drafts, nothing more
+                s.proposer, got = None, []
             if isinstance(got, Draft):
                 offers.append((s, list(got.tokens)[:room], list(got.confidence)[:room]))
             elif got:  # no confidences: the sequence's own acceptance, up to its draft length
@@ -249,7 +252,10 @@ class Engine:
         seq, drafted = w.seq, len(w.seq.draft)
         if seq.proposer is None:
             return
-        seq.proposer.observe(Outcome(tuple(seq.draft), tuple(w.predicted), w.accepted))
+        try:
+            seq.proposer.observe(Outcome(tuple(seq.draft), tuple(w.predicted), w.accepted))
+        except Exception:  # as in _propose: decode on without drafts
+            seq.proposer = None
         if drafted:
             self.policy.calibrate(seq.expect, w.accepted)
             self.drafted += drafted
