@@ -16,12 +16,14 @@ import anyio
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend
 from parafill.cli_opts import EngineOpts, FillerOpt, engine_opts
 from parafill.cli_view import RunView, summary
-from parafill.orchestrator.plan import Plan, PlanError, RunResult
+from parafill.errors import real_error
+from parafill.orchestrator.plan import Plan, PlanError, RunResult, check_hooks
 from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
 from parafill.planners.base import Planner
 from parafill.planners.costs import CostModel, cache_path, cached
@@ -80,6 +82,7 @@ def run_plan_file(
     opts = engine_opts(model, mode, filler)
     try:
         plan = Plan.from_json(path.read_text())
+        check_hooks(plan.nodes, ())  # a plan file runs with no expand hooks
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] cannot use plan {str(path)!r}: {exc}")
         raise typer.Exit(2) from exc
@@ -164,18 +167,21 @@ def _as_dict(result: RunResult, baseline: RunResult | None) -> dict[str, object]
 def _guard(fn: typer.models.CommandFunctionType) -> None:
     try:
         fn()
-    except ModelNotFound as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except RunFailed as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        if exc.result.results:
-            err.print(f"finished nodes kept: {', '.join(exc.result.results)}")
-            out.print(exc.result.answer, markup=False)
-        raise typer.Exit(1) from exc
-    except PlanError as exc:
-        err.print(f"[red]error:[/red] invalid plan: {exc}")
-        raise typer.Exit(2) from exc
+    except Exception as exc:  # the backend's task group wraps what failed under it
+        real = real_error(exc)
+        if isinstance(real, ModelNotFound):
+            err.print(f"[red]error:[/red] {real}")
+            raise typer.Exit(2) from real
+        if isinstance(real, RunFailed):
+            err.print(f"[red]error:[/red] {escape(str(real))}")
+            if real.result.results:
+                err.print(f"finished nodes kept: {', '.join(real.result.results)}")
+                out.print(real.result.answer, markup=False)
+            raise typer.Exit(1) from real
+        if isinstance(real, PlanError):
+            err.print(f"[red]error:[/red] invalid plan: {real}")
+            raise typer.Exit(2) from real
+        raise
 
 
 # Subcommands that live in their own modules register themselves here (one line each).

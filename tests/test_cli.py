@@ -74,3 +74,33 @@ def test_plan_option_is_validated():
     res = runner.invoke(app, ["run", "hi", "--plan", "sometimes"])
     assert res.exit_code == 2
     assert "--plan must be auto, always or never" in res.output
+
+
+def test_plan_file_node_failing_at_run_time_is_a_clean_error_keeping_finished_nodes(tmp_path):
+    path = tmp_path / "plan.json"
+    nodes = [{"id": "ok", "prompt": "Say hi.", "max_tokens": 4},
+             {"id": "huge", "prompt": "Go on: {{ok}}", "deps": ["ok"], "max_tokens": 10**6}]
+    path.write_text(json.dumps({"nodes": nodes, "answer": ["ok", "huge"]}))
+    res = runner.invoke(app, ["plan", str(path)])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit), repr(res.exception)  # not an escaped error
+    assert "Traceback" not in res.output and "ExceptionGroup" not in res.output
+    assert "error: node 'huge' failed: request needs" in res.stderr
+    assert "finished nodes kept: ok" in res.stderr
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("temperature", -1, "node 'b' has temperature -1"),
+    ("temperature", 1e9, "node 'b' has temperature 1e+09"),
+    ("expand", "nope", "node 'b' names expand hook 'nope'"),
+    ("prompt", "use {{my node}}", "node 'b' has placeholder {{my node}}"),
+])
+def test_plan_file_is_refused_at_load_naming_the_node(tmp_path, field, value, message):
+    path = tmp_path / "plan.json"
+    node = {"id": "b", "prompt": "y", "deps": ["my node"], field: value}
+    path.write_text(json.dumps({"nodes": [{"id": "my node", "prompt": "x"}, node]}))
+    # a model that does not exist: the plan is refused before any model would load
+    res = runner.invoke(app, ["plan", str(path), "--model", str(tmp_path / "none.gguf")])
+    assert res.exit_code == 2, res.output
+    assert "cannot use plan" in res.stderr and message in res.stderr
+    assert "does not exist" not in res.output

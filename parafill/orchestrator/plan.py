@@ -8,7 +8,7 @@ a `Growth` (new nodes, a new answer order). Validation errors name the offending
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,6 +19,10 @@ from parafill.backends.base import FillStats
 from parafill.fillers import FILLERS
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.:-]+)\s*\}\}")
+# `{{...}}` that reads like a reference (words, spaces, `. : -`) but is no PLACEHOLDER
+_BRACED = re.compile(r"\{\{([^{}\n]*)\}\}")
+_NAME_LIKE = re.compile(r"[\w .:-]+")
+TEMPERATURES = (0.0, 2.0)  # OpenAI's range
 
 
 class PlanError(ValueError):
@@ -69,6 +73,7 @@ class Plan:
     def from_json(text: str) -> Plan:
         plan = PlanModel.model_validate_json(text).to_plan()
         check_plan(plan)
+        check_placeholders(plan.nodes)
         return plan
 
 
@@ -117,6 +122,31 @@ def check_plan(plan: Plan, known: Container[str] = frozenset()) -> None:
     _check(plan.nodes, plan.answer, known)
 
 
+def check_placeholders(nodes: Iterable[Node]) -> None:
+    """At load time: a `{{...}}` that reads like a reference but can never be one (`{{my
+    node}}`: a space, a non-ASCII letter) is an error, not text left in the prompt. Only plan
+    files are checked: a planner's prompts quote the user's question and model output."""
+    for n in nodes:
+        for m in _BRACED.finditer(n.prompt):
+            if _NAME_LIKE.fullmatch(m.group(1).strip()) and not PLACEHOLDER.fullmatch(m[0]):
+                raise PlanError(
+                    f"node {n.id!r} has placeholder {m[0]}, which can never be filled: a "
+                    "placeholder names a dependency whose id is letters, digits and _ . : - "
+                    "only (no spaces)",
+                    node=n.id,
+                )
+
+
+def check_hooks(nodes: Iterable[Node], hooks: Collection[str]) -> None:
+    """Every node's `expand` names one of `hooks` (checked before a run starts, so no node
+    runs first, and for grown nodes before they are added)."""
+    for n in nodes:
+        if n.expand is not None and n.expand not in hooks:
+            names = ", ".join(sorted(hooks))
+            names = f"registered: {names}" if names else "no hooks are registered"
+            raise PlanError(f"node {n.id!r} names expand hook {n.expand!r} ({names})", n.id)
+
+
 def validate_growth(growth: Growth, known: Container[str]) -> None:
     """Check a growth against the ids of a running plan, in time linear in the growth alone.
 
@@ -136,6 +166,11 @@ def _check(nodes: Sequence[Node], answer: Iterable[str], known: Container[str]) 
             raise PlanError(f"duplicate node id {n.id!r}", node=n.id)
         if n.max_tokens < 1:
             raise PlanError(f"node {n.id!r} has max_tokens {n.max_tokens} (< 1)", node=n.id)
+        if not TEMPERATURES[0] <= n.temperature <= TEMPERATURES[1]:  # NaN fails too
+            lo, hi = TEMPERATURES
+            raise PlanError(
+                f"node {n.id!r} has temperature {n.temperature:g} (allowed: {lo:g} to {hi:g})", n.id
+            )
         if n.filler is not None and n.filler not in FILLERS:
             names = ", ".join(FILLERS)
             raise PlanError(f"node {n.id!r} names unknown filler {n.filler!r} ({names})", n.id)

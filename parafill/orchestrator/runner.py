@@ -36,7 +36,15 @@ from parafill.orchestrator.events import (
     PlanGrew,
     RunFinished,
 )
-from parafill.orchestrator.plan import Growth, Node, NodeResult, Plan, RunResult, render_prompt
+from parafill.orchestrator.plan import (
+    Growth,
+    Node,
+    NodeResult,
+    Plan,
+    RunResult,
+    check_hooks,
+    render_prompt,
+)
 from parafill.orchestrator.scheduler import Scheduler, Status
 
 Expander = Callable[[Node, str], Growth]
@@ -93,9 +101,11 @@ async def run_plan(
     expanders: Mapping[str, Expander] | None = None,
     emit: Emit | None = None,
 ) -> RunResult:
-    """Run `plan` on `backend` until every reachable node is done (or one fails)."""
+    """Run `plan` on `backend` until every reachable node is done (or one fails). A node
+    whose `expand` names none of `expanders` is a PlanError before any node runs."""
     cfg = config or RunConfig()
     sched = Scheduler(plan)
+    check_hooks(plan.nodes, expanders or {})
     emit = emit or _ignore
     t0, fp0 = time.perf_counter(), _passes(backend)
     send, recv = anyio.create_memory_object_stream[_Outcome](math.inf)
@@ -164,6 +174,7 @@ async def _expand(
         return _Failure(node.id, f"no expander named {node.expand!r} is registered")
     try:
         growth = hook(node, outcome.text)
+        check_hooks(growth.nodes, expanders)
         sched.grow(growth, node.id)
     except ValueError as exc:
         return _Failure(node.id, f"growth from node output is invalid: {exc}")

@@ -5,7 +5,7 @@ import pytest
 
 from parafill.backends.fake import FakeBackend
 from parafill.orchestrator.events import NodeFailed, NodeText, PlanGrew
-from parafill.orchestrator.plan import Growth, Node, Plan
+from parafill.orchestrator.plan import Growth, Node, Plan, PlanError
 from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
 
 pytestmark = pytest.mark.anyio
@@ -104,10 +104,24 @@ async def test_retry_recovers_from_transient_failure():
     assert [e.will_retry for e in events if isinstance(e, NodeFailed)] == [True, True]
 
 
-async def test_missing_expander_fails_with_node_named():
-    with pytest.raises(RunFailed, match="no expander named 'nope'") as err:
-        await run_plan(Plan((Node("r", "x", expand="nope"),)), FakeBackend())
-    assert "r" in err.value.result.results
+async def test_missing_expander_is_refused_before_any_node_runs():
+    fake = FakeBackend()
+    plan = Plan((Node("a", "x"), Node("r", "y", ("a",), expand="nope")))
+    with pytest.raises(PlanError, match="node 'r' names expand hook 'nope'") as err:
+        await run_plan(plan, fake, expanders={"g": lambda node, text: Growth()})
+    assert err.value.node == "r"
+    assert fake.calls == []  # refused at start: no node ran
+
+
+async def test_grown_node_with_a_missing_expander_fails_the_growing_node():
+    def grow(node: Node, text: str) -> Growth:
+        return Growth((Node("kid", "k", (node.id,), expand="nope"),))
+
+    fake = FakeBackend()
+    with pytest.raises(RunFailed, match="node 'kid' names expand hook 'nope'") as err:
+        await run_plan(Plan((Node("r", "x", expand="g"),)), fake, expanders={"g": grow})
+    assert err.value.node == "r" and "r" in err.value.result.results
+    assert len(fake.calls) == 1  # the grown node never ran
 
 
 async def test_cancelling_a_run_cancels_its_nodes():
