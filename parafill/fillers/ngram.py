@@ -32,8 +32,11 @@ class NGram:
         self.indexed = 0  # ctx[:indexed] n-grams (those with a next token) are in the tables
 
     def propose(self, tokens: Sequence[int], k: int) -> Draft:
-        if len(tokens) < len(self.ctx) or list(tokens[: len(self.ctx)]) != self.ctx:
-            self.ctx, self.indexed = [], 0  # a different sequence: start over on its tokens
+        n = len(self.ctx)
+        if len(tokens) < n or (n and tokens[n - 1] != self.ctx[-1]):
+            # not a continuation of what was seen (checked at its last token, not scanned:
+            # this runs every step): start over on these tokens
+            self.ctx, self.indexed = [], 0
         self.ctx.extend(tokens[len(self.ctx) :])
         self.indexed = self._index(self.ctx, self.indexed)
         tail = self.ctx[-self.max_n :]
