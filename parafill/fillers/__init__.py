@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from parafill.fillers.base import Factory, Outcome, Proposer, Sources
+from parafill.fillers.base import Draft, Factory, Outcome, Proposer, Sources
 from parafill.fillers.jacobi import Jacobi
 from parafill.fillers.ngram import NGram
 
@@ -30,4 +30,4 @@ def make(name: str, sources: Sources | None = None) -> Proposer | None:
     return None if factory is None else factory(sources or Sources())
 
 
-__all__ = ["FILLERS", "FillerError", "Outcome", "Proposer", "Sources", "check", "make"]
+__all__ = ["FILLERS", "Draft", "FillerError", "Outcome", "Proposer", "Sources", "check", "make"]

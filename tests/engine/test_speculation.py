@@ -14,7 +14,7 @@ from engine_ref import RefCache, Run, drain, greedy, hf_logits, make_engine, ran
 
 from parafill.backends.engine.engine import Engine, StepOutput
 from parafill.backends.engine.sampling import GenParams
-from parafill.fillers import Outcome, Proposer, make
+from parafill.fillers import Draft, Outcome, Proposer, make
 
 MODES = ["rows", "tree", "rows-static", "tree-static"]
 
@@ -56,16 +56,72 @@ class Garbage:
         pass
 
 
+class TreeOracle:
+    """Drafts a tree: at each depth the known continuation and a wrong sibling (the right one
+    first or second, alternating, so kept paths leave the first-child chain), the wrong one
+    growing a child of its own; every third call the right token is missing at some depth."""
+
+    side_kept = 0  # kept drafts that were a second sibling (K/V copied from a side branch)
+
+    def __init__(self, prompt: list[int], want: list[int]) -> None:
+        self.n, self.want, self.calls = len(prompt), want, 0
+
+    def propose(self, tokens: Sequence[int], k: int) -> Draft:
+        self.calls += 1
+        g = len(tokens) - self.n
+        toks: list[int] = []
+        parents: list[int] = []
+        parent = -1
+        for d, t in enumerate(self.want[g : g + max(1, k // 3)]):
+            wrong = (t + 1 + d) % 256
+            if self.calls % 3 == 0 and d == 1:
+                t = (wrong + 1) % 256  # the right token is not among the candidates
+            pair = [t, wrong] if (self.calls + d) % 2 else [wrong, t]
+            at = len(toks)
+            toks += pair + [(wrong + 7) % 256]
+            parents += [parent, parent, at + pair.index(wrong)]
+            parent = at + pair.index(t)
+        return Draft(tuple(toks), (0.5,) * len(toks), tuple(parents))
+
+    def observe(self, outcome: Outcome) -> None:
+        assert len(outcome.predicted) == len(outcome.draft) + 1
+        assert len(outcome.parents) == len(outcome.nodes) == len(outcome.draft)
+        for a, b in zip(outcome.path, outcome.path[1:], strict=False):
+            assert outcome.parents[b] == a
+        TreeOracle.side_kept += sum(outcome.nodes[j] % 3 == 1 for j in outcome.path)
+
+
+class TreeGarbage:
+    """Random trees: random tokens under random earlier drafts."""
+
+    def __init__(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def propose(self, tokens: Sequence[int], k: int) -> Draft:
+        toks = torch.randint(0, 256, (k,), generator=self.gen).tolist()
+        parents = [int(torch.randint(-1, j, (1,), generator=self.gen)) for j in range(k)]
+        return Draft(tuple(toks), (0.7,) * k, tuple(parents))
+
+    def observe(self, outcome: Outcome) -> None:
+        pass
+
+
 def _proposer(kind: str, prompt: list[int], want: list[int], i: int) -> Proposer | None:
     if kind == "oracle":
         return Oracle(prompt, want)
+    if kind == "tree-oracle":
+        return TreeOracle(prompt, want)
     if kind == "garbage":
         return Garbage(i)
+    if kind == "tree-garbage":
+        return TreeGarbage(i)
     return make(kind)
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", ["oracle", "garbage", "ngram", "jacobi"])
+@pytest.mark.parametrize(
+    "kind", ["oracle", "tree-oracle", "garbage", "tree-garbage", "ngram", "jacobi"]
+)
 def test_greedy_equals_plain_decoding_with_joins_and_cancels(
     kind: str, mode: str, llama: torch.nn.Module, ref: RefCache
 ) -> None:
@@ -79,6 +135,7 @@ def test_greedy_equals_plain_decoding_with_joins_and_cancels(
         llama, mode=mode, budget_tokens=1024, rows=8, prefill_chunk=24, speculate="always"
     )
     run, ids = Run(), []
+    TreeOracle.side_kept = 0
 
     def submit(j: int) -> None:
         p, n = prompts[j], lengths[j]
@@ -104,6 +161,7 @@ def test_greedy_equals_plain_decoding_with_joins_and_cancels(
         assert run.finish[i] == "length"
     assert eng.drafted > (5 if kind == "ngram" else 20)  # drafts were verified
     assert kind != "oracle" or eng.accepted > eng.drafted / 2
+    assert kind != "tree-oracle" or (eng.accepted > 40 and TreeOracle.side_kept > 10)
     _assert_accounting(eng)
 
 
@@ -213,7 +271,7 @@ def _run(
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", ["garbage", "ngram", "jacobi"])
+@pytest.mark.parametrize("kind", ["garbage", "tree-garbage", "ngram", "jacobi"])
 def test_seeded_sampling_is_the_same_with_and_without_drafts(
     kind: str, mode: str, llama: torch.nn.Module
 ) -> None:
@@ -274,10 +332,14 @@ class Broken:
     def __init__(self, where: str) -> None:
         self.where, self.calls = where, 0
 
-    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+    def propose(self, tokens: Sequence[int], k: int) -> list[int] | Draft:
         self.calls += 1
         if self.where == "propose" and self.calls > 2:
             raise RuntimeError("proposer bug")
+        if self.where == "bad-token" and self.calls > 2:
+            return [3, 10**9, -1]  # ids no model has: would fail the step for everyone
+        if self.where == "bad-parent" and self.calls > 2:
+            return Draft((3, 4), (0.5, 0.5), (1, -1))  # follows a later draft
         return [3] * k
 
     def observe(self, outcome: Outcome) -> None:
@@ -285,7 +347,7 @@ class Broken:
             raise RuntimeError("proposer bug")
 
 
-@pytest.mark.parametrize("where", ["propose", "observe"])
+@pytest.mark.parametrize("where", ["propose", "observe", "bad-token", "bad-parent"])
 def test_a_failing_proposer_harms_nobody(where: str, llama: torch.nn.Module, ref: RefCache) -> None:
     gen = torch.Generator().manual_seed(17)
     prompts = [rand_prompt(gen, 10 + i) for i in range(3)]

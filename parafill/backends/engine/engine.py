@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from parafill.backends.engine.drafts import Drafter
 from parafill.backends.engine.graphs import StaticDecoder
 from parafill.backends.engine.kv import (
     BudgetError,
@@ -35,10 +36,10 @@ from parafill.backends.engine.sampling import (
     resolve_seed,
 )
 from parafill.backends.engine.schedule import Seq, longest_match
-from parafill.backends.engine.spec import Shape, SpecPolicy
+from parafill.backends.engine.spec import Shape
 from parafill.backends.engine.step import build_step
 from parafill.backends.engine.verify import Window, decide
-from parafill.fillers.base import Draft, Outcome, Proposer
+from parafill.fillers.base import Outcome, Proposer
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class Engine:
         self.reused = 0  # prompt tokens taken from the prefix cache instead of prefilled
         self.steps = 0
         self.drafted = self.accepted = 0  # over all sequences (drafts verified / kept)
-        self.policy = SpecPolicy()
+        self.drafter = Drafter(cfg, model.shapes.vocab, self.cache.alloc)
+        self.policy = self.drafter.policy
         self._inbox: Inbox[Seq] = Inbox()
 
     # ---- thread-safe entry points -------------------------------------------------------
@@ -141,55 +143,16 @@ class Engine:
         if not work:
             return outs
         if self.config.speculate != "off":
-            self._propose(work)
+            self.drafter.propose(work)
         try:
             outs += self._forward(work)
         except Exception as exc:  # a failed forward fails the sequences in it, not the loop
             outs += [self._retire(s, "error", f"{type(exc).__name__}: {exc}") for s in work]
         for s in work:
-            s.draft = []
+            if s.scratch:
+                self.cache.release(s.row, s.scratch)
+            s.draft, s.parents, s.draft_cols, s.scratch, s.nodes = [], [], [], [], []
         return outs
-
-    def _propose(self, work: list[Seq]) -> None:
-        """Draft for each decoding sequence with a proposer, as many tokens as the measured
-        step costs say pay (all it offers with speculate="always"), never past max_tokens."""
-        decoding = [s for s in work if s.known - s.fed == 1 and not s.prefix_only]
-        offers: list[tuple[Seq, list[int], list[float]]] = []
-        for s in decoding:
-            room = s.params.max_tokens - len(s.generated) - 1
-            if s.proposer is None or room <= 0:
-                continue
-            try:
-                got = s.proposer.propose(s.prompt + s.generated, min(self.policy.k_max, room))
-            except Exception:  # a failing proposer costs its sequence the drafts, nothing more
-                s.proposer, got = None, []
-            if isinstance(got, Draft):
-                offers.append((s, list(got.tokens)[:room], list(got.confidence)[:room]))
-            elif got:  # no confidences: the sequence's own acceptance, up to its draft length
-                toks = list(got)[: min(s.k, room)]
-                offers.append((s, toks, [s.rate] * len(toks)))
-            else:
-                s.rate = self.policy.next_rate(s.rate, 0, 0)
-        if not offers:
-            return
-        if self.config.speculate == "auto":
-            shape, rows = self._shape(work, len(decoding))
-            ks = self.policy.allocate(shape, rows, len(decoding), [c for _, _, c in offers])
-        else:
-            ks = [len(t) for _, t, _ in offers]
-        for (s, toks, chances), k in zip(offers, ks, strict=True):
-            s.draft = toks[:k]
-            s.expect = self.policy.expected(chances[:k])
-
-    def _shape(self, work: list[Seq], decoding: int) -> tuple[Shape, int]:
-        """The coming step's shape without drafts, and its batch rows (0 in tree mode)."""
-        prefill = min(sum(s.known - s.fed for s in work) - decoding, self.config.prefill_chunk)
-        length = max(s.max_col for s in work) + 1
-        if self.config.mode == "tree":
-            return Shape(decoding + prefill, decoding + prefill, length), 0
-        rows = max(s.row for s in work) + 1
-        widest = max(1, min(prefill, max(s.known - s.fed for s in work)))
-        return Shape(decoding + prefill, rows * widest, length), rows
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
@@ -201,7 +164,7 @@ class Engine:
                 seq.fed += 1
                 seq.passes += 1
             windows = [
-                Window(s, [t], 0, [lp], [top])
+                Window(s, [t], [], [lp], [top])
                 for s, t, lp, top in zip(work, tokens, logps, tops, strict=True)
             ]
         else:
@@ -220,18 +183,32 @@ class Engine:
             r, _, q, length = step.mask.shape
             shape = Shape(int(step.tokens.numel()), r * q, length)
             self.policy.cost.add(shape, time.perf_counter() - t0)
-        kept = {id(w.seq): 1 + w.accepted for w in windows if w.seq.draft}
+        kept = {id(w.seq): w.path for w in windows if w.seq.draft}
         for seq, cols in plan.written:
-            cols = cols[: kept.get(id(seq), len(cols))]  # rejected drafts stay invisible
+            if id(seq) in kept:  # rejected drafts stay invisible
+                cols = self._keep(seq, kept[id(seq)])
             self.vis[seq.slot, torch.tensor(cols, device=self.vis.device)] = True
             seq.fed += len(cols)
             seq.passes += 1
         return windows
 
+    def _keep(self, seq: Seq, path: list[int]) -> list[int]:
+        """The columns of the last token and the kept drafts, side-branch K/V copied into
+        the sequence's own columns."""
+        own = seq.cols[seq.fed : seq.fed + 1 + len(path)]
+        moves = [
+            (seq.draft_cols[j], c)
+            for j, c in zip(path, own[1:], strict=True)
+            if seq.draft_cols[j] != c
+        ]
+        if moves:
+            self.cache.copy(seq.row, [a for a, _ in moves], seq.row, [b for _, b in moves])
+        return own
+
     def _emit(self, w: Window) -> StepOutput:
         seq, p = w.seq, w.seq.params
         n, finish = 0, None
-        for tok in w.predicted[: w.accepted + 1]:
+        for tok in [w.predicted[r] for r in w.rows]:
             seq.generated.append(tok)
             if tok in p.eos_ids:
                 finish = "stop"
@@ -242,9 +219,11 @@ class Engine:
                 break
         seq.fed = min(seq.fed, seq.known - 1)  # nothing at or after a stop is kept
         self._learn(w)
+        rows = w.rows[:n]
         out = StepOutput(
-            seq.id, tuple(w.predicted[:n]), finish, None, tuple(w.logprobs[:n]),
-            tuple(w.tops[:n]), seq.passes, seq.drafted, seq.accepted,
+            seq.id, tuple(w.predicted[r] for r in rows), finish, None,
+            tuple(w.logprobs[r] for r in rows), tuple(w.tops[r] for r in rows),
+            seq.passes, seq.drafted, seq.accepted,
         )  # fmt: skip
         return out if finish is None else self._retire(seq, finish, out=out)
 
@@ -253,8 +232,17 @@ class Engine:
         if seq.proposer is None:
             return
         try:
-            seq.proposer.observe(Outcome(tuple(seq.draft), tuple(w.predicted), w.accepted))
-        except Exception:  # as in _propose: decode on without drafts
+            seq.proposer.observe(
+                Outcome(
+                    tuple(seq.draft),
+                    tuple(w.predicted),
+                    w.accepted,
+                    tuple(seq.parents),
+                    tuple(w.path),
+                    tuple(seq.nodes),
+                )  # fmt: skip
+            )
+        except Exception:  # as in Drafter.propose: decode on without drafts
             seq.proposer = None
         if drafted:
             self.policy.calibrate(seq.expect, w.accepted)

@@ -4,6 +4,8 @@ A sequence has `fed` positions whose KV is written and `known` tokens (prompt + 
 output; the last one is not fed yet). Each step feeds every decoding sequence its last token
 plus the tokens drafted for it (k ragged per sequence, 0 allowed), then prompt chunks up to
 the step's prefill budget. Rejected drafts move nothing: `fed` only counts accepted tokens.
+Drafts form a tree (`parents`; a chain is the tree whose every draft follows the one before):
+a draft's position is the sequence's next position plus its depth, and it sees its ancestors.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class Seq:
     fed: int = 0  # positions whose KV is written
     proposer: Proposer | None = None  # drafts tokens to verify (None: one token per step)
     draft: list[int] = field(default_factory=list)  # this step's drafts, after the last token
+    parents: list[int] = field(default_factory=list)  # per draft, the draft it follows (-1: none)
+    draft_cols: list[int] = field(default_factory=list)  # per draft, the KV column it writes
+    scratch: list[int] = field(default_factory=list)  # columns borrowed for side branches
+    nodes: list[int] = field(default_factory=list)  # per draft, its index in the proposal
     k: int = 4  # current draft length (adapted to acceptance)
     rate: float = 0.6  # running acceptance rate of its drafts
     expect: float = 0.0  # drafts of this step expected to be kept (their chances say)
@@ -48,10 +54,30 @@ class Seq:
         return self.fed >= self.known
 
     def token(self, pos: int) -> int:
-        n, g = len(self.prompt), len(self.generated)
+        n = len(self.prompt)
         if pos < n:
             return self.prompt[pos]
-        return self.generated[pos - n] if pos < n + g else self.draft[pos - n - g]
+        return self.generated[pos - n]
+
+
+def lineage(parents: Sequence[int]) -> list[list[int]]:
+    """Per draft, the drafts from the first after the last token down to it (inclusive)."""
+    out: list[list[int]] = []
+    for j, p in enumerate(parents):
+        out.append((out[p] if p >= 0 else []) + [j])
+    return out
+
+
+def main_line(parents: Sequence[int]) -> list[bool]:
+    """Per draft, whether it is on the first-child chain (those write the sequence's own next
+    columns; the other branches write borrowed ones, copied over where they are kept)."""
+    on: list[bool] = []
+    taken: set[int] = set()  # parents whose first child is already placed
+    for p in parents:
+        first = p not in taken
+        taken.add(p)
+        on.append(first and (p < 0 or on[p]))
+    return on
 
 
 def longest_match(

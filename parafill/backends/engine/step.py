@@ -2,8 +2,9 @@
 
 The attention mask is each sequence's visible
 columns plus causal visibility of its own new tokens, drafts included (a draft sees the
-sequence and the drafts before it, never another sequence's); it is the same code for batch
-rows (one sequence per row) and tree packing (all in one row).
+sequence and its ancestor drafts — the drafts before it in a chain — never another
+sequence's); it is the same code for batch rows (one sequence per row) and tree packing (all
+in one row).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from parafill.backends.engine.model import StepInput
-from parafill.backends.engine.schedule import Seq, longest_match, schedule
+from parafill.backends.engine.schedule import Seq, lineage, longest_match, schedule
 
 
 @dataclass
@@ -33,15 +34,18 @@ def build_step(
 def _tensors(
     feeds: list[tuple[Seq, int]], vis: Tensor, device: torch.device
 ) -> tuple[StepInput, StepPlan]:
-    tokens, pos, rows, cols, qslots, owner, order = [], [], [], [], [], [], []
+    tokens: list[int] = []
+    pos, rows, cols, qslots, owner, order = [], [], [], [], [], []
     per_row: dict[int, int] = {}
     written, sampled = [], []
     logits_at: list[int] = []
+    trees: list[tuple[int, Tensor]] = []  # (first new token, its feed's ancestor matrix)
     for i, (s, n) in enumerate(feeds):
-        span = range(s.fed, s.fed + n)
-        new_cols = [s.cols[p] for p in span]
-        tokens += [s.token(p) for p in span]
-        pos += list(span)
+        toks, at, new_cols, tree = _feed(s, n)
+        if tree is not None:
+            trees.append((len(tokens), tree))
+        tokens += toks
+        pos += at
         rows += [s.row] * n
         cols += new_cols
         start = per_row.get(s.row, 0)
@@ -56,8 +60,9 @@ def _tensors(
             logits_at += range(len(tokens) - rows_out, len(tokens))
     r = max(rows) + 1
     q = max(per_row.values())
-    length = max(s.max_col for s, _ in feeds) + 1
-    mask = _mask(feeds, vis, owner, order, cols, (r, q, length), rows, qslots)
+    length = max(max([s.max_col, *s.draft_cols]) for s, _ in feeds) + 1  # borrowed cols too
+    pair = _pairs(owner, order, trees, vis.device)
+    mask = _mask(feeds, vis, owner, pair, cols, (r, q, length), rows, qslots)
 
     def t(xs: list[int]) -> Tensor:
         return torch.tensor(xs, dtype=torch.long, device=device)
@@ -66,11 +71,44 @@ def _tensors(
     return step, StepPlan(written, sampled)
 
 
+def _feed(s: Seq, n: int) -> tuple[list[int], list[int], list[int], Tensor | None]:
+    """A feed's tokens, positions and columns, and for a tree of drafts which of its new
+    tokens each one sees (None: each sees those before it)."""
+    if not s.draft:
+        span = range(s.fed, s.fed + n)
+        return [s.token(p) for p in span], list(span), [s.cols[p] for p in span], None
+    lines = lineage(s.parents)
+    at = [s.fed] + [s.fed + len(line) for line in lines]
+    toks = [s.token(s.fed)] + s.draft
+    cols = [s.cols[s.fed]] + s.draft_cols
+    if all(p == j - 1 for j, p in enumerate(s.parents)):
+        return toks, at, cols, None
+    sees = torch.zeros(n, n, dtype=torch.bool)
+    sees[:, 0] = True
+    for j, line in enumerate(lines):
+        sees[j + 1, [a + 1 for a in line]] = True
+    return toks, at, cols, sees
+
+
+def _pairs(
+    owner: list[int], order: list[int], trees: list[tuple[int, Tensor]], dev: torch.device
+) -> Tensor:
+    """(N, N): query i sees new token k iff same sequence and k is not after i, or for a
+    tree of drafts, k is i or one of its ancestors."""
+    own = torch.tensor(owner, device=dev)
+    ordv = torch.tensor(order, device=dev)
+    pair = (own[:, None] == own[None, :]) & (ordv[None, :] <= ordv[:, None])
+    for at, sees in trees:
+        n = len(sees)
+        pair[at : at + n, at : at + n] = sees.to(dev)
+    return pair
+
+
 def _mask(
     feeds: list[tuple[Seq, int]],
     vis: Tensor,
     owner: list[int],
-    order: list[int],
+    pair: Tensor,
     cols: list[int],
     shape: tuple[int, int, int],
     rows: list[int],
@@ -79,10 +117,6 @@ def _mask(
     r, q, length = shape
     dev = vis.device
     slots = torch.tensor([feeds[o][0].slot for o in owner], device=dev)
-    own = torch.tensor(owner, device=dev)
-    ordv = torch.tensor(order, device=dev)
-    # query i sees new token k iff same sequence and k is not after i: (N, N)
-    pair = (own[:, None] == own[None, :]) & (ordv[None, :] <= ordv[:, None])
     colv = torch.tensor(cols, device=dev).expand(len(cols), -1)
     causal = torch.zeros(len(cols), length, dtype=torch.int32, device=dev)
     causal.scatter_add_(1, colv, pair.to(torch.int32))
