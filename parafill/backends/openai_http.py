@@ -1,10 +1,12 @@
 """OpenAI-compatible HTTP backend: streams chat or text completions from one or more servers.
 
 Requests go to the base URL with the fewest outstanding requests, under a concurrency cap per
-URL. 429 / 5xx / connection failures are retried with jittered exponential backoff (honouring
-Retry-After up to `retry_after_max` seconds) only while nothing has been yielded; a stream that
-breaks later raises a retryable `BackendError` so the runner can redo the whole node. No
-tokenizing or chat templating here.
+URL. 408 / 409 / 429 / 5xx / connection failures are retried with jittered exponential backoff
+(honouring Retry-After up to `retry_after_max` seconds) only while nothing has been yielded; a
+stream that breaks later raises a retryable `BackendError` so the runner can redo the whole node.
+Errors a retry cannot fix (other 4xx, context_length_exceeded, invalid_request_error, a 200 body
+that is not a stream) are raised at once, not retryable. Each request has a total `deadline`.
+No tokenizing or chat templating here.
 
 A request ending in an assistant message (a node's answer prefix, e.g. SoT's "1.") is sent as
 the server can take it (`assistant_prefix`): "continue" keeps it and asks the server to
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, cast
@@ -35,12 +37,24 @@ from parafill.backends.base import (
     BackendError,
     Capabilities,
     Chunk,
-    FinishReason,
     Message,
     Request,
     render_messages,
 )
-from parafill.backends.openai_sse import ChunkParser, EndpointKind, ProtocolError, SSEDecoder
+from parafill.backends.openai_sse import (
+    RETRIED_4XX,
+    Backoff,
+    ChunkParser,
+    EndpointKind,
+    ProtocolError,
+    RetryableFailure,
+    ServerError,
+    SSEDecoder,
+    body_error,
+    error_is_final,
+    retry_after,
+    strip_prefix,
+)
 
 PrefixMode = Literal["drop", "continue"]
 PromptRenderer = Callable[[Sequence[Message]], str]
@@ -54,7 +68,9 @@ def concat_prompt(messages: Sequence[Message]) -> str:
 @dataclass(frozen=True)
 class OpenAIConfig:
     """Where and how to reach the servers. `timeout` bounds connecting and each wait for bytes
-    (so a stream that keeps flowing never times out; whole-node deadlines belong to the runner).
+    (a stream that keeps flowing, if only with keep-alive comments, never hits it); `deadline`
+    bounds a whole request, retries and their waits included, from when its first attempt is
+    sent (waiting for a slot under `max_concurrency` before that does not count); None: none.
     """
 
     base_urls: tuple[str, ...]
@@ -63,6 +79,7 @@ class OpenAIConfig:
     endpoint: EndpointKind = "chat"
     max_concurrency: int = 8  # per base URL
     timeout: float = 60.0
+    deadline: float | None = 600.0
     max_retries: int = 3
     backoff_base: float = 0.5
     backoff_cap: float = 8.0
@@ -81,6 +98,8 @@ class OpenAIConfig:
             raise ValueError("need timeout > 0 and 0 <= backoff_base <= backoff_cap")
         if not 0 <= self.retry_after_max < float("inf"):
             raise ValueError("retry_after_max must be a finite number of seconds >= 0")
+        if self.deadline is not None and not 0 < self.deadline < float("inf"):
+            raise ValueError("deadline must be None or a finite number of seconds > 0")
 
     def url(self, base_url: str) -> str:
         """Full endpoint URL; `base_url` may or may not already end in /v1."""
@@ -132,43 +151,41 @@ def _split_prefix(messages: Sequence[Message]) -> tuple[Sequence[Message], str]:
     return messages, ""
 
 
-async def _strip_prefix(chunks: AsyncIterator[Chunk], prefix: str) -> AsyncIterator[Chunk]:
-    """Drop `prefix` from the start of the answer if the model wrote it (leading whitespace
-    ignored); token counts are kept. Chunks are held back only until that is decided."""
-    held: list[Chunk] = []
-    deciding = bool(prefix.strip())
-    async for chunk in chunks:
-        if not deciding:
-            yield chunk
-            continue
-        held.append(chunk)
-        text = "".join(c.text for c in held).lstrip()
-        if len(text) < len(prefix.strip()) and chunk.finish_reason is None:
-            continue
-        deciding = False
-        if text.startswith(prefix.strip()):
-            text = text[len(prefix.strip()) :]
-        yield _merge(held, text, chunk.finish_reason)
-    if deciding and held:  # the stream ended while deciding (no finish reason came)
-        yield _merge(held, "".join(c.text for c in held), None)
+class _DeadlinePassed(Exception):
+    """The request's deadline passed; the message says what it was waiting for."""
 
 
-def _merge(held: list[Chunk], text: str, finish: FinishReason | None) -> Chunk:
-    """One chunk for `held` with `text`: token counts and log-probabilities are kept."""
-    lps = [c.logprob for c in held]
-    logprob = None if any(lp is None for lp in lps) else sum(lp for lp in lps if lp is not None)
-    per_token = tuple(x for c in held for x in c.token_logprobs)
-    return Chunk(text, sum(c.tokens for c in held), finish, logprob, (), per_token)
+class _Clock:
+    """One request's deadline, started when its first attempt is sent. Chunks are never
+    yielded inside `bound()` (a cancel scope must not span a generator's yield)."""
 
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._at: float | None = None
 
-class _Retryable(Exception):
-    """An attempt failed before yielding anything; another attempt may succeed."""
+    def start(self) -> None:
+        if self.seconds is not None and self._at is None:
+            self._at = anyio.current_time() + self.seconds
 
-    def __init__(self, url: str, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-        self.retry_after = retry_after
+    def left(self) -> float:
+        return float("inf") if self._at is None else self._at - anyio.current_time()
+
+    @contextmanager
+    def bound(self, waiting: str = "") -> Iterator[None]:
+        """Run the block until the deadline at most; then raise _DeadlinePassed(waiting)."""
+        if self._at is None:
+            yield
+            return
+        with anyio.move_on_after(self.left()) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise _DeadlinePassed(waiting)
+
+    def error(self, url: str, attempt: int, what: str) -> BackendError:
+        return BackendError(
+            f"{url}: no answer within the {self.seconds:g} s deadline (OpenAIConfig.deadline);"
+            f" attempt {attempt}: {what}"
+        )
 
 
 class _Endpoint:
@@ -180,12 +197,14 @@ class _Endpoint:
         self.outstanding = 0
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, clock: _Clock) -> AsyncIterator[None]:
         # Counted before waiting on the cap, so concurrent picks see each other at once.
         self.outstanding += 1
         borrower = object()  # one per attempt: a task may drive several streams at once
         try:
-            await self.limiter.acquire_on_behalf_of(borrower)
+            with clock.bound("waiting for a free slot"):
+                await self.limiter.acquire_on_behalf_of(borrower)
+            clock.start()
             try:
                 yield
             finally:
@@ -194,15 +213,9 @@ class _Endpoint:
             self.outstanding -= 1
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    try:
-        seconds = float(headers.get("retry-after", ""))
-    except ValueError:
-        return None  # absent, or an HTTP date: fall back to backoff
-    return seconds if seconds >= 0 else None
-
-
 def _describe(exc: Exception, timeout: float) -> str:
+    if isinstance(exc, ServerError):
+        return str(exc)
     if isinstance(exc, ProtocolError):
         return f"bad stream: {exc}"
     if isinstance(exc, httpx.TimeoutException):
@@ -210,48 +223,29 @@ def _describe(exc: Exception, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _failure(url: str, exc: Exception, chunks: int, timeout: float) -> Exception:
+    """What a failed attempt raises: RetryableFailure before any chunk unless the error is final."""
+    reason = _describe(exc, timeout)
+    retryable = exc.retryable if isinstance(exc, ServerError) else True
+    if chunks:
+        return BackendError(
+            f"{url}: stream broke after {chunks} chunks: {reason}", retryable=retryable
+        )
+    if not retryable:
+        return BackendError(f"{url}: {reason} (not retried)", retryable=False)
+    return RetryableFailure(url, reason)
+
+
 async def _check_status(response: httpx.Response, url: str) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    detail = (await response.aread())[:300].decode(errors="replace")
-    if status in (408, 429) or status >= 500:
-        raise _Retryable(url, f"HTTP {status}: {detail[:120]}", _retry_after(response.headers))
+    raw = await response.aread()
+    detail = raw[:300].decode(errors="replace")
+    if (status in RETRIED_4XX or status >= 500) and not error_is_final(body_error(raw)):
+        wait = retry_after(response.headers.get("retry-after"))
+        raise RetryableFailure(url, f"HTTP {status}: {detail[:120]}", wait)
     raise BackendError(f"{url}: HTTP {status} (not retried): {detail}", retryable=False)
-
-
-class _Backoff:
-    """Delays between attempts; raises BackendError once the retries are spent. A server's
-    Retry-After is honoured up to `retry_after_max` (a server asking for an hour, or for
-    `inf`, must not stall the run); the give-up error says when it was cut."""
-
-    def __init__(self, config: OpenAIConfig, rng: random.Random) -> None:
-        self._config = config
-        self._rng = rng
-        self.failures = 0
-        self.capped: float | None = None  # the largest Retry-After that was cut
-
-    def delay(self, failure: _Retryable) -> float:
-        self.failures += 1
-        cfg = self._config
-        if self.failures > cfg.max_retries:
-            raise BackendError(
-                f"{failure.url}: gave up after {self.failures} attempts; last: {failure.reason}"
-                + self._note()
-            ) from failure
-        if failure.retry_after is not None:
-            if failure.retry_after > cfg.retry_after_max:
-                self.capped = max(self.capped or 0.0, failure.retry_after)
-                return cfg.retry_after_max
-            return failure.retry_after
-        ceiling: float = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (self.failures - 1))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
-
-    def _note(self) -> str:
-        if self.capped is None:
-            return ""
-        cap = self._config.retry_after_max
-        return f" (the server asked to wait {self.capped:g} s; waited {cap:g} s, retry_after_max)"
 
 
 class OpenAIBackend:
@@ -318,49 +312,72 @@ class OpenAIBackend:
         if cfg.endpoint != "chat" or cfg.assistant_prefix == "continue" or not prefix:
             prefix = ""
         async with aclosing(self._stream_body(encode_body(cfg, request))) as raw:
-            async for chunk in _strip_prefix(raw, prefix):
+            async for chunk in strip_prefix(raw, prefix):
                 yield chunk
 
     async def _stream_body(self, body: bytes) -> AsyncGenerator[Chunk, None]:
-        backoff = _Backoff(self._config, self._rng)
+        backoff = Backoff(self._config, self._rng)
+        clock = _Clock(self._config.deadline)
         avoid: _Endpoint | None = None
         while True:
             endpoint = self._pick(avoid)
             try:
-                async with endpoint.slot(), aclosing(self._attempt(endpoint.url, body)) as chunks:
+                attempt = aclosing(self._attempt(endpoint.url, body, clock))
+                async with endpoint.slot(clock), attempt as chunks:
                     async for chunk in chunks:
                         yield chunk
                 return
-            except _Retryable as failure:
+            except RetryableFailure as failure:
                 avoid = endpoint
                 delay = backoff.delay(failure)
+                if delay >= clock.left():
+                    what = f"the next retry would start after it; last: {failure.reason}"
+                    raise clock.error(endpoint.url, backoff.failures, what) from failure
+            except _DeadlinePassed as late:
+                raise clock.error(endpoint.url, backoff.failures + 1, str(late)) from None
             await anyio.sleep(delay)
 
-    async def _attempt(self, url: str, body: bytes) -> AsyncGenerator[Chunk, None]:
-        """One HTTP request. Fails with _Retryable only if nothing was yielded yet."""
+    async def _attempt(self, url: str, body: bytes, clock: _Clock) -> AsyncGenerator[Chunk, None]:
+        """One HTTP request. Fails with RetryableFailure only if nothing was yielded yet."""
         assert self._client is not None
-        parser = ChunkParser(self._config.endpoint)
-        yielded = False
+        parser, sse = ChunkParser(self._config.endpoint), SSEDecoder()
+        request = self._client.build_request("POST", url, content=body, headers=self._headers)
         try:
-            async with self._client.stream("POST", url, content=body, headers=self._headers) as r:
-                await _check_status(r, url)
-                sse = SSEDecoder()
+            with clock.bound("waiting for the response headers"):
+                response = await self._client.send(request, stream=True)
+            try:
+                with clock.bound("reading an error response"):
+                    await _check_status(response, url)
                 # aiter_lines is an async generator; close it with the response, not at GC.
-                lines = cast(AsyncGenerator[str, None], r.aiter_lines())
+                lines = cast(AsyncGenerator[str, None], response.aiter_lines())
                 async with aclosing(lines):
-                    async for line in lines:
-                        data = sse.feed(line)
-                        chunk = parser.parse(data) if data is not None else None
-                        if chunk is not None:
-                            yielded = True
-                            yield chunk
-                        if parser.done:
+                    while True:
+                        with clock.bound():
+                            chunk = await _next_chunk(lines, sse, parser)
+                        if chunk is None:
                             break
+                        yield chunk
+                sse.check_end(response.headers.get("content-type"))
                 final = parser.final()
+            finally:
+                await response.aclose()
         except (httpx.TransportError, ProtocolError) as exc:
-            reason = _describe(exc, self._config.timeout)
-            if yielded:
-                msg = f"{url}: stream broke after {parser.tokens} chunks: {reason}"
-                raise BackendError(msg, retryable=True) from exc
-            raise _Retryable(url, reason) from exc
+            raise _failure(url, exc, parser.tokens, self._config.timeout) from exc
+        except _DeadlinePassed as late:
+            what = str(late) or f"received {parser.tokens} chunks and {sse.comments} SSE comments"
+            raise _DeadlinePassed(what) from None
         yield final
+
+
+async def _next_chunk(
+    lines: AsyncIterator[str], sse: SSEDecoder, parser: ChunkParser
+) -> Chunk | None:
+    """Read lines until the next chunk; None at the end of the stream."""
+    async for line in lines:
+        data = sse.feed(line)
+        chunk = parser.parse(data) if data is not None else None
+        if chunk is not None:
+            return chunk
+        if parser.done:
+            return None
+    return None

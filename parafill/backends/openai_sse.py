@@ -1,36 +1,169 @@
-"""Reading an OpenAI-style completion stream: server-sent events into event payloads
-(`SSEDecoder`), payloads into `Chunk`s (`ChunkParser`: text, per-token log-probabilities,
-usage, finish reason). Pure parsing; the HTTP side lives in `openai_http`.
+"""The pure side of the OpenAI backend: server-sent events into event payloads (`SSEDecoder`),
+payloads into `Chunk`s (`ChunkParser`: text, per-token log-probabilities, usage, finish reason),
+taking a node's answer prefix off the chunks (`strip_prefix`), and the retry policy: which server
+errors a retry cannot fix (`error_is_final`) and the delays between attempts (`Backoff`). No I/O;
+the HTTP side lives in `openai_http`. Errors quote what a server sent as a bounded excerpt.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+import random
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Literal
 
-from parafill.backends.base import Chunk, FinishReason
+from parafill.backends.base import BackendError, Chunk, FinishReason
+
+if TYPE_CHECKING:
+    from parafill.backends.openai_http import OpenAIConfig
 
 EndpointKind = Literal["chat", "completions"]
+
+EXCERPT = 200  # characters of what a server sent that an error message quotes
+# error codes / types that say the request itself is wrong, so sending it again cannot help
+# (exceed_context_size_error is llama.cpp's name for context_length_exceeded)
+FINAL_ERRORS = frozenset(
+    {"context_length_exceeded", "invalid_request_error", "exceed_context_size_error"}
+)
+RETRIED_4XX = frozenset({408, 409, 429})  # timeout, conflict, rate limit: may pass
+_FIELDS = frozenset({"data", "event", "id", "retry"})
 
 
 class ProtocolError(Exception):
     """The server's stream was not what the OpenAI API promises."""
 
 
+class ServerError(ProtocolError):
+    """The server answered 200 but with an error: an error event, or a body that is not a
+    stream. `retryable` is False when sending the request again cannot help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def excerpt(text: str, total: int | None = None) -> str:
+    """`text` quoted, cut to EXCERPT characters; says how long it was when cut."""
+    total = len(text) if total is None else total
+    if total <= EXCERPT:
+        return repr(text)
+    return f"{text[:EXCERPT]!r}... ({total} characters)"
+
+
+def status_is_final(status: int) -> bool:
+    """A 4xx other than 408 / 409 / 429: the request is wrong, not the moment."""
+    return 400 <= status < 500 and status not in RETRIED_4XX
+
+
+def error_is_final(error: object) -> bool:
+    """Whether an OpenAI-style error object (`{"message", "type", "code"}`) says that sending
+    the request again cannot help: a known code or type, or an HTTP-like code that is final."""
+    if not isinstance(error, dict):
+        return False
+    code, kind = error.get("code"), error.get("type")
+    if any(isinstance(x, str) and x in FINAL_ERRORS for x in (code, kind)):
+        return True
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    return isinstance(code, int) and not isinstance(code, bool) and status_is_final(code)
+
+
+def body_error(body: bytes) -> object:
+    """The `error` object of a JSON error body (None if it is not one)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed.get("error") if isinstance(parsed, dict) else None
+
+
+class RetryableFailure(Exception):
+    """An attempt failed before yielding anything; another attempt may succeed."""
+
+    def __init__(self, url: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header's seconds (None if absent or an HTTP date)."""
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return None  # absent, or an HTTP date: fall back to backoff
+    return seconds if seconds >= 0 else None
+
+
+class Backoff:
+    """Delays between attempts; raises BackendError once the retries are spent. A server's
+    Retry-After is honoured up to `retry_after_max` (a server asking for an hour, or for
+    `inf`, must not stall the run); the give-up error says when it was cut."""
+
+    def __init__(self, config: OpenAIConfig, rng: random.Random) -> None:
+        self._config = config
+        self._rng = rng
+        self.failures = 0
+        self.capped: float | None = None  # the largest Retry-After that was cut
+
+    def delay(self, failure: RetryableFailure) -> float:
+        self.failures += 1
+        cfg = self._config
+        if self.failures > cfg.max_retries:
+            raise BackendError(
+                f"{failure.url}: gave up after {self.failures} attempts; last: {failure.reason}"
+                + self._note()
+            ) from failure
+        if failure.retry_after is not None:
+            if failure.retry_after > cfg.retry_after_max:
+                self.capped = max(self.capped or 0.0, failure.retry_after)
+                return cfg.retry_after_max
+            return failure.retry_after
+        ceiling: float = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (self.failures - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
+
+    def _note(self) -> str:
+        if self.capped is None:
+            return ""
+        cap = self._config.retry_after_max
+        return f" (the server asked to wait {self.capped:g} s; waited {cap:g} s, retry_after_max)"
+
+
 class SSEDecoder:
-    """Server-sent events, fed line by line; returns each complete event's data."""
+    """Server-sent events, fed line by line; returns each complete event's data. Counts events
+    and comments (keep-alives), and keeps the start of any text that is not SSE."""
 
     def __init__(self) -> None:
         self._data: list[str] = []
+        self.events = 0
+        self.comments = 0
+        self._other: list[str] = []  # lines that are not SSE, up to about EXCERPT characters
+        self._other_chars = 0
 
     def feed(self, line: str) -> str | None:
         if not line:  # a blank line ends the event
             data, self._data = self._data, []
+            self.events += bool(data)
             return "\n".join(data) if data else None
-        name, _, value = line.partition(":")
+        name, colon, value = line.partition(":")
         if name == "data":  # comments (":...") and other fields are ignored
             self._data.append(value[1:] if value.startswith(" ") else value)
+        elif not name and colon:
+            self.comments += 1
+        elif name not in _FIELDS:
+            if self._other_chars < EXCERPT:
+                self._other.append(line)
+            self._other_chars += len(line) + 1
         return None
+
+    def check_end(self, content_type: str | None) -> None:
+        """At the end of a body: one with text but not a single event is not an SSE stream."""
+        if self.events or not self._other_chars:
+            return
+        quoted = excerpt("\n".join(self._other), self._other_chars - 1)
+        kind = f"Content-Type {content_type}" if content_type else "no Content-Type"
+        raise ServerError(f"not an SSE stream ({kind}); received {quoted}", retryable=False)
 
 
 class ChunkParser:
@@ -50,9 +183,12 @@ class ChunkParser:
         try:
             event = json.loads(data)
         except ValueError as exc:
-            raise ProtocolError(f"unparseable event {data[:80]!r}") from exc
-        if not isinstance(event, dict) or "error" in event:
-            raise ProtocolError(f"error event {data[:200]!r}")
+            raise ProtocolError(f"event data is not JSON: {excerpt(data)}") from exc
+        if not isinstance(event, dict):
+            raise ProtocolError(f"event data is not a JSON object: {excerpt(data)}")
+        if "error" in event or event.get("object") == "error":  # the latter: older vLLM
+            final = error_is_final(event.get("error", event))
+            raise ServerError(f"error event {excerpt(data)}", retryable=not final)
         usage = event.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.usage = usage["completion_tokens"]
@@ -101,3 +237,32 @@ def _logprobs(block: object) -> tuple[float, ...]:
             return ()
         out.append(float(lp))
     return tuple(out)
+
+
+async def strip_prefix(chunks: AsyncIterator[Chunk], prefix: str) -> AsyncIterator[Chunk]:
+    """Drop `prefix` from the start of the answer if the model wrote it (leading whitespace
+    ignored); token counts are kept. Chunks are held back only until that is decided."""
+    held: list[Chunk] = []
+    deciding = bool(prefix.strip())
+    async for chunk in chunks:
+        if not deciding:
+            yield chunk
+            continue
+        held.append(chunk)
+        text = "".join(c.text for c in held).lstrip()
+        if len(text) < len(prefix.strip()) and chunk.finish_reason is None:
+            continue
+        deciding = False
+        if text.startswith(prefix.strip()):
+            text = text[len(prefix.strip()) :]
+        yield _merged(held, text, chunk.finish_reason)
+    if deciding and held:  # the stream ended while deciding (no finish reason came)
+        yield _merged(held, "".join(c.text for c in held), None)
+
+
+def _merged(held: list[Chunk], text: str, finish: FinishReason | None) -> Chunk:
+    """One chunk for `held` with `text`: token counts and log-probabilities are kept."""
+    lps = [c.logprob for c in held]
+    logprob = None if any(lp is None for lp in lps) else sum(lp for lp in lps if lp is not None)
+    per_token = tuple(x for c in held for x in c.token_logprobs)
+    return Chunk(text, sum(c.tokens for c in held), finish, logprob, (), per_token)

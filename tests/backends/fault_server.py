@@ -2,8 +2,10 @@
 
 Plain anyio sockets speaking just enough HTTP/1.1: each request takes the next `Reply` from
 the script (then the default), which may be an error status with headers, a stall before the
-headers, a slow stream, or a stream whose connection is dropped part way. One connection per
-request (`Connection: close`). It records what it saw; it never leaves the loopback address.
+headers, a slow stream, a stream whose connection is dropped part way, a stream of keep-alive
+comments and nothing else, an error event, or a 200 body that is not a stream at all. One
+connection per request (`Connection: close`). It records what it saw and which reply answered
+each request; it never leaves the loopback address.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class Reply:
     usage: int | None = None  # completion_tokens in a final usage event
     finish: str | None = "stop"  # None: a final event without finish_reason
     logprobs: tuple[object, ...] | None = None  # each chunk's choice "logprobs" block, as sent
+    keepalive: float | None = None  # 200, then only ": keep-alive" comments this far apart, forever
+    error: dict[str, object] | None = None  # {"error": this}: the first event, or the error body
+    body: str | None = None  # a 200 body sent as it is, with `content_type` (not a stream)
+    content_type: str = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class FaultServer:
     default: Reply = field(default_factory=Reply)
     url: str = ""
     requests: list[Seen] = field(default_factory=list)
+    served: list[Reply] = field(default_factory=list)  # the reply that answered each request
     disconnects: int = 0  # streams the client closed before the end
     hung_up: anyio.Event = field(default_factory=anyio.Event)  # set on the first disconnect
     active: int = 0
@@ -62,6 +69,7 @@ class FaultServer:
                 path, body = await _read_request(stream)
                 self.requests.append(Seen(anyio.current_time(), path, body))
                 reply = self.script.pop(0) if self.script else self.default
+                self.served.append(reply)
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)
                 try:
@@ -92,6 +100,10 @@ def _head(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
 
 def _event(payload: object) -> bytes:
     data = f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
+    return _frame(data)
+
+
+def _frame(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"  # one HTTP/1.1 chunk
 
 
@@ -103,13 +115,27 @@ def _choice(text: str, finish: str | None, chat: bool) -> dict[str, object]:
 
 async def _respond(stream: SocketStream, reply: Reply, *, chat: bool) -> None:
     await anyio.sleep(reply.delay)
-    if reply.status != 200:
-        body = json.dumps({"error": {"message": f"injected {reply.status}"}}).encode()
-        extra = (("Content-Type", "application/json"), ("Content-Length", str(len(body))))
-        await stream.send(_head(reply.status, reply.headers + extra) + body)
+    if reply.status != 200 or reply.body is not None:
+        error = reply.error or {"message": f"injected {reply.status}"}
+        body = json.dumps({"error": error}) if reply.body is None else reply.body
+        content_type = "application/json" if reply.body is None else reply.content_type
+        data = body.encode()
+        extra = (("Content-Type", content_type), ("Content-Length", str(len(data))))
+        await stream.send(_head(reply.status, reply.headers + extra) + data)
         return
-    extra = (("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"))
+    extra = (("Content-Type", reply.content_type), ("Transfer-Encoding", "chunked"))
     await stream.send(_head(200, reply.headers + extra))
+    if reply.keepalive is not None:
+        while True:  # until the client hangs up
+            await stream.send(_frame(b": keep-alive\n\n"))
+            await anyio.sleep(reply.keepalive)
+    if reply.error is not None:
+        await stream.send(_event({"error": reply.error}) + b"0\r\n\r\n")
+        return
+    await _stream_chunks(stream, reply, chat=chat)
+
+
+async def _stream_chunks(stream: SocketStream, reply: Reply, *, chat: bool) -> None:
     for i, text in enumerate(reply.chunks):
         if i == reply.drop_after:
             return  # the socket closes without the terminating chunk
