@@ -1,0 +1,159 @@
+"""A proposer's answer as the engine uses it: checked, ordered by value, cut to a budget.
+
+Pure Python (no torch import; columns are borrowed through the cache's allocator). A
+proposal is a chain (a plain list, or a `Draft` without parents) or a tree
+(`Draft.parents`). Each draft's value is the chance it is kept: its own chance given its
+parent was kept, times the parent's value. Drafts are ordered by value (a parent is never
+worth less than its child, so every prefix of the order is a tree), which is the order the
+step-cost policy spends its budget in. A proposal that breaks the protocol (a token outside
+the vocabulary, a parent that is not an earlier draft, lengths that disagree) raises
+`ValueError`: the engine then drops that sequence's proposer, and nobody else notices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from parafill.backends.engine.schedule import Seq, lineage, main_line
+from parafill.backends.engine.spec import Shape, SpecPolicy
+from parafill.fillers.base import Draft
+
+if TYPE_CHECKING:
+    from parafill.backends.engine.engine import EngineConfig
+
+Alloc = Callable[[int, int], "tuple[int, list[int]] | None"]  # (n, row) -> (row, columns)
+
+
+@dataclass(frozen=True)
+class Offer:
+    tokens: list[int]
+    parents: list[int]  # per draft, the one it follows (-1: the last token), in this order
+    nodes: list[int]  # per draft, its index in the proposer's answer
+    values: list[float]  # per draft, the chance it is kept; non-increasing
+
+    def chances(self) -> list[float]:
+        """Each value over the one before it: their running products are the values."""
+        out, before = [], 1.0
+        for v in self.values:
+            out.append(v / before if before > 0 else 0.0)
+            before = v
+        return out
+
+    def cut(self, k: int) -> Offer:
+        return Offer(self.tokens[:k], self.parents[:k], self.nodes[:k], self.values[:k])
+
+    def only(self, keep: Sequence[bool]) -> Offer:
+        """The drafts marked in `keep` (closed under parents), parents renumbered."""
+        new = {-1: -1}
+        out = Offer([], [], [], [])
+        for j, ok in enumerate(keep):
+            if ok:
+                new[j] = len(out.tokens)
+                out.tokens.append(self.tokens[j])
+                out.parents.append(new[self.parents[j]])
+                out.nodes.append(self.nodes[j])
+                out.values.append(self.values[j])
+        return out
+
+
+def offer(got: Draft | Sequence[int], rate: float, k: int, room: int, vocab: int) -> Offer:
+    """Check and order a proposal. A plain list is a chain of up to `k` drafts, each kept with
+    the sequence's running rate; no draft deeper than `room` (tokens left to emit) is kept."""
+    if isinstance(got, Draft):
+        toks, conf, parents = list(got.tokens), list(got.confidence), list(got.parents)
+        if not parents:
+            parents = list(range(-1, len(toks) - 1))
+        if not len(toks) == len(conf) == len(parents):
+            raise ValueError("a draft needs one confidence and one parent per token")
+    else:
+        toks = list(got)[:k]
+        conf, parents = [rate] * len(toks), list(range(-1, len(toks) - 1))
+    for j, (t, p) in enumerate(zip(toks, parents, strict=True)):
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+            raise ValueError(f"drafted token {t!r} is not an id of this model")
+        if not isinstance(p, int) or not -1 <= p < j:
+            raise ValueError(f"draft {j} follows {p!r}, not an earlier draft")
+    lines = lineage(parents)
+    value: list[float] = []
+    for c, p in zip(conf, parents, strict=True):
+        value.append(min(1.0, max(0.0, float(c))) * (value[p] if p >= 0 else 1.0))
+    order = sorted(
+        (j for j in range(len(toks)) if len(lines[j]) <= room),
+        key=lambda j: (-value[j], len(lines[j]), j),
+    )
+    at = {-1: -1} | {j: i for i, j in enumerate(order)}
+    return Offer(
+        [toks[j] for j in order],
+        [at[parents[j]] for j in order],
+        order,
+        [value[j] for j in order],
+    )
+
+
+class Drafter:
+    """Each step: ask every decoding sequence's proposer, weigh the offers against the
+    measured step costs (`SpecPolicy`), and set the drafts and their KV columns."""
+
+    def __init__(self, config: EngineConfig, vocab: int, alloc: Alloc) -> None:
+        self.config, self.vocab, self.alloc = config, vocab, alloc
+        self.policy = SpecPolicy()
+
+    def propose(self, work: list[Seq]) -> None:
+        """Draft for each decoding sequence with a proposer, as many tokens as the measured
+        step costs say pay (all it offers with speculate="always"), never past max_tokens."""
+        decoding = [s for s in work if s.known - s.fed == 1 and not s.prefix_only]
+        offers: list[tuple[Seq, Offer]] = []
+        for s in decoding:
+            room = s.params.max_tokens - len(s.generated) - 1
+            if s.proposer is None or room <= 0:
+                continue
+            try:  # a failing proposer costs its sequence the drafts, nothing more
+                got = s.proposer.propose(s.prompt + s.generated, min(self.policy.k_max, room))
+                o = offer(got, s.rate, s.k, room, self.vocab)
+            except Exception:
+                s.proposer, o = None, None
+            if o is not None and o.tokens:
+                offers.append((s, o))
+            else:
+                s.rate = self.policy.next_rate(s.rate, 0, 0)
+        if not offers:
+            return
+        if self.config.speculate == "auto":
+            shape, rows = self._shape(work, len(decoding))
+            asks = [o.chances() for _, o in offers]
+            ks = self.policy.allocate(shape, rows, len(decoding), asks)
+        else:
+            ks = [len(o.tokens) for _, o in offers]
+        for (s, o), k in zip(offers, ks, strict=True):
+            if k:
+                self._set_draft(s, o.cut(k))
+
+    def _set_draft(self, s: Seq, o: Offer) -> None:
+        """Drafts on the first-child chain write the sequence's own next columns; side
+        branches borrow columns of its row for this step (none free: only the chain runs)."""
+        main = main_line(o.parents)
+        side = main.count(False)
+        got = self.alloc(side, s.row) if side else None
+        if side and got is None:
+            o = o.only(main)
+            main = [True] * len(o.tokens)
+        borrowed = list(got[1]) if got else []
+        s.scratch = list(borrowed)
+        s.draft, s.parents, s.nodes = o.tokens, o.parents, o.nodes
+        s.draft_cols = [
+            s.cols[s.fed + len(line)] if on else borrowed.pop()
+            for line, on in zip(lineage(o.parents), main, strict=True)
+        ]
+        s.expect = sum(o.values)
+
+    def _shape(self, work: list[Seq], decoding: int) -> tuple[Shape, int]:
+        """The coming step's shape without drafts, and its batch rows (0 in tree mode)."""
+        prefill = min(sum(s.known - s.fed for s in work) - decoding, self.config.prefill_chunk)
+        length = max(s.max_col for s in work) + 1
+        if self.config.mode == "tree":
+            return Shape(decoding + prefill, decoding + prefill, length), 0
+        rows = max(s.row for s in work) + 1
+        widest = max(1, min(prefill, max(s.known - s.fed for s in work)))
+        return Shape(decoding + prefill, rows * widest, length), rows
