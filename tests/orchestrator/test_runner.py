@@ -1,14 +1,50 @@
-"""Orchestration logic on the fake backend: order, overlap, growth, timeouts, retries."""
+"""Orchestration logic on the fake backend: order, overlap, growth, timeouts, retries.
+
+Order and overlap are read from the events the runner emits (and, for the backend's side,
+from counters), never from wall-clock timestamps: the asserts hold under any load."""
 
 import anyio
 import pytest
 
 from parafill.backends.fake import FakeBackend
-from parafill.orchestrator.events import NodeFailed, NodeText, PlanGrew
+from parafill.orchestrator.events import (
+    Event,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    NodeText,
+    PlanGrew,
+)
 from parafill.orchestrator.plan import Growth, Node, Plan, PlanError
 from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
 
 pytestmark = pytest.mark.anyio
+
+
+class _Recorder:
+    """An `emit` callback that keeps every event, in the order the runner emitted them."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def __call__(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    def at(self, kind: type, node: str) -> int:
+        """Index of the first `kind` event for `node` (fails if there is none)."""
+        for i, ev in enumerate(self.events):
+            if isinstance(ev, kind) and _node_of(ev) == node:
+                return i
+        raise AssertionError(f"no {kind.__name__} for {node!r} in {self.trace()}")
+
+    def trace(self) -> list[tuple[str, str]]:
+        """(event kind, node) for the start / text / finish events, in emission order."""
+        kinds = (NodeStarted, NodeText, NodeFinished)
+        return [(type(e).__name__, _node_of(e)) for e in self.events if isinstance(e, kinds)]
+
+
+def _node_of(ev: Event) -> str:
+    return ev.result.id if isinstance(ev, NodeFinished) else ev.node  # type: ignore[union-attr]
 
 
 def _diamond() -> Plan:
@@ -24,18 +60,22 @@ def _diamond() -> Plan:
 
 
 async def test_dependencies_before_dependents_and_siblings_overlap():
-    fake = FakeBackend(reply=lambda p: "w " * 5, delay=0.02)
-    result = await run_plan(_diamond(), fake)
-    calls = {
-        c.prompt.split()[0] if not c.prompt.startswith("Context") else "D": c for c in fake.calls
-    }
-    by_first = {c.prompt.split(" ")[0]: c for c in fake.calls}
-    a, b, c = by_first["A"], by_first["B"], by_first["C"]
-    d = calls["D"]
-    assert a.ended <= b.started and a.ended <= c.started
-    assert max(b.ended, c.ended) <= d.started
-    assert b.started < c.ended and c.started < b.ended  # b and c overlapped
+    fake = FakeBackend(reply=lambda p: "w " * 5)
+    rec = _Recorder()
+    result = await run_plan(_diamond(), fake, emit=rec)
+    start = {n: rec.at(NodeStarted, n) for n in "abcd"}
+    end = {n: rec.at(NodeFinished, n) for n in "abcd"}
+    # a node starts only after every dependency finished
+    assert end["a"] < start["b"] and end["a"] < start["c"]
+    assert max(end["b"], end["c"]) < start["d"]
+    # the siblings b and c both started before either finished: they ran at the same time
+    assert max(start["b"], start["c"]) < min(end["b"], end["c"])
+    # and their text streamed interleaved, not one node after the other
+    texts = [n for kind, n in rec.trace() if kind == "NodeText" and n in "bc"]
+    assert texts.index("c") < len(texts) - 1 - texts[::-1].index("b"), texts
+    assert texts.index("b") < len(texts) - 1 - texts[::-1].index("c"), texts
     assert set(result.results) == {"a", "b", "c", "d"}
+    assert len(fake.calls) == 4
 
 
 async def test_dependent_prompt_receives_outputs():
@@ -45,16 +85,36 @@ async def test_dependent_prompt_receives_outputs():
     assert "[b]\nB after SECRET" in result.results["d"].text
 
 
+class _Counting(FakeBackend):
+    """Counts requests in flight at the backend (a counter, not a clock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    async def stream(self, request):  # type: ignore[no-untyped-def]
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+        try:
+            async for chunk in super().stream(request):
+                yield chunk
+        finally:
+            self.live -= 1
+
+
 async def test_concurrency_cap():
-    fake = FakeBackend(delay=0.02)
+    fake = _Counting()
+    rec = _Recorder()
     plan = Plan(tuple(Node(f"n{i}", f"p{i}") for i in range(6)))
-    await run_plan(plan, fake, RunConfig(max_concurrency=2))
-    events = sorted([(c.started, 1) for c in fake.calls] + [(c.ended, -1) for c in fake.calls])
+    await run_plan(plan, fake, RunConfig(max_concurrency=2), emit=rec)
     live = peak = 0
-    for _, delta in events:
-        live += delta
+    for kind, _ in rec.trace():
+        live += {"NodeStarted": 1, "NodeFinished": -1}.get(kind, 0)
         peak = max(peak, live)
-    assert peak == 2
+    assert peak == 2 and live == 0  # two at a time, never more (and never only one)
+    assert fake.peak == 2 and len(fake.calls) == 6
+    # ready nodes start in plan order
+    assert [n for kind, n in rec.trace() if kind == "NodeStarted"] == [f"n{i}" for i in range(6)]
 
 
 async def test_dynamic_growth_runs_new_nodes_and_assembles_answer():
@@ -147,17 +207,19 @@ async def test_node_seed_reaches_the_backend_and_overrides_the_run_seed() -> Non
     assert seen == {"A": 7, "B": 3}
 
 
-class _Paced(FakeBackend):
-    """Waits `wait[prompt]` seconds before answering: the same replies, a chosen finish order."""
+class _Gated(FakeBackend):
+    """Holds the answers to the prompts in `gates` until the test opens their gate: the same
+    replies, a finish order the test chooses (no sleeps)."""
 
-    def __init__(self, wait: dict[str, float]) -> None:
+    def __init__(self, gated: tuple[str, ...]) -> None:
         super().__init__(reply=lambda p: f"re {p}", delay=0.0)
-        self.wait = wait
+        self.gates = {p: anyio.Event() for p in gated}
         self.finished: list[str] = []
 
     async def stream(self, request):  # type: ignore[no-untyped-def]
         prompt = request.messages[-1].content
-        await anyio.sleep(self.wait.get(prompt, 0.0))
+        if prompt in self.gates:
+            await self.gates[prompt].wait()
         async for chunk in super().stream(request):
             yield chunk
         self.finished.append(prompt)
@@ -168,13 +230,36 @@ def _kids(node: Node, text: str) -> Growth:
     return Growth(kids, (node.id, kids[0].id), note=f"{node.id} grew")
 
 
-@pytest.mark.parametrize("wait", [{"A": 0.15}, {"B": 0.15}, {}])
-async def test_results_apply_in_plan_order_whichever_node_finishes_first(wait) -> None:
-    fake = _Paced(wait)
+# each tuple: prompts whose gates open together; the next opens once those results applied
+@pytest.mark.parametrize("order", [(("A",), ("B",)), (("B",), ("A",)), (("A", "B"),)])
+async def test_results_apply_in_plan_order_whichever_node_finishes_first(order) -> None:
+    fake = _Gated(("A", "B"))
+    rec = _Recorder()
+    applied = {"A": anyio.Event(), "B": anyio.Event()}
+
+    async def emit(ev: Event) -> None:
+        await rec(ev)
+        if isinstance(ev, NodeFinished) and ev.result.id in ("a", "b"):
+            applied[ev.result.id.upper()].set()
+
+    async def release() -> None:
+        for group in order:
+            for prompt in group:
+                fake.gates[prompt].set()
+            for prompt in group:
+                await applied[prompt].wait()
+
     plan = Plan((Node("a", "A", expand="kids"), Node("b", "B", expand="kids")), notes=("p",))
-    result = await run_plan(plan, fake, expanders={"kids": _kids})
-    if wait:  # the slow one really did finish last
-        assert [p for p in fake.finished if p in ("A", "B")][-1] == next(iter(wait))
+    with anyio.fail_after(30):  # a guard against a hang, not a measurement
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release)
+            result = await run_plan(plan, fake, expanders={"kids": _kids}, emit=emit)
+    if len(order) == 2:  # the chosen node really did finish (and was applied) first
+        first, second = (g[0].lower() for g in order)
+        assert [p for p in fake.finished if p in ("A", "B")] == [g[0] for g in order]
+        assert rec.at(NodeFinished, first) < rec.at(NodeFinished, second)
+    grew = [ev.node for ev in rec.events if isinstance(ev, PlanGrew)]
+    assert sorted(grew) == ["a", "b"]
     assert [n.id for n in result.plan.nodes] == ["a", "b", "a1", "b1"]
     assert result.plan.answer == ("b", "b1")  # b's growth is later in plan order: it wins
     assert result.notes == ("p", "a grew", "b grew")
