@@ -63,16 +63,16 @@ def serve(
             "autoregressive | ngram | jacobi."
         ),
     ] = "autoregressive",
+    max_body_size: Annotated[
+        str, typer.Option(help="Largest request body, e.g. 4MiB, 16MB (larger: HTTP 413).")
+    ] = "4MiB",
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible)."""
     if mode not in ("rows", "tree"):
         err.print(f"[red]error:[/red] --mode must be rows or tree, not {mode!r}")
         raise typer.Exit(2)
-    try:
-        budget_bytes = parse_size(kv_budget) if kv_budget is not None else None
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] --kv-budget: {exc}")
-        raise typer.Exit(2) from exc
+    budget_bytes = _size("--kv-budget", kv_budget) if kv_budget is not None else None
+    max_body = _size("--max-body-size", max_body_size)
     try:
         check_filler(filler)
     except ValueError as exc:
@@ -91,6 +91,7 @@ def serve(
         max_tokens=max_tokens,
         default_max_tokens=default_max_tokens,
         api_key=api_key or None,
+        max_body=max_body,
         sot=SkeletonPlanner(skeleton_tokens=skeleton_tokens),
     )
     try:
@@ -98,6 +99,18 @@ def serve(
     except (ModelNotFound, BudgetError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+def _size(flag: str, text: str) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {flag}: {exc}")
+        raise typer.Exit(2) from exc
+    if size <= 0:
+        err.print(f"[red]error:[/red] {flag} must be more than 0 bytes, not {text!r}")
+        raise typer.Exit(2)
+    return size
 
 
 async def _serve(local: LocalConfig, settings: ServerSettings, where: tuple[str, int, str]) -> None:

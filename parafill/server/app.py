@@ -3,14 +3,18 @@
 Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions. Handlers validate,
 check limits against the engine's context *before* anything is submitted (so a bad request is a
 400, never a broken stream), then hand a `Job` to `direct` (the model itself) or `sot`
-(`parafill-sot`). The backend's lifetime belongs to the caller (the CLI or a test).
+(`parafill-sot`). Bodies over `max_body` bytes are refused (413) before they are parsed;
+prompts are tokenized in a worker thread, so a huge one never stalls other requests. The
+backend's lifetime belongs to the caller (the CLI or a test).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 
+import anyio
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
@@ -24,6 +28,7 @@ from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import direct, sot
 from parafill.server.direct import Job, Kind
 from parafill.server.errors import APIError, APIKeyGate, install_handlers
+from parafill.server.limits import DEFAULT_MAX_BODY, BodyLimit
 from parafill.server.schemas import (
     ChatRequest,
     CompletionRequest,
@@ -40,6 +45,7 @@ class ServerSettings:
     max_tokens: int = 1024  # the most a request may ask for (larger: 400)
     default_max_tokens: int = 256  # chat requests that do not say
     api_key: str | None = None
+    max_body: int = DEFAULT_MAX_BODY  # request body bytes (larger: 413, before parsing)
     sot: SkeletonPlanner = field(default_factory=SkeletonPlanner)
 
 
@@ -47,7 +53,8 @@ def create_app(backend: LocalBackend, settings: ServerSettings | None = None) ->
     cfg = settings or ServerSettings()
     app = FastAPI(title="parafill serve", docs_url=None, redoc_url=None, openapi_url=None)
     install_handlers(app)
-    if cfg.api_key:
+    app.add_middleware(BodyLimit, limit=cfg.max_body)
+    if cfg.api_key:  # added last: runs first, so no body is read for a request without the key
         app.add_middleware(APIKeyGate, key=cfg.api_key)
     born = int(time.time())
 
@@ -72,7 +79,7 @@ async def _chat(backend: LocalBackend, cfg: ServerSettings, req: ChatRequest) ->
     if not req.messages:
         raise APIError(400, "messages must contain at least one message", param="messages")
     msgs = tuple(m.to_message() for m in req.messages)
-    ids = backend.encode(msgs)
+    ids = await anyio.to_thread.run_sync(backend.encode, msgs)  # seconds for a huge prompt
     if req.model == sot.NAME:
         return await _sot(backend, cfg, req, ids)
     job = _job("chat", backend, cfg, req, ids, "messages")
@@ -93,11 +100,11 @@ async def _text(backend: LocalBackend, cfg: ServerSettings, req: CompletionReque
         if len(prompt) != 1:
             raise APIError(400, "send one prompt per request", param="prompt")
         prompt = prompt[0]
-    ids = (
-        [int(i) for i in prompt]
-        if isinstance(prompt, list)
-        else list(backend.tokenizer.encode(prompt, add_special_tokens=False))
-    )
+    if isinstance(prompt, list):
+        ids = [int(i) for i in prompt]
+    else:
+        encode = partial(backend.tokenizer.encode, prompt, add_special_tokens=False)
+        ids = list(await anyio.to_thread.run_sync(encode))
     _check_ids(backend, ids)
     job = _job("text", backend, cfg, req, ids, "prompt")
     return await _respond(backend, job, req.stream)

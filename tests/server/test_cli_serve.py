@@ -73,3 +73,11 @@ def test_kv_budget_in_bytes_bad_or_too_small_is_a_clear_error() -> None:
                            timeout=120)
     assert small.returncode == 2 and "Traceback" not in small.stderr
     assert "KV budget of 10240 bytes holds no token" in small.stderr
+
+
+def test_bad_max_body_size_is_a_clear_error() -> None:
+    for size, why in (("lots", "not a size: 'lots'"), ("0", "must be more than 0 bytes")):
+        done = subprocess.run([*CMD, "--max-body-size", size], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"--max-body-size{':' if size == 'lots' else ''} {why}" in done.stderr
