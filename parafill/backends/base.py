@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from parafill.backends.engine.params import Decoding
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -21,18 +23,11 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """Per-request sampling. temperature 0 means greedy."""
+class Sampling(Decoding):
+    """Per-request sampling (the `Decoding` fields; temperature 0 means greedy) and the stop
+    strings that end a request's text."""
 
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
     stop: tuple[str, ...] = ()
-    top_logprobs: int = 0  # also report each token's k most likely alternatives (local engine)
-    frequency_penalty: float = 0.0  # OpenAI's: minus this x the times a token was generated
-    presence_penalty: float = 0.0  # minus this once a token was generated
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
 @dataclass(frozen=True)

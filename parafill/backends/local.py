@@ -11,9 +11,9 @@ import math
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import torch
@@ -33,25 +33,26 @@ from parafill.backends.base import (
 from parafill.backends.base import render_messages as _render
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.fallback import FallbackEngine, build_engine
-from parafill.backends.engine.kv import BudgetError, Mode
+from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import load
 from parafill.fillers import FillerError, check, make
 
 
 @dataclass(frozen=True)
-class LocalConfig:
+class LocalConfig(EngineConfig):
+    """The engine's settings (every `EngineConfig` field: mode, budget_tokens / budget_bytes,
+    rows, prefill_chunk, max_seqs, decode, compile, retain, speculate) plus what loading the
+    model needs."""
+
     model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     device: str = "auto"
-    mode: Mode = "rows"
-    budget_tokens: int = 16384
-    budget_bytes: int | None = None  # instead of budget_tokens: K/V bytes (e.g. parse_size("2GiB"))
-    rows: int = 16
     max_positions: int = 4096
     adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
-    retain: bool = True  # keep finished requests' KV as a prefix cache for later requests
     filler: str = "autoregressive"  # for requests that name none (Request.filler None)
-    speculate: Literal["auto", "always", "off"] = "auto"  # see EngineConfig.speculate
+
+    def engine(self) -> EngineConfig:
+        return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(EngineConfig)})
 
 
 class Detokenizer:
@@ -109,16 +110,8 @@ class LocalBackend:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
-        ecfg = EngineConfig(
-            mode=cfg.mode,
-            budget_tokens=cfg.budget_tokens,
-            budget_bytes=cfg.budget_bytes,
-            rows=cfg.rows,
-            retain=cfg.retain,
-            speculate=cfg.speculate,
-        )
         notify = on_convert or (lambda _msg: None)
-        backend = cls(build_engine(hf, ecfg, cfg.max_positions, notify), tok, filler)
+        backend = cls(build_engine(hf, cfg.engine(), cfg.max_positions, notify), tok, filler)
         async with backend.running():
             yield backend
 
@@ -168,17 +161,7 @@ class LocalBackend:
         """Stream a continuation of raw token ids (no chat template: completions endpoints).
         `filler` names how to decode (None: the backend's default); the HF fallback engine
         decodes one token per step whatever it names."""
-        params = GenParams(
-            s.max_tokens,
-            s.temperature,
-            s.top_p,
-            s.seed,
-            self._eos,
-            s.top_logprobs,
-            s.frequency_penalty,
-            s.presence_penalty,
-            s.logit_bias,
-        )
+        params = GenParams.of(s, self._eos)
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
         try:
             seq_id = self.engine.submit(ids, params, make(filler or self.filler))

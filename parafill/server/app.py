@@ -206,15 +206,15 @@ def _job(
             code="invalid_value",
         )
     s = Sampling(
-        n,
-        req.temperature,
-        req.top_p,
-        req.seed,
-        req.stops,
-        top,
-        req.frequency_penalty,
-        req.presence_penalty,
-        req.bias,
+        max_tokens=n,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        seed=req.seed,
+        stop=req.stops,
+        top_logprobs=top,
+        frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty,
+        logit_bias=req.bias,
     )
     job = Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
     return replace(job, filler=req.filler)

@@ -1,27 +1,42 @@
-"""Per-request generation parameters and their checks at submit (no torch here)."""
+"""Per-request generation parameters and their checks at submit (no torch here).
+
+`Decoding` is the one definition of the per-request decoding fields; `GenParams` (token ids:
+adds the EOS ids, for the engine) and `parafill.backends.base.Sampling` (text: adds stop
+strings, for every backend) extend it, and `GenParams.of` converts by field name.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
-class GenParams:
+class Decoding:
     max_tokens: int = 256
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None
-    eos_ids: frozenset[int] = frozenset()
     top_logprobs: int = 0  # also report the k most likely tokens at each step (k <= TOP_MAX)
     # OpenAI's logit adjustments, applied before temperature / top-p (and to greedy choice):
     # logit[t] -= frequency * count(t in generated) + presence * (t in generated); += bias[t]
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
     @property
     def adjusts(self) -> bool:
         return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
+
+
+@dataclass(frozen=True)
+class GenParams(Decoding):
+    eos_ids: frozenset[int] = frozenset()
+
+    @staticmethod
+    def of(d: Decoding, eos_ids: frozenset[int] = frozenset()) -> GenParams:
+        """The engine's parameters for `d` (a `Sampling`'s stop strings stay above it)."""
+        shared = {f.name: getattr(d, f.name) for f in fields(Decoding)}
+        return GenParams(**shared, eos_ids=eos_ids)
 
 
 TOP_MAX = 20  # OpenAI's bound on top_logprobs
