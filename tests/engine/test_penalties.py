@@ -6,6 +6,7 @@ fallback; bad biases are refused at submit."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,3 +94,76 @@ def test_penalties_on_the_hf_fallback(gpt2: torch.nn.Module) -> None:
     run = Run()
     drain(eng, run, [i])
     assert run.tokens[i] == _reference(hf, prompt, g)
+
+
+def _ref_repetition(hf: torch.nn.Module, prompt: list[int], p: GenParams) -> list[int]:
+    """HF's RepetitionPenaltyLogitsProcessor over prompt + output, then greedy."""
+    toks: list[int] = []
+    while len(toks) < p.max_tokens:
+        logits = hf_logits(hf, prompt + toks)[-1].tolist()
+        for t in set(prompt + toks):
+            x = logits[t]
+            logits[t] = x / p.repetition_penalty if x > 0 else x * p.repetition_penalty
+        toks.append(max(range(len(logits)), key=logits.__getitem__))
+    return toks
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_repetition_penalty_matches_hf_semantics(llama: torch.nn.Module, mode: str) -> None:
+    from parafill.fillers import make
+
+    gen = torch.Generator().manual_seed(8)
+    prompts = [rand_prompt(gen, 8 + 2 * i) for i in range(3)]
+    params = [GenParams(16, repetition_penalty=1.3), GenParams(16, repetition_penalty=2.0),
+              GenParams(16, repetition_penalty=1.5, frequency_penalty=0.3)]  # fmt: skip
+    eng, _ = make_engine(llama, mode=mode, budget_tokens=512, rows=4, speculate="always")
+    ids = [eng.submit(p, g, make("ngram")) for p, g in zip(prompts, params, strict=True)]
+    run = Run()
+    drain(eng, run, ids)
+    for i, p, g in zip(ids, prompts, params, strict=True):
+        want = _ref_repetition(llama, p, replace(g, frequency_penalty=0.0))
+        if g.frequency_penalty:  # both: repetition first, then frequency (vLLM's order)
+            want = _ref_both(llama, p, g)
+        assert run.tokens[i] == want, g
+    plain = _reference(llama, prompts[1], greedy(16))
+    assert run.tokens[ids[1]] != plain  # the penalty changed what greedy writes
+
+
+def _ref_both(hf: torch.nn.Module, prompt: list[int], p: GenParams) -> list[int]:
+    toks: list[int] = []
+    while len(toks) < p.max_tokens:
+        logits = hf_logits(hf, prompt + toks)[-1].tolist()
+        for t in set(prompt + toks):
+            x = logits[t]
+            logits[t] = x / p.repetition_penalty if x > 0 else x * p.repetition_penalty
+        for t, c in Counter(toks).items():
+            logits[t] -= p.frequency_penalty * c
+        toks.append(max(range(len(logits)), key=logits.__getitem__))
+    return toks
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("filler", ["autoregressive", "ngram", "jacobi"])
+def test_loop_guard_stops_where_the_output_repeats(
+    llama: torch.nn.Module, mode: str, filler: str
+) -> None:
+    from parafill.fillers import make
+
+    gen = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(3, 9, (12 + i,), generator=gen).tolist() for i in range(4)]
+    eng, _ = make_engine(llama, mode=mode, budget_tokens=1024, rows=4, speculate="always")
+    ids = [eng.submit(p, GenParams(60, stop_on_repeat=2), make(filler)) for p in prompts]
+    run = Run()
+    drain(eng, run, ids)
+    stopped = 0
+    for i, p in zip(ids, prompts, strict=True):
+        plain = _reference(llama, p, greedy(60))
+        out = run.tokens[i]
+        grams = [tuple(plain[j - 1 : j + 1]) for j in range(1, len(plain))]
+        first = next((j + 1 for j, g in enumerate(grams) if g in grams[:j]), None)
+        if first is None:
+            assert out == plain and run.finish[i] == "length"
+        else:  # the plain output up to and including the first repeated bigram
+            assert out == plain[: first + 1] and run.finish[i] == "stop"
+            stopped += 1
+    assert stopped >= 2  # the random-weight model loops on these prompts

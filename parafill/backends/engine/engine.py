@@ -28,6 +28,7 @@ from parafill.backends.engine.kv import (
 )
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.params import repeats
 from parafill.backends.engine.sampling import (
     GenParams,
     Top,
@@ -214,6 +215,9 @@ class Engine:
                 finish = "stop"
                 break
             n += 1
+            if repeats(seq.generated, p.stop_on_repeat, seq.seen):
+                finish = "stop"  # looping: the guard ends it like a stop string would
+                break
             if len(seq.generated) >= p.max_tokens:
                 finish = "length"
                 break

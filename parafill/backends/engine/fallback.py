@@ -19,6 +19,7 @@ from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.kv import BudgetError, tokens_in
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM, supports
+from parafill.backends.engine.params import repeats
 from parafill.backends.engine.sampling import (
     GenParams,
     adjust,
@@ -40,6 +41,7 @@ class _Seq:
     seed: int
     generated: list[int] = field(default_factory=list)
     past: Any = None  # the HF cache of this sequence
+    seen: set[tuple[int, ...]] = field(default_factory=set)  # output n-grams (loop guard)
 
 
 class FallbackEngine:
@@ -120,7 +122,7 @@ class FallbackEngine:
         out = self.hf(input_ids=ids, attention_mask=mask, past_key_values=seq.past, use_cache=True)
         seq.past = out.past_key_values
         logits = out.logits[0, -1:].float()
-        chooser = adjust(logits, [seq.params], [seq.generated])
+        chooser = adjust(logits, [seq.params], [seq.generated], [seq.prompt])
         tok = pick(chooser, [seq.params], [seq.seed], [len(seq.generated)])[0]
         lp = (chosen_logprobs(logits, [tok])[0],)
         top = (top_logprobs(logits, [seq.params.top_logprobs])[0],)
@@ -128,6 +130,9 @@ class FallbackEngine:
         if tok in seq.params.eos_ids:
             self.live.remove(seq)
             return StepOutput(seq.id, (), "stop")
+        if repeats(seq.generated, seq.params.stop_on_repeat, seq.seen):
+            self.live.remove(seq)
+            return StepOutput(seq.id, (tok,), "stop", logprobs=lp, top=top)
         if len(seq.generated) >= seq.params.max_tokens:
             self.live.remove(seq)
             return StepOutput(seq.id, (tok,), "length", logprobs=lp, top=top)

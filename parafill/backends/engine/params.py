@@ -22,10 +22,21 @@ class Decoding:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    # HF's / vLLM's: the logit of every token in the prompt or output is divided by this
+    # when positive, multiplied when negative (1: off); applied before the OpenAI penalties
+    repetition_penalty: float = 1.0
+    # a loop guard: stop (finish "stop") as soon as the output's last N tokens already
+    # occurred, in that order, earlier in the output (0: off); exact with drafts
+    stop_on_repeat: int = 0
 
     @property
     def adjusts(self) -> bool:
-        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
+        return bool(
+            self.frequency_penalty
+            or self.presence_penalty
+            or self.logit_bias
+            or self.repetition_penalty != 1.0
+        )
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,18 @@ class GenParams(Decoding):
 
 TOP_MAX = 20  # OpenAI's bound on top_logprobs
 Top = tuple[tuple[int, float], ...]  # (token id, log p) of the most likely tokens, best first
+
+
+def repeats(generated: list[int], n: int, seen: set[tuple[int, ...]]) -> bool:
+    """Called after each output token: whether the last n tokens of `generated` occurred
+    earlier in it (the sequence is looping); records them in `seen` otherwise."""
+    if n <= 0 or len(generated) < n:
+        return False
+    gram = tuple(generated[-n:])
+    if gram in seen:
+        return True
+    seen.add(gram)
+    return False
 
 
 def check_bias(params: GenParams, vocab: int) -> None:

@@ -159,30 +159,48 @@ def top_logprobs(logits: Tensor, ks: list[int]) -> list[Top]:
     return out
 
 
-def adjust(logits: Tensor, params: list[GenParams], generated: list[list[int]]) -> Tensor:
-    """Logits with each row's penalties (over the tokens it generated so far) and logit bias
-    applied; rows without any are left as they are (the same tensor when no row has any)."""
+def adjust(
+    logits: Tensor,
+    params: list[GenParams],
+    generated: list[list[int]],
+    prompts: list[list[int]] | None = None,
+) -> Tensor:
+    """Logits with each row's adjustments applied, in vLLM's order: the repetition penalty
+    (over the prompt and the output so far), then the frequency / presence penalties (over
+    the output), then the logit bias. Rows without any are left as they are (the same
+    tensor when no row has any)."""
     rows = [i for i, p in enumerate(params) if p.adjusts]
     if not rows:
         return logits
     out = logits.float().clone()
     dev, v = logits.device, logits.shape[-1]
-    longest = max(1, max(len(generated[i]) for i in rows))
-    ids = torch.zeros(len(rows), longest, dtype=torch.long)
-    weight = torch.zeros(len(rows), longest)
+    sel = torch.tensor(rows, device=dev)
+    rep = torch.tensor([params[i].repetition_penalty for i in rows], device=dev)[:, None]
+    if bool((rep != 1.0).any()):
+        seen = _counts([list(prompts[i]) if prompts else [] for i in rows], v) > 0
+        seen |= _counts([generated[i] for i in rows], v) > 0
+        x = out[sel]
+        out[sel] = torch.where(seen.to(dev), torch.where(x > 0, x / rep, x * rep), x)
+    counts = _counts([generated[i] for i in rows], v).to(dev)
     bias = torch.zeros(len(rows), v)
     for r, i in enumerate(rows):
-        g = generated[i]
-        ids[r, : len(g)] = torch.tensor(g, dtype=torch.long)
-        weight[r, : len(g)] = 1.0
         for tok, b in params[i].logit_bias:
             bias[r, tok] += b
-    counts = torch.zeros(len(rows), v).scatter_add_(1, ids, weight).to(dev)
     freq = torch.tensor([params[i].frequency_penalty for i in rows], device=dev)[:, None]
     pres = torch.tensor([params[i].presence_penalty for i in rows], device=dev)[:, None]
-    sel = torch.tensor(rows, device=dev)
     out[sel] = out[sel] - freq * counts - pres * (counts > 0).float() + bias.to(dev)
     return out
+
+
+def _counts(token_lists: list[list[int]], v: int) -> Tensor:
+    """(rows, V) occurrence counts of each row's tokens (host)."""
+    longest = max(1, max(len(t) for t in token_lists))
+    ids = torch.zeros(len(token_lists), longest, dtype=torch.long)
+    weight = torch.zeros(len(token_lists), longest)
+    for r, toks in enumerate(token_lists):
+        ids[r, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+        weight[r, : len(toks)] = 1.0
+    return torch.zeros(len(token_lists), v).scatter_add_(1, ids, weight)
 
 
 def chosen_logprobs(logits: Tensor, tokens: list[int]) -> list[float]:

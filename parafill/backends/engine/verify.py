@@ -54,7 +54,7 @@ def decide(logits: Tensor, sampled: list[tuple[Seq, int]]) -> list[Window]:
     """logits (M, V), rows in `sampled` order; one batched choice over every row."""
     if not sampled:
         return []
-    params, gens, seeds, draws = [], [], [], []
+    params, gens, seeds, draws, prompts = [], [], [], [], []
     for seq, n in sampled:
         drafts = seq.draft[: n - 1]
         lines = lineage(seq.parents[: n - 1])
@@ -64,7 +64,8 @@ def decide(logits: Tensor, sampled: list[tuple[Seq, int]]) -> list[Window]:
             gens.append(seq.generated + before if j else seq.generated)
             seeds.append(seq.seed)
             draws.append(len(seq.generated) + len(before))
-    tokens = pick(adjust(logits, params, gens), params, seeds, draws)
+            prompts.append(seq.prompt)
+    tokens = pick(adjust(logits, params, gens, prompts), params, seeds, draws)
     logps = chosen_logprobs(logits, tokens)
     tops = top_logprobs(logits, [p.top_logprobs for p in params])
     out, at = [], 0
