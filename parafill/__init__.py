@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     )
     from parafill.orchestrator.plan import Growth, Node, NodeResult, Plan, PlanError, RunResult
     from parafill.orchestrator.runner import RunConfig, RunFailed
+    from parafill.planners.router import RouterPlanner
     from parafill.planners.skeleton import SkeletonPlanner, parse_points
     from parafill.planners.static import DirectPlanner
 
@@ -54,6 +55,7 @@ _WHERE = {
     "RunResult": "parafill.orchestrator.plan",
     "RunConfig": "parafill.orchestrator.runner",
     "RunFailed": "parafill.orchestrator.runner",
+    "RouterPlanner": "parafill.planners.router",
     "SkeletonPlanner": "parafill.planners.skeleton",
     "parse_points": "parafill.planners.skeleton",
     "DirectPlanner": "parafill.planners.static",
@@ -87,6 +89,7 @@ __all__ = [
     "PlanError",
     "PlanGrew",
     "Request",
+    "RouterPlanner",
     "RunConfig",
     "RunFailed",
     "RunFinished",

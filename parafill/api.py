@@ -1,18 +1,21 @@
 """The public Python API: `arun` (async), `stream` (async events), and ONE sync wrapper `run`.
 
-`target` is a question (planned by `planner`, skeleton-of-thought by default) or a hand-built
-`Plan`. Without a `backend`, the local engine on `model` (default: the embedded SmolLM2) is
-opened for the call and closed after it.
+`target` is a question (planned by `planner`; by default the router, as `parafill run` does:
+skeleton-of-thought where decomposing pays, else a direct answer) or a hand-built `Plan`.
+Without a `backend`, the local engine on `model` (default: the embedded SmolLM2) is opened for
+the call and closed after it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import replace
 from functools import partial
 
 import anyio
+import torch
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -23,7 +26,8 @@ from parafill.orchestrator.events import Event
 from parafill.orchestrator.plan import Plan, RunResult
 from parafill.orchestrator.runner import Emit, Expander, RunConfig, run_plan
 from parafill.planners.base import Planner
-from parafill.planners.skeleton import SkeletonPlanner
+from parafill.planners.costs import cache_path, cached
+from parafill.planners.router import RouterPlanner
 
 
 async def arun(
@@ -36,16 +40,51 @@ async def arun(
     config: RunConfig | None = None,
     on_event: Emit | None = None,
 ) -> RunResult:
-    """Plan (if `target` is a question) and run it; returns the assembled result."""
-    if isinstance(target, Plan):
-        plan, hooks = target, dict(expanders or {})
-    else:
-        chosen = planner or SkeletonPlanner()
-        plan, hooks = chosen.plan(target), {**chosen.expanders, **(expanders or {})}
+    """Plan (if `target` is a question) and run it; returns the assembled result.
+
+    A question is planned by `planner`, by default `RouterPlanner()`: its notes say which path
+    it took and why. On the local engine opened here, the router decides list-like questions by
+    that engine's step costs, measured once per model, packing mode and device and cached
+    (`$PARAFILL_CACHE/costs`); on a `backend` you pass, pass a router with `cost=` for that."""
+    chosen = planner or RouterPlanner()
     async with AsyncExitStack() as stack:
         if backend is None:
-            backend = await stack.enter_async_context(LocalBackend.open(LocalConfig(model=model)))
+            cfg = LocalConfig(model=model)
+            backend = await stack.enter_async_context(LocalBackend.open(cfg))
+            chosen = await with_costs(chosen, target, backend, cfg)
+        if isinstance(target, Plan):
+            plan, hooks = target, dict(expanders or {})
+        else:
+            plan, hooks = chosen.plan(target), {**chosen.expanders, **(expanders or {})}
         return await run_plan(plan, backend, config, expanders=hooks, emit=on_event)
+
+
+async def with_costs(
+    planner: Planner,
+    target: str | Plan,
+    backend: Backend,
+    local: LocalConfig,
+    announce: Callable[[str], None] | None = None,
+) -> Planner:
+    """`planner`, given the step costs of `backend` (the local engine opened with `local`) where
+    it is a router that needs them to decide `target`; read from the cache, else measured now
+    (`announce` is told first) and cached. Any other planner or target: `planner` itself."""
+    if not isinstance(planner, RouterPlanner) or not isinstance(target, str):
+        return planner
+    if not planner.needs_costs(target):
+        return planner
+    key = cost_key(local)
+    if announce is not None and not cache_path(key).exists():
+        announce("router: measuring this backend's step time once (cached)...")
+    return replace(planner, cost=await cached(backend, key))
+
+
+def cost_key(local: LocalConfig) -> str:
+    """What identifies the local engine's step costs: model, packing mode, device kind."""
+    device = local.device.split(":")[0]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"{local.model or 'embedded-smollm2'}-{local.mode}-{device}"
 
 
 @asynccontextmanager

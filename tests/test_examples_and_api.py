@@ -125,7 +125,8 @@ async def test_skeleton_parsed_and_fallback_paths_are_told_apart(path):
     outline, answer, note = SKELETON_PATHS[path]
     rec = _Recorder()
     fake = FakeBackend(reply=_scripted(outline), delay=0.0)
-    result = await parafill.arun("How to relax?", backend=fake, on_event=rec)
+    planner = parafill.SkeletonPlanner()  # always outline (the default router would not)
+    result = await parafill.arun("How to relax?", backend=fake, planner=planner, on_event=rec)
     assert result.plan.answer == answer and result.notes[0] == note
     assert [n.id for n in result.plan.nodes] == ["skeleton", *answer]
     (grew,) = [e for e in rec.events if isinstance(e, PlanGrew)]

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from parafill.backends.engine.weights import ModelNotFound, default_gguf
 from parafill.cli import app
-from parafill.cli_opts import EngineOpts
+from parafill.cli.common import EngineOpts
 from parafill.orchestrator.plan import Plan, PlanError
 
 KNOWN = "autoregressive, ngram, jacobi"

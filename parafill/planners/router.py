@@ -99,6 +99,10 @@ class RouterPlanner:
             return Decision(True, "list-like request (no cost model: decomposing)")
         return self._by_cost(self.cost)
 
+    def needs_costs(self, question: str) -> bool:
+        """Whether deciding `question` takes the cost rule and this router has no cost model."""
+        return self.mode == "auto" and self.cost is None and features(question) is None
+
     def _by_cost(self, cost: CostModel) -> Decision:
         e = self.expected
         direct = cost.decode(min(e.direct_tokens, self.direct.max_tokens))

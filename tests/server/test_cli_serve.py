@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from conftest import free_port
 
-from parafill.cli_serve import served_name
+from parafill.cli.serve import served_name
 
 CMD = (str(Path(sys.executable).parent / "parafill"), "serve")  # the console script
 

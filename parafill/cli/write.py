@@ -12,18 +12,23 @@ from typing import Annotated
 
 import anyio
 import typer
-from rich.console import Console
 
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend
-from parafill.cli_opts import EngineOpts, FillerOpt, engine_opts
-from parafill.cli_view import RunView, summary
+from parafill.cli.common import (
+    EngineOpts,
+    FillerOpt,
+    ModelOpt,
+    ModeOpt,
+    converting,
+    engine_opts,
+    err,
+    out,
+)
+from parafill.cli.view import RunView, summary
 from parafill.orchestrator.plan import RunResult
 from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
 from parafill.planners.document import DocumentPlanner, OutlineLimits
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -35,10 +40,8 @@ def write(
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Markdown file to write (default: print it).")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Local HF model directory or .gguf file.")
-    ] = None,
-    mode: Annotated[str, typer.Option("--mode", help="Engine packing: rows | tree.")] = "rows",
+    model: ModelOpt = None,
+    mode: ModeOpt = "rows",
     max_sections: Annotated[int, typer.Option(help="Cap on top-level sections.")] = 5,
     max_subsections: Annotated[int, typer.Option(help="Cap on subsections per section.")] = 3,
     section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
@@ -75,7 +78,7 @@ def write(
 
 
 async def _write(topic: str, planner: DocumentPlanner, opts: EngineOpts) -> RunResult:
-    async with LocalBackend.open(opts.local(), on_convert=_converting) as backend:
+    async with LocalBackend.open(opts.local(), on_convert=converting) as backend:
         view = RunView.create(err)
         try:
             plan = planner.plan(topic)
@@ -88,10 +91,6 @@ async def _write(topic: str, planner: DocumentPlanner, opts: EngineOpts) -> RunR
             )
         finally:
             view.close()
-
-
-def _converting(message: str) -> None:
-    err.print(f"[yellow]{message}[/yellow]")
 
 
 def _emit(planner: DocumentPlanner, result: RunResult, path: Path | None) -> None:

@@ -1,8 +1,9 @@
 """`parafill dag` (steps that use earlier results, run as a DAG) and `parafill reason`
 (N branches in parallel, then a vote or a synthesis).
 
-Both reuse `parafill run`'s machinery from cli.py: the local backend, the live view, the
-summary, `--json`, `--compare` and the error handling. Nothing here runs a plan itself.
+Both reuse `parafill run`'s machinery (`parafill.cli.answer`, `parafill.cli.common`): the
+local backend, the live view, the summary, `--json`, `--compare` and the error handling.
+Nothing here runs a plan itself.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from typing import Annotated
 import anyio
 import typer
 
-from parafill.cli import JsonOpt, ModelOpt, ModeOpt, _guard, _run, err
-from parafill.cli_opts import FillerOpt, engine_opts
+from parafill.cli.answer import answer
+from parafill.cli.common import (
+    CompareOpt,
+    FillerOpt,
+    JsonOpt,
+    ModelOpt,
+    ModeOpt,
+    engine_opts,
+    err,
+    guard,
+)
 from parafill.planners.dag import DagPlanner
 from parafill.planners.reasoning import Mode, ReasoningPlanner
 from parafill.planners.static import DirectPlanner
-
-CompareOpt = Annotated[bool, typer.Option(help="Also answer directly; print both times.")]
 
 
 def dag(
@@ -42,7 +50,7 @@ def dag(
     )
     direct = DirectPlanner(direct_tokens) if compare else None
     opts = engine_opts(model, mode, filler)
-    _guard(lambda: anyio.run(_run, question, planner, direct, opts, as_json))
+    guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
 def reason(
@@ -74,7 +82,7 @@ def reason(
     )  # fmt: skip
     direct = DirectPlanner(direct_tokens) if compare else None
     opts = engine_opts(model, mode, filler)
-    _guard(lambda: anyio.run(_run, question, planner, direct, opts, as_json))
+    guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
 def register(app: typer.Typer) -> None:

@@ -13,17 +13,16 @@ from typing import Annotated
 import anyio
 import typer
 import uvicorn
-from rich.console import Console
 
 from parafill.backends.engine.engine import Engine
 from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.cli.common import converting, err
 from parafill.fillers import check as check_filler
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import ServerSettings, create_app
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 _QUANT = re.compile(r"\.(q\d\w*|f16|f32|bf16)$", re.I)
 
 
@@ -115,9 +114,7 @@ def _size(flag: str, text: str) -> int:
 
 async def _serve(local: LocalConfig, settings: ServerSettings, where: tuple[str, int, str]) -> None:
     host, port, log_level = where
-    async with LocalBackend.open(
-        local, on_convert=lambda m: err.print(f"[yellow]{m}[/yellow]")
-    ) as b:
+    async with LocalBackend.open(local, on_convert=converting) as b:
         uv = uvicorn.Config(create_app(b, settings), host=host, port=port, log_level=log_level)
         key = " (API key required)" if settings.api_key else ""
         err.print(

@@ -27,19 +27,15 @@ from typing import IO, Annotated
 import anyio
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich.console import Console
 
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
-from parafill.cli_opts import FillerOpt
+from parafill.cli.common import FillerOpt, err
 from parafill.errors import real_error
 from parafill.fillers import check as check_filler
 from parafill.orchestrator.runner import RunConfig, RunFailed
 from parafill.planners.ner import NerConfig, NerResult, check_config, default_adapter, extract
 from parafill.planners.ner_data import WNUT_LABELS
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class DocIn(BaseModel):

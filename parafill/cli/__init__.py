@@ -1,0 +1,28 @@
+"""The `parafill` command line: run a question (skeleton-of-thought) or a JSON plan.
+
+Progress goes to stderr (a live view on a terminal, plain lines when piped); the answer, the
+summary and `--json` output go to stdout.
+"""
+
+# This docstring is the app's --help text. The package: common.py (the consoles, shared options,
+# error handling), answer.py + view.py (running and showing a plan), and one module per command
+# group, each with `register(app)`; they import from common, never from here.
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from parafill.cli import ner, plans, run, serve, write
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+for _group in (run, serve, ner, plans, write):  # the order `parafill --help` lists them in
+    _group.register(app)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(sys.argv[1:])
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,82 @@
+"""Answer a question or run a plan on the local engine and print the result: the machinery
+`run`, `plan`, `dag` and `reason` share (live view on stderr; answer, notes, summary,
+`--compare` and `--json` on stdout). Planners and the router's cost model come from the caller
+and `parafill.api`; nothing here decides how to plan.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from parafill.api import with_costs
+from parafill.backends.local import LocalBackend
+from parafill.cli.common import EngineOpts, converting, err, out
+from parafill.cli.view import RunView, summary
+from parafill.orchestrator.plan import Plan, RunResult
+from parafill.orchestrator.runner import RunConfig, run_plan
+from parafill.planners.base import Planner
+
+
+async def answer(
+    target: str | Plan,
+    planner: Planner | None,
+    direct: Planner | None,
+    opts: EngineOpts,
+    as_json: bool,
+) -> None:
+    """Run `target` (planned by `planner` if a question), and with `direct` too if given."""
+    run = RunConfig(filler=opts.filler)
+    local = opts.local()
+    async with LocalBackend.open(local, on_convert=converting) as b:
+        if planner is not None:
+            planner = await with_costs(planner, target, b, local, announce=_measuring)
+        result = await _one(target, planner, b, run, show=True)
+        baseline = await _one(target, direct, b, run, show=False) if direct else None
+    if as_json:
+        out.print_json(json.dumps(_as_dict(result, baseline)))
+        return
+    out.print(result.answer, markup=False)
+    if result.notes:
+        out.print(f"\n[dim]{'; '.join(result.notes)}[/dim]")
+    out.print(f"[bold]parafill[/bold]: {summary(result)}")
+    if baseline is not None:
+        out.print(f"[bold]direct[/bold]:   {summary(baseline)}")
+        ratio = baseline.seconds / max(result.seconds, 1e-9)
+        out.print(f"speed-up vs direct: {ratio:.2f}× (wall time, same model and engine)")
+
+
+async def _one(
+    target: str | Plan, planner: Planner | None, backend: LocalBackend, run: RunConfig, show: bool
+) -> RunResult:
+    plan = target if isinstance(target, Plan) else planner.plan(target)  # type: ignore[union-attr]
+    hooks = dict(planner.expanders) if planner else {}
+    view = RunView.create(err) if show else None
+    try:
+        return await run_plan(plan, backend, run, expanders=hooks, emit=view)
+    finally:
+        if view:
+            view.close()
+
+
+def _measuring(message: str) -> None:
+    err.print(f"[dim]{message}[/dim]")
+
+
+def _as_dict(result: RunResult, baseline: RunResult | None) -> dict[str, object]:
+    def one(r: RunResult) -> dict[str, object]:
+        return {
+            "answer": r.answer,
+            "seconds": r.seconds,
+            "tokens": r.tokens,
+            "forward_passes": r.forward_passes,
+            "notes": list(r.notes),
+            "nodes": {k: asdict(v) for k, v in r.results.items()},
+            "plan": json.loads(r.plan.to_json()),
+        }
+
+    data = one(result)
+    if baseline is not None:
+        data["direct"] = one(baseline)
+        data["speedup"] = baseline.seconds / max(result.seconds, 1e-9)
+    return data

@@ -1,0 +1,92 @@
+"""What every `parafill` command shares: the one pair of consoles (answers to stdout, progress
+and errors to stderr), the options of commands that open the local engine (`--model`, `--mode`,
+`--filler`, `--json`, `--compare`), checked before anything loads, and the error handling that
+turns a failed run into a message and an exit code. No command lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from parafill.backends.engine.weights import ModelNotFound
+from parafill.backends.local import LocalConfig
+from parafill.errors import real_error
+from parafill.fillers import check as check_filler
+from parafill.orchestrator.plan import PlanError
+from parafill.orchestrator.runner import RunFailed
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Local HF model directory or .gguf file.")
+]
+ModeOpt = Annotated[str, typer.Option("--mode", help="Engine packing: rows | tree.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+CompareOpt = Annotated[bool, typer.Option(help="Also answer directly; print both times.")]
+FillerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--filler",
+        help="How every node decodes: autoregressive | ngram | jacobi "
+        "(default: each node's own, chosen by the planner).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class EngineOpts:
+    """What the local backend is opened with, from the command line."""
+
+    model: str | None = None
+    mode: str = "rows"
+    filler: str | None = None  # overrides every node's filler
+
+    def local(self) -> LocalConfig:
+        return LocalConfig(model=self.model, mode=self.mode)  # type: ignore[arg-type]
+
+
+def engine_opts(model: str | None, mode: str, filler: str | None) -> EngineOpts:
+    """The options, or exit 2 with the reason (an unknown filler or mode)."""
+    try:
+        if filler is not None:
+            check_filler(filler)
+        if mode not in ("rows", "tree"):
+            raise ValueError(f"--mode must be rows or tree, not {mode!r}")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    return EngineOpts(model, mode, filler)
+
+
+def converting(message: str) -> None:
+    """Shown while a GGUF model is converted (once; later loads read the cached copy)."""
+    err.print(f"[yellow]{message}[/yellow]")
+
+
+def guard(fn: Callable[[], object]) -> None:
+    """Run `fn`; a missing model or an invalid plan exits 2, a failed node exits 1 after
+    printing the nodes that finished and what they answered."""
+    try:
+        fn()
+    except Exception as exc:  # the backend's task group wraps what failed under it
+        real = real_error(exc)
+        if isinstance(real, ModelNotFound):
+            err.print(f"[red]error:[/red] {real}")
+            raise typer.Exit(2) from real
+        if isinstance(real, RunFailed):
+            err.print(f"[red]error:[/red] {escape(str(real))}")
+            if real.result.results:
+                err.print(f"finished nodes kept: {', '.join(real.result.results)}")
+                out.print(real.result.answer, markup=False)
+            raise typer.Exit(1) from real
+        if isinstance(real, PlanError):
+            err.print(f"[red]error:[/red] invalid plan: {real}")
+            raise typer.Exit(2) from real
+        raise
