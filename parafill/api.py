@@ -2,8 +2,9 @@
 
 `target` is a question (planned by `planner`; by default the router, as `parafill run` does:
 skeleton-of-thought where decomposing pays, else a direct answer) or a hand-built `Plan`.
-Without a `backend`, the local engine on `model` (default: the embedded SmolLM2) is opened for
-the call and closed after it.
+Without a `backend`, the local engine is opened for the call and closed after it: on `model`
+(default: the embedded SmolLM2), or with every engine setting from `local` (a `LocalConfig`:
+packing, KV budget, prefill chunk, static / compiled decode, speculation).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ async def arun(
     *,
     backend: Backend | None = None,
     model: str | None = None,
+    local: LocalConfig | None = None,
     planner: Planner | None = None,
     expanders: Mapping[str, Expander] | None = None,
     config: RunConfig | None = None,
@@ -46,10 +48,12 @@ async def arun(
     it took and why. On the local engine opened here, the router decides list-like questions by
     that engine's step costs, measured once per model, packing mode and device and cached
     (`$PARAFILL_CACHE/costs`); on a `backend` you pass, pass a router with `cost=` for that."""
+    if local is not None and model is not None:
+        raise ValueError("give the model in `local` (LocalConfig(model=...)) or `model`, not both")
     chosen = planner or RouterPlanner()
     async with AsyncExitStack() as stack:
         if backend is None:
-            cfg = LocalConfig(model=model)
+            cfg = local or LocalConfig(model=model)
             backend = await stack.enter_async_context(LocalBackend.open(cfg))
             chosen = await with_costs(chosen, target, backend, cfg)
         if isinstance(target, Plan):

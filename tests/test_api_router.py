@@ -99,3 +99,12 @@ async def test_with_costs_measures_only_what_the_router_needs(
     measured = len(fake.calls)
     again = await api.with_costs(router, LIST_LIKE, fake, local, told.append)
     assert again == costed and len(fake.calls) == measured and len(told) == 1  # from the cache
+
+
+async def test_arun_opens_the_engine_with_every_setting_given(engine: Engine) -> None:
+    cfg = LocalConfig(model="m", mode="tree", prefill_chunk=64, decode="static", max_seqs=8)
+    await parafill.arun("How to relax?", local=cfg)
+    assert engine.opened == [cfg]  # prefill_chunk, decode, max_seqs reach the engine config
+    assert cfg.engine().prefill_chunk == 64 and cfg.engine().decode == "static"
+    with pytest.raises(ValueError, match="not both"):
+        await parafill.arun("How to relax?", local=cfg, model="other")

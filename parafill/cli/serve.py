@@ -65,10 +65,24 @@ def serve(
     max_body_size: Annotated[
         str, typer.Option(help="Largest request body, e.g. 4MiB, 16MB (larger: HTTP 413).")
     ] = "4MiB",
+    decode: Annotated[
+        str,
+        typer.Option(help="Decode-only steps: auto (static on a GPU) | eager | static."),
+    ] = "auto",
+    compile: Annotated[
+        bool, typer.Option(help="Static decode: torch.compile the step first (slow start).")
+    ] = False,
+    prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens fed per step.")] = 512,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible)."""
-    if mode not in ("rows", "tree"):
-        err.print(f"[red]error:[/red] --mode must be rows or tree, not {mode!r}")
+    if mode not in ("rows", "tree") or decode not in ("auto", "eager", "static"):
+        err.print(
+            f"[red]error:[/red] --mode must be rows or tree (not {mode!r}) and --decode "
+            f"auto, eager or static (not {decode!r})"
+        )
+        raise typer.Exit(2)
+    if prefill_chunk < 1:
+        err.print(f"[red]error:[/red] --prefill-chunk must be at least 1, not {prefill_chunk}")
         raise typer.Exit(2)
     budget_bytes = _size("--kv-budget", kv_budget) if kv_budget is not None else None
     max_body = _size("--max-body-size", max_body_size)
@@ -84,6 +98,9 @@ def serve(
         budget_tokens=budget_tokens,
         budget_bytes=budget_bytes,
         rows=rows,
+        decode=decode,  # type: ignore[arg-type]
+        compile=compile,
+        prefill_chunk=prefill_chunk,
     )
     settings = ServerSettings(
         model_name=name or served_name(model),

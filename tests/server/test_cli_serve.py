@@ -81,3 +81,13 @@ def test_bad_max_body_size_is_a_clear_error() -> None:
                               timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert f"--max-body-size{':' if size == 'lots' else ''} {why}" in done.stderr
+
+
+def test_bad_decode_or_prefill_chunk_is_a_clear_error() -> None:
+    for args, why in (
+        (["--decode", "fast"], "--decode auto, eager or static (not 'fast')"),
+        (["--prefill-chunk", "0"], "--prefill-chunk must be at least 1, not 0"),
+    ):
+        done = subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert why in done.stderr, done.stderr
