@@ -130,6 +130,8 @@ def encode_body(config: OpenAIConfig, request: Request) -> bytes:
         body["presence_penalty"] = s.presence_penalty
     if s.logit_bias:
         body["logit_bias"] = {str(t): b for t, b in s.logit_bias}
+    if s.repetition_penalty != 1.0:  # vLLM's / SGLang's / llama.cpp server's extra field
+        body["repetition_penalty"] = s.repetition_penalty
     if config.logprobs and config.endpoint == "chat":
         # top_logprobs too, even 0: llama-cpp-python computes none without it
         body.update(logprobs=True, top_logprobs=s.top_logprobs)

@@ -59,6 +59,11 @@ class RunConfig:
     retry_delay: float = 0.5  # first backoff; doubles per attempt
     seed: int | None = None
     filler: str | None = None  # every node decodes with this filler (else each node's own)
+    # generation guards for every node (see Decoding): HF's repetition penalty (1: off) and
+    # the loop guard, which stops a node whose last N output tokens already occurred in its
+    # output (the local engine; a remote server gets the penalty but not the guard)
+    repetition_penalty: float = 1.0
+    stop_on_repeat: int = 32
 
 
 class RunFailed(RuntimeError):
@@ -189,7 +194,14 @@ def _request(node: Node, outputs: Mapping[str, str], cfg: RunConfig) -> Request:
     if node.prefix:  # the answer starts with the prefix; the model continues it
         msgs += (Message("assistant", node.prefix),)
     seed = node.seed if node.seed is not None else cfg.seed
-    sampling = Sampling(node.max_tokens, node.temperature, seed=seed, stop=node.stop)
+    sampling = Sampling(
+        node.max_tokens,
+        node.temperature,
+        seed=seed,
+        stop=node.stop,
+        repetition_penalty=cfg.repetition_penalty,
+        stop_on_repeat=cfg.stop_on_repeat,
+    )
     return Request(msgs, sampling, filler=cfg.filler or node.filler)
 
 

@@ -215,6 +215,8 @@ def _job(
         frequency_penalty=req.frequency_penalty,
         presence_penalty=req.presence_penalty,
         logit_bias=req.bias,
+        repetition_penalty=req.repetition_penalty,
+        stop_on_repeat=req.stop_on_repeat,
     )
     job = Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
     return replace(job, filler=req.filler)
@@ -252,14 +254,16 @@ async def _sot(
             param="n",
             code="unsupported_parameter",
         )
-    for name in ("frequency_penalty", "presence_penalty", "logit_bias"):
-        if getattr(req, name):
-            raise APIError(
-                400,
-                f"{name} is not available for {sot.NAME} (it decodes greedily, unadjusted)",
-                param=name,
-                code="unsupported_parameter",
-            )
+    adjusted = ["frequency_penalty", "presence_penalty", "logit_bias", "stop_on_repeat"]
+    adjusted = [name for name in adjusted if getattr(req, name)]
+    adjusted += ["repetition_penalty"] if req.repetition_penalty != 1.0 else []
+    for name in adjusted[:1]:
+        raise APIError(
+            400,
+            f"{name} is not available for {sot.NAME} (it decodes greedily, unadjusted)",
+            param=name,
+            code="unsupported_parameter",
+        )
     question = users[-1].to_message().content
     planner = sot.planner_for(cfg.sot, req.limit)
     _room(backend, cfg, len(ids), planner.point_tokens, "messages")

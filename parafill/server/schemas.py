@@ -80,9 +80,15 @@ class _Sampled(_In):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
+    # vLLM's / HF's (not OpenAI's): divide the logits of tokens already in the prompt or
+    # output by this (1: off)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
     # parafill's own: how the engine decodes this request ("autoregressive", "ngram",
     # "jacobi"); None: the server's --filler
     filler: str | None = None
+    # parafill's own loop guard: stop once the output's last N tokens occurred earlier in
+    # it (0: off)
+    stop_on_repeat: int = Field(default=0, ge=0, le=4096)
 
     _text = field_validator("model")(_unicode)
 
