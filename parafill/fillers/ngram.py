@@ -23,8 +23,8 @@ PRIOR = (0.0, 0.4, 0.5, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9)
 
 
 class NGram:
-    def __init__(self, sources: Sources | None = None, max_n: int = 8) -> None:
-        self.max_n = max_n
+    def __init__(self, sources: Sources | None = None, max_n: int = 8, branch: bool = True) -> None:
+        self.max_n, self.branch = max_n, branch
         self.tables: list[dict[tuple[int, ...], int]] = [{} for _ in range(max_n + 1)]
         self.hits = [PRIOR[min(n, len(PRIOR) - 1)] for n in range(max_n + 1)]
         self.orders: list[int] = []  # the match order behind each token of the last draft
@@ -46,7 +46,9 @@ class NGram:
         conf = [self.hits[o] for o in self.orders]
         parents = list(range(-1, len(draft) - 1))
         alt, order = self._alternative(tail, draft[:1])
-        if alt is not None and k > 1:  # a shorter match disagrees: verify its branch too
+        if (
+            alt is not None and k > 1 and self.branch
+        ):  # a shorter match disagrees: verify its branch too
             more, orders = self._grow((tail + [alt])[-self.max_n :], k // 2 - 1)
             first = len(draft)
             parents += [-1] + list(range(first, first + len(more)))
