@@ -357,3 +357,32 @@ def test_a_failing_proposer_harms_nobody(where: str, llama: torch.nn.Module, ref
     run, _ = _drain_all(eng, 100)
     for i, p in zip(ids, prompts, strict=True):
         assert run.tokens[i] == ref(p, 15) and run.finish[i] == "length"
+
+
+def test_a_proposer_whose_drafts_never_pay_is_asked_less_often(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """When the step costs say verifying does not pay, the engine backs off from asking the
+    proposer (host time on a wide batch) — and still writes the plain tokens."""
+    from parafill.backends.engine.spec import Shape, StepCost
+
+    class Counting:
+        calls = 0
+
+        def propose(self, tokens: Sequence[int], k: int) -> Draft:
+            Counting.calls += 1
+            return Draft((3,) * k, (0.3,) * k)
+
+        def observe(self, outcome: Outcome) -> None:
+            pass
+
+    prompt = rand_prompt(torch.Generator().manual_seed(18), 12)
+    eng, _ = make_engine(llama, budget_tokens=512, rows=2, speculate="auto")
+    dear = StepCost()
+    for n in range(1, 12):  # every extra token fed costs as much as a whole step
+        dear.add(Shape(n, n, 100), 0.01 * n)
+    eng.policy.cost = dear
+    i = eng.submit(prompt, greedy(40), Counting())
+    run, _ = _drain_all(eng, 100)
+    assert run.tokens[i] == ref(prompt, 40)
+    assert eng.drafted == 0 and Counting.calls < 15  # not once per step (40)

@@ -23,6 +23,7 @@ from parafill.fillers.base import Draft
 if TYPE_CHECKING:
     from parafill.backends.engine.engine import EngineConfig
 
+BACKOFF = 16  # the most steps a sequence goes without asking its proposer after refusals
 Alloc = Callable[[int, int], "tuple[int, list[int]] | None"]  # (n, row) -> (row, columns)
 
 
@@ -109,6 +110,9 @@ class Drafter:
             room = s.params.max_tokens - len(s.generated) - 1
             if s.proposer is None or room <= 0:
                 continue
+            if s.wait > 0:  # its recent offers were not worth verifying: skip the proposer
+                s.wait -= 1
+                continue
             try:  # a failing proposer costs its sequence the drafts, nothing more
                 got = s.proposer.propose(s.prompt + s.generated, min(self.policy.k_max, room))
                 o = offer(got, s.rate, s.k, room, self.vocab)
@@ -128,7 +132,11 @@ class Drafter:
             ks = [len(o.tokens) for _, o in offers]
         for (s, o), k in zip(offers, ks, strict=True):
             if k:
+                s.idle = 0
                 self._set_draft(s, o.cut(k))
+            else:  # back off: 1, 3, 7, 15 steps without asking (a proposer costs host time)
+                s.idle += 1
+                s.wait = min(2**s.idle, BACKOFF) - 1
 
     def _set_draft(self, s: Seq, o: Offer) -> None:
         """Drafts on the first-child chain write the sequence's own next columns; side

@@ -40,6 +40,8 @@ class Seq:
     k: int = 4  # current draft length (adapted to acceptance)
     rate: float = 0.6  # running acceptance rate of its drafts
     expect: float = 0.0  # drafts of this step expected to be kept (their chances say)
+    idle: int = 0  # consecutive offers the policy verified none of
+    wait: int = 0  # steps left before its proposer is asked again
     seen: set[tuple[int, ...]] = field(default_factory=set)  # output n-grams (loop guard)
     passes: int = 0  # forward passes that fed this sequence
     drafted: int = 0
