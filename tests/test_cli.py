@@ -104,3 +104,22 @@ def test_plan_file_is_refused_at_load_naming_the_node(tmp_path, field, value, me
     assert res.exit_code == 2, res.output
     assert "cannot use plan" in res.stderr and message in res.stderr
     assert "does not exist" not in res.output
+
+
+@pytest.mark.parametrize(("guard", "says"), [([], "loop guard 32 tokens"),
+                                             (["--stop-on-repeat", "0"], "no loop guard")])
+def test_compare_prints_each_sides_repetition_and_the_shared_guard(guard, says):
+    res = runner.invoke(app, ["run", "How can I sleep better?", "--compare", *SMALL, *guard])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    for side in ("parafill:", "direct:"):
+        line = next(ln for ln in lines if ln.startswith(side))
+        rep = float(line.rsplit("8-gram repetition", 1)[1])
+        assert 0.0 <= rep <= 1.0
+    ratio = next(ln for ln in lines if ln.startswith("speed-up vs direct"))
+    assert says in ratio
+
+
+def test_negative_loop_guard_is_refused():
+    res = runner.invoke(app, ["run", "hi", "--stop-on-repeat", "-1"])
+    assert res.exit_code == 2 and "stop-on-repeat" in res.output

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from parafill.api import with_costs
 from parafill.backends.local import LocalBackend
 from parafill.cli.common import EngineOpts, converting, err, out
-from parafill.cli.view import RunView, summary
+from parafill.cli.view import RunView, repetition, summary
 from parafill.orchestrator.plan import Plan, RunResult
 from parafill.orchestrator.runner import RunConfig, run_plan
 from parafill.planners.base import Planner
@@ -26,24 +26,29 @@ async def answer(
     as_json: bool,
 ) -> None:
     """Run `target` (planned by `planner` if a question), and with `direct` too if given."""
-    run = RunConfig(filler=opts.filler)
+    run = RunConfig(filler=opts.filler, stop_on_repeat=opts.stop_on_repeat)
     local = opts.local()
     async with LocalBackend.open(local, on_convert=converting) as b:
         if planner is not None:
             planner = await with_costs(planner, target, b, local, announce=_measuring)
         result = await _one(target, planner, b, run, show=True)
         baseline = await _one(target, direct, b, run, show=False) if direct else None
+        reps = [repetition(b.tokenizer.encode(r.answer)) for r in (result, baseline) if r]
     if as_json:
         out.print_json(json.dumps(_as_dict(result, baseline)))
         return
     out.print(result.answer, markup=False)
     if result.notes:
         out.print(f"\n[dim]{'; '.join(result.notes)}[/dim]")
-    out.print(f"[bold]parafill[/bold]: {summary(result)}")
-    if baseline is not None:
-        out.print(f"[bold]direct[/bold]:   {summary(baseline)}")
-        ratio = baseline.seconds / max(result.seconds, 1e-9)
-        out.print(f"speed-up vs direct: {ratio:.2f}× (wall time, same model and engine)")
+    if baseline is None:
+        out.print(f"[bold]parafill[/bold]: {summary(result)}")
+        return
+    # both sides ran with the same loop guard; a looping side would carry the ratio
+    out.print(f"[bold]parafill[/bold]: {summary(result)} · 8-gram repetition {reps[0]:.2f}")
+    out.print(f"[bold]direct[/bold]:   {summary(baseline)} · 8-gram repetition {reps[1]:.2f}")
+    ratio = baseline.seconds / max(result.seconds, 1e-9)
+    guard = f"loop guard {opts.stop_on_repeat} tokens" if opts.stop_on_repeat else "no loop guard"
+    out.print(f"speed-up vs direct: {ratio:.2f}× (wall time, same model, engine and {guard})")
 
 
 async def _one(

@@ -40,6 +40,17 @@ FillerOpt = Annotated[
 ]
 
 
+GuardOpt = Annotated[
+    int,
+    typer.Option(
+        "--stop-on-repeat",
+        min=0,
+        help="Loop guard: a node stops once its last N output tokens already occurred in "
+        "its output (0: off). --compare uses it on both sides.",
+    ),
+]
+
+
 @dataclass(frozen=True)
 class EngineOpts:
     """What the local backend is opened with, from the command line."""
@@ -47,12 +58,15 @@ class EngineOpts:
     model: str | None = None
     mode: str = "rows"
     filler: str | None = None  # overrides every node's filler
+    stop_on_repeat: int = 32  # the loop guard of every node (RunConfig.stop_on_repeat)
 
     def local(self) -> LocalConfig:
         return LocalConfig(model=self.model, mode=self.mode)  # type: ignore[arg-type]
 
 
-def engine_opts(model: str | None, mode: str, filler: str | None) -> EngineOpts:
+def engine_opts(
+    model: str | None, mode: str, filler: str | None, stop_on_repeat: int = 32
+) -> EngineOpts:
     """The options, or exit 2 with the reason (an unknown filler or mode)."""
     try:
         if filler is not None:
@@ -62,7 +76,7 @@ def engine_opts(model: str | None, mode: str, filler: str | None) -> EngineOpts:
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    return EngineOpts(model, mode, filler)
+    return EngineOpts(model, mode, filler, stop_on_repeat)
 
 
 def converting(message: str) -> None:

@@ -17,6 +17,7 @@ from parafill.cli.answer import answer
 from parafill.cli.common import (
     CompareOpt,
     FillerOpt,
+    GuardOpt,
     JsonOpt,
     ModelOpt,
     ModeOpt,
@@ -49,6 +50,7 @@ def run(
         str, typer.Option("--plan", help="auto (router decides) | always (decompose) | never.")
     ] = "auto",
     filler: FillerOpt = None,
+    stop_on_repeat: GuardOpt = 32,
 ) -> None:
     """Answer QUESTION: the router decides whether skeleton-of-thought (outline, then fill
     every point in parallel) pays, or whether to answer directly; the result says why."""
@@ -58,7 +60,7 @@ def run(
     skeleton = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     direct = DirectPlanner(direct_tokens) if compare else None
-    opts = engine_opts(model, mode, filler)
+    opts = engine_opts(model, mode, filler, stop_on_repeat)
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 

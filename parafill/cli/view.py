@@ -94,6 +94,12 @@ class RunView:
         return table
 
 
+def repetition(ids: list[int], n: int = 8) -> float:
+    """1 - distinct / total n-grams of a token sequence: a looping output scores high."""
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def summary(result: RunResult) -> str:
     passes = "n/a" if result.forward_passes is None else str(result.forward_passes)
     fills = [r.fill for r in result.results.values() if r.fill is not None]
