@@ -34,6 +34,7 @@ from parafill.backends.base import render_messages as _render
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError
+from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import load
 from parafill.fillers import FillerError, check, make
@@ -129,12 +130,15 @@ class LocalBackend:
                 self.engine.wake()
 
     @property
+    def limits(self) -> Limits:
+        """What the engine can hold (vocabulary, context per request, KV cache) and do."""
+        return self.engine.limits
+
+    @property
     def capabilities(self) -> Capabilities:
-        cfg = self.engine.config
-        if isinstance(self.engine, FallbackEngine):
-            return Capabilities(False, False, False, cfg.max_seqs)
-        width = cfg.rows if cfg.mode == "rows" else cfg.max_seqs
-        return Capabilities(True, True, cfg.mode == "tree", width, cfg.speculate != "off")
+        lim = self.limits
+        tree = lim.packs and self.engine.config.mode == "tree"
+        return Capabilities(lim.packs, lim.packs, tree, lim.max_seqs, lim.speculates)
 
     @property
     def forward_passes(self) -> int:

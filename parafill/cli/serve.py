@@ -14,8 +14,8 @@ import anyio
 import typer
 import uvicorn
 
-from parafill.backends.engine.engine import Engine
 from parafill.backends.engine.kv import BudgetError, parse_size
+from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.cli.common import converting, err
@@ -136,17 +136,15 @@ async def _serve(local: LocalConfig, settings: ServerSettings, where: tuple[str,
         key = " (API key required)" if settings.api_key else ""
         err.print(
             f"parafill serve: {settings.model_name!r} and 'parafill-sot' on "
-            f"http://{host}:{port}/v1{key}; {_kv(b)}"
+            f"http://{host}:{port}/v1{key}; {_kv(b.limits)}"
         )
         await uvicorn.Server(uv).serve()
 
 
-def _kv(b: LocalBackend) -> str:
-    eng = b.engine
-    if isinstance(eng, Engine):
-        spec = eng.cache.spec
-        return f"KV cache {spec.rows} x {spec.cols} tokens, {eng.cache.nbytes / 2**20:.1f} MiB"
-    return f"KV budget {eng.config.budget_tokens} tokens (HF fallback)"
+def _kv(lim: Limits) -> str:
+    if lim.kv_bytes is None:  # no preallocated cache: the HF fallback
+        return f"KV budget {lim.kv_tokens} tokens (HF fallback)"
+    return f"KV cache {lim.kv_rows} x {lim.kv_row_tokens} tokens, {lim.kv_bytes / 2**20:.1f} MiB"
 
 
 def register(app: typer.Typer) -> None:

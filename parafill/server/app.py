@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from parafill.backends.base import BackendError, Sampling
-from parafill.backends.engine.fallback import FallbackEngine
 from parafill.backends.local import LocalBackend
 from parafill.errors import real_error
 from parafill.orchestrator.runner import RunFailed
@@ -126,9 +125,7 @@ def _check_ids(backend: LocalBackend, ids: list[int]) -> None:
 
 def _vocab(backend: LocalBackend) -> int:
     """Token ids a request may name: those both the tokenizer and the model know."""
-    eng = backend.engine
-    model = eng.hf.config.vocab_size if isinstance(eng, FallbackEngine) else eng.model.shapes.vocab
-    return min(len(backend.tokenizer), int(model))
+    return min(len(backend.tokenizer), backend.limits.vocab)
 
 
 def _check_common(cfg: ServerSettings, req: ChatRequest | CompletionRequest) -> None:
@@ -160,7 +157,9 @@ def _room(
     backend: LocalBackend, cfg: ServerSettings, n_prompt: int, asked: int | None, param: str
 ) -> int:
     """Tokens to generate: as asked, or the default cut to what the context leaves."""
-    context = _context(backend)
+    # the engines' submit checks the same bound, but a request must be refused before its
+    # stream starts
+    context = backend.limits.max_request_tokens  # prompt + completion, one sequence
     if n_prompt == 0:
         raise APIError(400, f"{param} is empty", param=param)
     want = asked or min(cfg.default_max_tokens, cfg.max_tokens)
@@ -175,15 +174,6 @@ def _room(
             code="context_length_exceeded",
         )
     return want
-
-
-def _context(backend: LocalBackend) -> int:
-    """The most tokens (prompt + completion) one sequence may hold; the engines' submit
-    checks the same bounds, but a request must be refused before its stream starts."""
-    eng = backend.engine
-    if isinstance(eng, FallbackEngine):
-        return min(eng.max_positions, eng.config.budget_tokens)
-    return min(eng.cache.spec.cols, len(eng.model.cos))  # a KV row, the rotary table
 
 
 def _job(

@@ -26,6 +26,7 @@ from parafill.backends.engine.kv import (
     bytes_per_token,
     tokens_in,
 )
+from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.params import repeats
@@ -108,6 +109,15 @@ class Engine:
         self.drafter = Drafter(cfg, model.shapes.vocab, self.cache.alloc)
         self.policy = self.drafter.policy
         self._inbox: Inbox[Seq] = Inbox()
+
+    @property
+    def limits(self) -> Limits:
+        spec, cfg, positions = self.cache.spec, self.config, len(self.model.cos)
+        seqs = spec.rows if cfg.mode == "rows" else cfg.max_seqs
+        return Limits(
+            self.model.shapes.vocab, positions, min(spec.cols, positions),  # a row, rotary table
+            spec.rows, spec.cols, self.cache.nbytes, seqs, True, cfg.speculate != "off",
+        )  # fmt: skip
 
     # ---- thread-safe entry points -------------------------------------------------------
 

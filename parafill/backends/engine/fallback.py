@@ -17,6 +17,7 @@ import torch
 
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.kv import BudgetError, tokens_in
+from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM, supports
 from parafill.backends.engine.params import repeats
@@ -59,6 +60,21 @@ class FallbackEngine:
         self.reused = 0
         self.steps = 0
         self._inbox: Inbox[_Seq] = Inbox()
+
+    @property
+    def limits(self) -> Limits:
+        budget = self.config.budget_tokens
+        return Limits(
+            vocab=int(self.hf.config.vocab_size),
+            max_positions=self.max_positions,
+            max_request_tokens=min(self.max_positions, budget),
+            kv_rows=1,
+            kv_row_tokens=budget,
+            kv_bytes=None,
+            max_seqs=self.config.max_seqs,
+            packs=False,
+            speculates=False,
+        )
 
     def submit(self, prompt: list[int], params: GenParams, proposer: Proposer | None = None) -> int:
         """Queue a request. This path decodes one token per step: `proposer` is ignored."""
