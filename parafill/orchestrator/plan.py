@@ -1,14 +1,23 @@
-"""Plan, Node and result values, plan validation and the JSON boundary (pydantic).
+"""Plan, Node and result values, the hook types, plan validation and the JSON boundary.
 
-A Plan is a DAG of nodes plus the ids whose outputs form the answer. Plans can grow while
-running: a node may name an `expand` hook (looked up by the runner) that turns its output into
-a `Growth` (new nodes, a new answer order). Validation errors name the offending node.
+A Plan is a DAG of nodes plus the ids whose outputs form the answer. A node generates text
+with the model, or (`kind="compute"`) runs a named pure function over its dependencies'
+outputs. Plans can grow while running: a node may name an `expand` hook (an `Expander`,
+looked up by the runner) that turns its output into a `Growth`. Errors name the node.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -17,12 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parafill.backends.base import FillStats
 from parafill.fillers import FILLERS
+from parafill.orchestrator.compute import BUILTINS
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.:-]+)\s*\}\}")
 # `{{...}}` that reads like a reference (words, spaces, `. : -`) but is no PLACEHOLDER
 _BRACED = re.compile(r"\{\{([^{}\n]*)\}\}")
 _NAME_LIKE = re.compile(r"[\w .:-]+")
 TEMPERATURES = (0.0, 2.0)  # OpenAI's range
+KINDS = ("generate", "compute")
 
 
 class PlanError(ValueError):
@@ -49,6 +60,22 @@ class Node:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()  # stop strings (not included in the output)
     seed: int | None = None  # sampling seed for this node (else the run's seed)
+    kind: str = "generate"  # "generate": the model writes it; "compute": `fn` computes it
+    fn: str | None = None  # compute nodes: the function's name in the runner's registry
+    # inputs bound when the plan is made (the question, a label), read by `fn` and `expand`
+    args: tuple[tuple[str, str], ...] = ()
+
+    def arg(self, name: str, default: str | None = None) -> str:
+        """The bound input `name`; without a default, a missing one is a PlanError."""
+        found = next((v for k, v in self.args if k == name), default)
+        if found is None:
+            raise PlanError(f"node {self.id!r} has no arg {name!r} (bound when planned)", self.id)
+        return found
+
+
+Expander = Callable[[Node, str], "Growth"]  # (node, its output) -> what to add to the plan
+# (node, its dependencies' outputs by id, in `deps` order) -> the node's output; pure
+Compute = Callable[[Node, Mapping[str, str]], str]
 
 
 @dataclass(frozen=True)
@@ -70,10 +97,12 @@ class Plan:
         return PlanModel.from_plan(self).model_dump_json(indent=2)
 
     @staticmethod
-    def from_json(text: str) -> Plan:
+    def from_json(text: str, computes: Collection[str] = BUILTINS) -> Plan:
+        """A plan file; its compute nodes may name the functions in `computes` only."""
         plan = PlanModel.model_validate_json(text).to_plan()
         check_plan(plan)
         check_placeholders(plan.nodes)
+        check_computes(plan.nodes, computes)
         return plan
 
 
@@ -147,6 +176,16 @@ def check_hooks(nodes: Iterable[Node], hooks: Collection[str]) -> None:
             raise PlanError(f"node {n.id!r} names expand hook {n.expand!r} ({names})", n.id)
 
 
+def check_computes(nodes: Iterable[Node], computes: Collection[str]) -> None:
+    """Every compute node's `fn` names one of `computes` (checked at load and before a run)."""
+    for n in nodes:
+        if n.kind == "compute" and n.fn not in computes:
+            names = ", ".join(sorted(computes)) or "none"
+            raise PlanError(
+                f"node {n.id!r} names unknown compute function {n.fn!r} ({names})", n.id
+            )
+
+
 def validate_growth(growth: Growth, known: Container[str]) -> None:
     """Check a growth against the ids of a running plan, in time linear in the growth alone.
 
@@ -174,6 +213,7 @@ def _check(nodes: Sequence[Node], answer: Iterable[str], known: Container[str]) 
         if n.filler is not None and n.filler not in FILLERS:
             names = ", ".join(FILLERS)
             raise PlanError(f"node {n.id!r} names unknown filler {n.filler!r} ({names})", n.id)
+        _check_kind(n)
         new[n.id] = n.deps
     for n in nodes:
         _check_deps(n, new, known)
@@ -182,6 +222,15 @@ def _check(nodes: Sequence[Node], answer: Iterable[str], known: Container[str]) 
     for a in answer:
         if a not in new and a not in known:
             raise PlanError(f"answer names unknown node {a!r}", node=a)
+
+
+def _check_kind(n: Node) -> None:
+    if n.kind not in KINDS:
+        raise PlanError(f"node {n.id!r} has kind {n.kind!r} (allowed: {', '.join(KINDS)})", n.id)
+    if n.kind == "compute" and not n.fn:
+        raise PlanError(f"compute node {n.id!r} names no function (fn)", node=n.id)
+    if n.kind != "compute" and n.fn is not None:
+        raise PlanError(f"node {n.id!r} names fn {n.fn!r} but is not a compute node", n.id)
 
 
 def _check_deps(n: Node, new: Container[str], known: Container[str]) -> None:
@@ -244,7 +293,7 @@ def render_prompt(node: Node, outputs: Mapping[str, str]) -> str:
 class NodeModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
-    prompt: str
+    prompt: str = ""  # compute nodes have none
     deps: list[str] = Field(default_factory=list)
     max_tokens: int = 256
     filler: str | None = None
@@ -254,6 +303,9 @@ class NodeModel(BaseModel):
     temperature: float = 0.0
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    kind: str = "generate"
+    fn: str | None = None
+    args: dict[str, str] = Field(default_factory=dict)
 
 
 class PlanModel(BaseModel):
@@ -266,7 +318,9 @@ class PlanModel(BaseModel):
     @staticmethod
     def from_plan(plan: Plan) -> PlanModel:
         nodes = [
-            NodeModel.model_validate({**_fields(n), "deps": list(n.deps), "stop": list(n.stop)})
+            NodeModel.model_validate(
+                {**_fields(n), "deps": list(n.deps), "stop": list(n.stop), "args": dict(n.args)}
+            )
             for n in plan.nodes
         ]
         return PlanModel(
@@ -275,7 +329,14 @@ class PlanModel(BaseModel):
 
     def to_plan(self) -> Plan:
         nodes = tuple(
-            Node(**{**n.model_dump(), "deps": tuple(n.deps), "stop": tuple(n.stop)})
+            Node(
+                **{
+                    **n.model_dump(),
+                    "deps": tuple(n.deps),
+                    "stop": tuple(n.stop),
+                    "args": tuple(n.args.items()),
+                }
+            )
             for n in self.nodes
         )
         return Plan(nodes, tuple(self.answer), self.separator, tuple(self.notes))

@@ -4,7 +4,8 @@ Up to `max_concurrency` ready nodes run at once, the first in plan order (a Capa
 guards the same bound). What finished is applied once per tick in plan order, not arrival
 order, so a run's plan, notes and answer reproduce. Per-node timeouts and retries; a node that
 finally fails cancels the rest and raises `RunFailed`, whose result holds the finished nodes'
-results and names the cancelled ones. Events go to an optional callback.
+results and names the cancelled ones. Events go to an optional callback. Compute nodes call
+their function (`computes`, over the built-ins) and make no backend request.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from parafill.backends.base import (
@@ -27,6 +29,7 @@ from parafill.backends.base import (
     Request,
     Sampling,
 )
+from parafill.orchestrator.compute import BUILTINS
 from parafill.orchestrator.events import (
     Event,
     NodeFailed,
@@ -37,17 +40,20 @@ from parafill.orchestrator.events import (
     RunFinished,
 )
 from parafill.orchestrator.plan import (
-    Growth,
+    Compute,
+    Expander,
     Node,
     NodeResult,
     Plan,
     RunResult,
+    check_computes,
     check_hooks,
     render_prompt,
 )
 from parafill.orchestrator.scheduler import Scheduler, Status
 
-Expander = Callable[[Node, str], Growth]
+__all__ = ["Compute", "Emit", "Expander", "RunConfig", "RunFailed", "run_plan"]
+
 Emit = Callable[[Event], Awaitable[None]]
 
 
@@ -89,6 +95,14 @@ async def _ignore(_: Event) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """The named functions a plan's nodes may use: expand hooks and compute functions."""
+
+    expanders: Mapping[str, Expander]
+    computes: Mapping[str, Compute]
+
+
 @dataclass
 class _Ctx:
     backend: Backend
@@ -104,13 +118,17 @@ async def run_plan(
     config: RunConfig | None = None,
     *,
     expanders: Mapping[str, Expander] | None = None,
+    computes: Mapping[str, Compute] | None = None,
     emit: Emit | None = None,
 ) -> RunResult:
     """Run `plan` on `backend` until every reachable node is done (or one fails). A node
-    whose `expand` names none of `expanders` is a PlanError before any node runs."""
+    whose `expand` names none of `expanders`, or a compute node whose `fn` names none of the
+    built-in compute functions and `computes`, is a PlanError before any node runs."""
     cfg = config or RunConfig()
     sched = Scheduler(plan)
-    check_hooks(plan.nodes, expanders or {})
+    hooks = _Hooks(expanders or {}, {**BUILTINS, **(computes or {})})
+    check_hooks(plan.nodes, hooks.expanders)
+    check_computes(plan.nodes, hooks.computes)
     emit = emit or _ignore
     t0, fp0 = time.perf_counter(), _passes(backend)
     send, recv = anyio.create_memory_object_stream[_Outcome](math.inf)
@@ -119,14 +137,11 @@ async def run_plan(
     async with send, recv, anyio.create_task_group() as tg:
         while failure is None:
             for node in sched.take(cfg.max_concurrency - sched.active):
-                request = _request(node, sched.inputs(node), cfg)
-                if (note := _filler_note(request, backend, sched.notes)) is not None:
-                    sched.note(note, node.id)
-                tg.start_soon(_run_node, node, request, ctx)
+                _start(node, sched, hooks, ctx, tg)
             if not sched.active:
                 break
             arrived = [await recv.receive(), *_arrived(recv)]
-            failure = await _apply(arrived, sched, expanders or {}, emit)
+            failure = await _apply(arrived, sched, hooks, emit)
         tg.cancel_scope.cancel()
     if failure is not None:
         sched.cancel_unfinished()  # before the result is built, so it lists them
@@ -136,16 +151,24 @@ async def run_plan(
     return result
 
 
+def _start(node: Node, sched: Scheduler, hooks: _Hooks, ctx: _Ctx, tg: TaskGroup) -> None:
+    """Start one taken node: a compute node calls its function, any other streams a request."""
+    if node.kind == "compute":
+        tg.start_soon(_run_compute, node, sched.inputs(node), hooks.computes[node.fn or ""], ctx)
+        return
+    request = _request(node, sched.inputs(node), ctx.config)
+    if (note := _filler_note(request, ctx.backend, sched.notes)) is not None:
+        sched.note(note, node.id)
+    tg.start_soon(_run_node, node, request, ctx)
+
+
 def _arrived(recv: MemoryObjectReceiveStream[_Outcome]) -> list[_Outcome]:
     """Everything already waiting in the stream, without blocking."""
     return [recv.receive_nowait() for _ in range(recv.statistics().current_buffer_used)]
 
 
 async def _apply(
-    arrived: list[_Outcome],
-    sched: Scheduler,
-    expanders: Mapping[str, Expander],
-    emit: Emit,
+    arrived: list[_Outcome], sched: Scheduler, hooks: _Hooks, emit: Emit
 ) -> _Failure | None:
     """Apply what arrived in one tick in plan order, not arrival order (with the scheduler's
     order-independent growth placement, a run's plan, notes and answer do not depend on which
@@ -159,7 +182,7 @@ async def _apply(
             continue
         sched.finish(outcome)
         await emit(NodeFinished(outcome))
-        if failure is None and (failure := await _expand(outcome, sched, expanders, emit)):
+        if failure is None and (failure := await _expand(outcome, sched, hooks, emit)):
             sched.fail(failure.node, failure.error)
     return failure
 
@@ -169,17 +192,18 @@ def _node_id(outcome: _Outcome) -> str:
 
 
 async def _expand(
-    outcome: NodeResult, sched: Scheduler, expanders: Mapping[str, Expander], emit: Emit
+    outcome: NodeResult, sched: Scheduler, hooks: _Hooks, emit: Emit
 ) -> _Failure | None:
     node = sched.node(outcome.id)
     if node.expand is None:
         return None
-    hook = expanders.get(node.expand)
+    hook = hooks.expanders.get(node.expand)
     if hook is None:
         return _Failure(node.id, f"no expander named {node.expand!r} is registered")
     try:
         growth = hook(node, outcome.text)
-        check_hooks(growth.nodes, expanders)
+        check_hooks(growth.nodes, hooks.expanders)
+        check_computes(growth.nodes, hooks.computes)
         sched.grow(growth, node.id)
     except ValueError as exc:
         return _Failure(node.id, f"growth from node output is invalid: {exc}")
@@ -236,6 +260,27 @@ async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
             result = NodeResult(node.id, text, tokens, secs, attempt, finish, logprob, fill)
             ctx.done.send_nowait(result)
             return
+
+
+async def _run_compute(node: Node, inputs: Mapping[str, str], fn: Compute, ctx: _Ctx) -> None:
+    """A compute node: one call of its pure function, no backend request, no retries (the same
+    inputs give the same error). Its result has 0 tokens and 0 forward passes."""
+    async with ctx.limiter:
+        t0 = time.perf_counter()
+        await ctx.emit(NodeStarted(node.id, 1))
+        try:
+            text = fn(node, inputs)
+            if not isinstance(text, str):
+                raise TypeError(f"it returned {type(text).__name__}, not str")
+        except Exception as exc:  # the node fails with the function's error; never swallowed
+            error = f"compute function {node.fn!r} failed: {type(exc).__name__}: {exc}"
+            await ctx.emit(NodeFailed(node.id, error, 1, False))
+            ctx.done.send_nowait(_Failure(node.id, error))
+            return
+        if text:
+            await ctx.emit(NodeText(node.id, text))
+        secs = time.perf_counter() - t0
+        ctx.done.send_nowait(NodeResult(node.id, text, 0, secs, finish_reason="stop"))
 
 
 def _deadline(timeout: float | None) -> AbstractContextManager[object]:

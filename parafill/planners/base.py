@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from parafill.orchestrator.plan import Plan
-from parafill.orchestrator.runner import Expander
+from parafill.orchestrator.plan import Expander, Plan
 
 
 class Planner(Protocol):

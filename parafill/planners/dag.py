@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from parafill.orchestrator.plan import Growth, Node, Plan, PlanError
-from parafill.orchestrator.runner import Expander
+from parafill.orchestrator.plan import Expander, Growth, Node, Plan, PlanError
 from parafill.planners.static import direct_node
 
 # Few-shot examples live in the system message: a Node has no multi-turn history, and a small
@@ -208,6 +207,7 @@ class DagPlanner:
             expand="dag",
             prefix="1.",  # start the list: small models otherwise answer in prose
             stop=("\n\n", "Question:"),  # the list ends at the first blank line
+            args=(("question", question),),  # bound here: the hook never parses the prompt
         )
         return Plan((node,), answer=())
 
@@ -216,7 +216,7 @@ class DagPlanner:
         return {"dag": self._expand}
 
     def _expand(self, node: Node, text: str) -> Growth:
-        question = _question_of(node)
+        question = node.arg("question")
         literal = re.findall(r"\$\d+", question)
         try:
             steps = parse_steps(
@@ -251,9 +251,3 @@ def _check_usable(steps: Sequence[Step], min_steps: int) -> None:
     for s in steps:
         if s.text.lower() in _EXAMPLE_STEPS:  # small models sometimes copy the few-shot example
             raise PlanError(f"step {s.index} copies the prompt's example: {s.text!r}", node=s.id)
-
-
-def _question_of(node: Node) -> str:
-    marker = "Question: "
-    start = node.prompt.index(marker) + len(marker)
-    return node.prompt[start : node.prompt.rindex("\nSteps")]

@@ -11,8 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 
-from parafill.orchestrator.plan import Growth, Node, Plan, RunResult
-from parafill.orchestrator.runner import Expander
+from parafill.orchestrator.plan import Expander, Growth, Node, Plan, RunResult
 
 
 class OutlineError(ValueError):
@@ -296,7 +295,8 @@ class DocumentPlanner:
     def plan(self, question: str) -> Plan:
         stop = ("\n\n", f"\n{self.limits.max_sections + 3}.")  # list ended, or runs on
         node = _node("outline", self.outline_tokens, OUTLINE_PROMPT.format(topic=question))
-        node = replace(node, expand="outline", prefix=OUTLINE_PREFIX, stop=stop)
+        topic = (("topic", question),)  # bound here: nothing parses it back out of the prompt
+        node = replace(node, expand="outline", prefix=OUTLINE_PREFIX, stop=stop, args=topic)
         return Plan((node,), answer=())
 
     @property
@@ -382,8 +382,8 @@ def part_id(num: str, title: str) -> str:
     return f"{num}-{slug}" if slug else num
 
 
-def topic_of(node: Node) -> str:
-    return re.search(r'titled "(.*)"\. List', node.prompt, re.S).group(1)  # type: ignore[union-attr]
+def topic_of(node: Node) -> str:  # bound when planned
+    return node.arg("topic")
 
 
 def _body(text: str | None, title: str) -> str:

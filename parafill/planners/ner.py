@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parafill.backends.base import Backend
-from parafill.orchestrator.plan import Growth, Node, Plan, RunResult
-from parafill.orchestrator.runner import Expander, RunConfig, run_plan
+from parafill.orchestrator.plan import Expander, Growth, Node, Plan, RunResult
+from parafill.orchestrator.runner import RunConfig, run_plan
 from parafill.planners import ner_prompts as P
 from parafill.planners.ner_data import WNUT_LABELS, Entity
 
@@ -88,6 +88,7 @@ class NerPlanner:
                 system=P.SYSTEM,
                 expand=EXPAND,
                 stop=("\n",),
+                args=(("label", label), ("text", text)),  # nothing parses the prompt back
             )
             for label in self.config.labels
         )
@@ -98,8 +99,7 @@ class NerPlanner:
         return {EXPAND: self._expand}
 
     def _expand(self, node: Node, output: str) -> Growth:
-        label = node.id.removeprefix("count:")
-        text = text_of(node.prompt, label)
+        label, text = node.arg("label"), node.arg("text")
         n, note = P.parse_count(output, label)
         if n > self.config.max_mentions:
             cap = self.config.max_mentions
@@ -117,12 +117,6 @@ class NerPlanner:
             for k in range(1, n + 1)
         )
         return Growth(nodes, None, note=note)
-
-
-def text_of(prompt: str, label: str) -> str:
-    """The input text back from a count prompt (the text may itself contain newlines)."""
-    start = len("Tweet: ")
-    return prompt[start : prompt.rindex(f"\nEntity type: {label}\n")]
 
 
 def ar_plan(text: str, cfg: NerConfig) -> Plan:

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from parafill.orchestrator.plan import Plan
-from parafill.orchestrator.runner import Expander
+from parafill.orchestrator.plan import Expander, Plan
 from parafill.planners.costs import CostModel
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.planners.static import DirectPlanner

@@ -3,6 +3,7 @@
 The skeleton node's output grows the plan with one expansion node per parsed point; the
 expansion prompts share everything up to the point number, so a prefix-sharing backend
 prefills it once. A skeleton that does not parse falls back to a direct answer, with a note.
+The question is bound on the skeleton node (`args`) when the plan is made.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from parafill.orchestrator.plan import Growth, Node, Plan
-from parafill.orchestrator.runner import Expander
+from parafill.orchestrator.plan import Expander, Growth, Node, Plan
 from parafill.planners.static import direct_node
 
 SKELETON_SYSTEM = (
@@ -21,8 +21,7 @@ SKELETON_SYSTEM = (
 )
 # One worked example: on the 20 MT-bench questions SmolLM2-135M wrote a parseable skeleton for
 # 15 (was 11 with the paper's instruction-only prompt), 43 of 52 with the captured questions
-# (was 36), in 18% fewer tokens (stopped before it invents a next question). The last
-# "Question:" marker is how `_question_of` finds the question.
+# (was 36), in 18% fewer tokens (stopped before it invents a next question).
 SKELETON_PROMPT = (
     "Write only a short outline of the answer: 3 to 8 numbered points of 3-5 words each, "
     "one per line, no explanations.\n\n"
@@ -98,6 +97,7 @@ class SkeletonPlanner:
             # after the outline the model tends to invent the next example; not a blank-line stop:
             # servers that cannot continue the "1." prefill may put a preamble before the list
             stop=("\nQuestion:",),
+            args=(("question", question),),
         )
         return Plan((skeleton,), answer=())
 
@@ -106,7 +106,7 @@ class SkeletonPlanner:
         return {"skeleton": self._expand}
 
     def _expand(self, node: Node, text: str) -> Growth:
-        question = _question_of(node)
+        question = node.arg("question")
         points = parse_points(node.prefix + text, self.max_points)
         if len(points) < self.min_points:
             why = "no numbered points" if not points else f"only {len(points)} point"
@@ -127,9 +127,3 @@ class SkeletonPlanner:
             for k, p in enumerate(points, 1)
         )
         return Growth(nodes, tuple(n.id for n in nodes), note=f"skeleton: {len(points)} points")
-
-
-def _question_of(node: Node) -> str:
-    marker, end = "Question: ", "\nOutline:"
-    question = node.prompt[node.prompt.rindex(marker) + len(marker) :]
-    return question.removesuffix(end)

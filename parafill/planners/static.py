@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from parafill.orchestrator.plan import Node, Plan
-from parafill.orchestrator.runner import Expander
+from parafill.orchestrator.plan import Expander, Node, Plan
 
 
 def direct_node(question: str, max_tokens: int, node_id: str = "answer") -> Node:

@@ -11,7 +11,7 @@ import pytest
 from parafill.orchestrator.plan import NodeResult, Plan, RunResult, validate
 from parafill.orchestrator.scheduler import Scheduler
 from parafill.planners import ner_prompts as P
-from parafill.planners.ner import NerConfig, NerPlanner, ar_plan, collect, text_of
+from parafill.planners.ner import NerConfig, NerPlanner, ar_plan, collect
 from parafill.planners.ner_data import WNUT_LABELS, Entity, read_conll, score
 
 CASES = json.loads((Path(__file__).parent / "data" / "ner_outputs.json").read_text())["cases"]
@@ -97,7 +97,10 @@ def test_count_prompts_share_the_text_prefix_and_end_with_the_label() -> None:
     shared = len("Tweet: " + TEXT + "\nEntity type: ")
     assert a[:shared] == b[:shared] and a[shared:] != b[shared:]
     assert all(n.expand == "ner-count" for n in plan.nodes)
-    assert text_of(a, "person") == TEXT
+    assert [n.args for n in plan.nodes] == [
+        (("label", "person"), ("text", TEXT)),
+        (("label", "company"), ("text", TEXT)),
+    ]
 
 
 def test_count_output_grows_one_node_per_mention() -> None:

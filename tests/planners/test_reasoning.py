@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from parafill.backends.engine.weights import ModelNotFound, default_gguf
+from parafill.backends.fake import FakeBackend
 from parafill.backends.local import LocalBackend, LocalConfig
-from parafill.orchestrator.runner import run_plan
+from parafill.orchestrator.compute import BUILTINS
+from parafill.orchestrator.runner import RunFailed, run_plan
 from parafill.planners.reasoning import ReasoningPlanner, extract_answer, majority
 
 CAPTURED = json.loads(
@@ -62,49 +64,70 @@ def test_captured_branches_extract_as_reviewed():
 
 
 def _finish(planner: ReasoningPlanner, question: str, texts: list[str]):
+    """As the runner does: the `answers` compute node over the branches, then its hook."""
     plan = planner.plan(question)
-    hooks = planner.expanders
-    growths = [hooks[n.expand](n, t) for n, t in zip(plan.nodes, texts, strict=True)]
-    return plan, growths
+    node = plan.node("answers")
+    outputs = dict(zip(node.deps, texts, strict=True))
+    return plan, planner.expanders[node.expand](node, BUILTINS[node.fn](node, outputs))
 
 
 def test_vote_join_picks_a_winning_branch_and_records_the_tally():
     planner = ReasoningPlanner(branches=3)
-    _, growths = _finish(planner, "Q?", ["The answer is 7.", "= 8", "So **7**"])
-    assert growths[0].answer is None and growths[1].answer is None  # waits for all
-    last = growths[-1]
+    plan, last = _finish(planner, "Q?", ["The answer is 7.", "= 8", "So **7**"])
+    assert plan.answer == ("branch-1", "branch-2", "branch-3")
     assert last.nodes == () and last.answer == ("branch-1",)
     assert (
         last.note == "vote over 3 branches: '7' x2, '8' x1; no answer: 0; answer '7' from branch-1"
     )
-    assert planner.expanders == {}  # the finished run's tally is forgotten
+    assert planner == ReasoningPlanner(branches=3)  # the planner keeps nothing from a run
 
 
 def test_open_answers_get_a_synthesis_node_over_every_branch():
     planner = ReasoningPlanner(branches=2)
-    _, growths = _finish(planner, "Why sleep?", ["It restores the body.", "Memory forms."])
-    (join,) = growths[-1].nodes
-    assert join.deps == ("branch-1", "branch-2") and growths[-1].answer == ("join",)
+    _, growth = _finish(planner, "Why sleep?", ["It restores the body.", "Memory forms."])
+    (join,) = growth.nodes
+    assert join.deps == ("branch-1", "branch-2") and growth.answer == ("join",)
     assert "{{branch-1}}" in join.prompt and "{{branch-2}}" in join.prompt
-    assert growths[-1].note.startswith("synthesis over 2 branches")
+    assert join.prompt.startswith("Question: Why sleep?\n")
+    assert growth.note.startswith("synthesis over 2 branches")
     forced = ReasoningPlanner(branches=2, mode="synthesis")
-    assert _finish(forced, "Q?", ["The answer is 1.", "The answer is 1."])[1][-1].answer == (
-        "join",
-    )
+    assert _finish(forced, "Q?", ["The answer is 1.", "The answer is 1."])[1].answer == ("join",)
 
 
 def test_branches_share_the_prompt_prefix_and_runs_do_not_mix():
     planner = ReasoningPlanner(branches=5, temperature=0.7)
     a, b = planner.plan("What is 2+2?"), planner.plan("What is 3+3?")
-    prompts = [n.prompt for n in a.nodes]
+    *branches, answers = a.nodes
+    prompts = [n.prompt for n in branches]
     shared = prompts[0][: prompts[0].index("Approach")]
     assert shared.startswith("Question: What is 2+2?") and all(
         p.startswith(shared) for p in prompts
     )
-    assert len(set(prompts)) == 5 and all(n.temperature == 0.7 for n in a.nodes)
-    assert a.nodes[0].expand != b.nodes[0].expand  # two runs, two tallies
+    assert len(set(prompts)) == 5 and all(n.temperature == 0.7 for n in branches)
+    # the vote is a compute node over every branch; each plan carries its own question
+    assert (answers.kind, answers.fn, answers.deps) == ("compute", "answers", a.answer)
+    assert answers.arg("question") == "What is 2+2?"
+    assert b.node("answers").arg("question") == "What is 3+3?"
     with pytest.raises(ValueError, match=r"branches is 17; it must be 1..16 \(max_branches\)"):
         ReasoningPlanner(branches=17).plan("Q?")
+
+
+@pytest.mark.anyio
+async def test_a_failed_run_leaves_nothing_behind_in_the_planner():
+    """Was a leak: each plan() registered a tally that only a finished vote removed."""
+    planner = ReasoningPlanner(branches=3)
+    fake = FakeBackend(reply=lambda p: "The answer is 7.", delay=0, fail_times={"Approach 2": 1})
+    with pytest.raises(RunFailed, match="branch-2"):
+        await run_plan(planner.plan("Q?"), fake, expanders=planner.expanders)
+    assert set(planner.expanders) == {"reasoning"} and planner == ReasoningPlanner(branches=3)
+    before = len(fake.calls)
+    result = await run_plan(planner.plan("Q?"), fake, expanders=planner.expanders)  # reusable
+    assert result.plan.answer == ("branch-1",) and result.answer == "The answer is 7."
+    assert (
+        result.notes[-1] == "vote over 3 branches: '7' x3; no answer: 0; answer '7' from branch-1"
+    )
+    assert result.results["answers"].tokens == 0 and result.tokens == 3 * 4
+    assert len(fake.calls) - before == 3  # one request per branch; the vote made none
 
 
 @pytest.mark.anyio
