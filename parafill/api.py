@@ -27,7 +27,7 @@ from parafill.orchestrator.events import Event
 from parafill.orchestrator.plan import Plan, RunResult
 from parafill.orchestrator.runner import Emit, Expander, RunConfig, run_plan
 from parafill.planners.base import Planner
-from parafill.planners.costs import cache_path, cached
+from parafill.planners.costs import BATCHING_SERVER, cache_path, cached
 from parafill.planners.router import RouterPlanner
 
 
@@ -47,7 +47,8 @@ async def arun(
     A question is planned by `planner`, by default `RouterPlanner()`: its notes say which path
     it took and why. On the local engine opened here, the router decides list-like questions by
     that engine's step costs, measured once per model, packing mode and device and cached
-    (`$PARAFILL_CACHE/costs`); on a `backend` you pass, pass a router with `cost=` for that."""
+    (`$PARAFILL_CACHE/costs`); on a `backend` you pass that batches requests (its
+    `capabilities`), the router assumes a batching server's costs unless given `cost=`."""
     if local is not None and model is not None:
         raise ValueError("give the model in `local` (LocalConfig(model=...)) or `model`, not both")
     chosen = planner or RouterPlanner()
@@ -56,6 +57,8 @@ async def arun(
             cfg = local or LocalConfig(model=model)
             backend = await stack.enter_async_context(LocalBackend.open(cfg))
             chosen = await with_costs(chosen, target, backend, cfg)
+        else:
+            chosen = assumed_costs(chosen, backend)
         if isinstance(target, Plan):
             plan, hooks = target, dict(expanders or {})
         else:
@@ -81,6 +84,16 @@ async def with_costs(
     if announce is not None and not cache_path(key).exists():
         announce("router: measuring this backend's step time once (cached)...")
     return replace(planner, cost=await cached(backend, key))
+
+
+def assumed_costs(planner: Planner, backend: Backend) -> Planner:
+    """A router without costs, on a backend it cannot time cheaply: where the backend batches
+    concurrent requests (vLLM, SGLang, llama.cpp with slots), the batching-server cost model;
+    else the router as it is (it decomposes list-like requests)."""
+    if isinstance(planner, RouterPlanner) and planner.cost is None:
+        if backend.capabilities.batched and not isinstance(backend, LocalBackend):
+            return replace(planner, cost=BATCHING_SERVER)
+    return planner
 
 
 def cost_key(local: LocalConfig) -> str:

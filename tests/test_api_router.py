@@ -53,7 +53,10 @@ def engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Engine:
 
 async def test_default_planner_routes_a_list_like_question_and_says_why() -> None:
     result = await parafill.arun(LIST_LIKE, backend=_fake())
-    route = "router: skeleton-of-thought — list-like request (no cost model: decomposing)"
+    route = (  # the fake says it batches requests: the router assumes a batching server
+        "router: skeleton-of-thought — list-like request; estimated 2.0 s decomposed vs 7.4 s "
+        "direct (assumed: batching server costs)"
+    )
     assert result.notes[:2] == (route, "skeleton: 3 points")  # then: fillers the fake ignored
     assert result.plan.answer == ("point-1", "point-2", "point-3")
     assert result.answer.startswith("1. Spend less: ok")
@@ -108,3 +111,21 @@ async def test_arun_opens_the_engine_with_every_setting_given(engine: Engine) ->
     assert cfg.engine().prefill_chunk == 64 and cfg.engine().decode == "static"
     with pytest.raises(ValueError, match="not both"):
         await parafill.arun("How to relax?", local=cfg, model="other")
+
+
+async def test_a_backend_that_does_not_batch_gets_no_assumed_costs() -> None:
+    from parafill.backends.base import Capabilities
+
+    class Serial(FakeBackend):
+        @property
+        def capabilities(self) -> Capabilities:
+            return Capabilities(batched=False, max_concurrency=1)
+
+    fake = Serial(reply=_fake().reply, delay=0.001)
+    result = await parafill.arun(LIST_LIKE, backend=fake)
+    route = "router: skeleton-of-thought — list-like request (no cost model: decomposing)"
+    assert result.notes[0] == route
+    started = [c.started for c in fake.calls]
+    ended = [c.ended for c in fake.calls]
+    # max_concurrency 1: the runner sends one request at a time (each ends before the next)
+    assert all(e is not None and e <= s for e, s in zip(ended, started[1:], strict=False))

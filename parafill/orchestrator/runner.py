@@ -132,11 +132,13 @@ async def run_plan(
     emit = emit or _ignore
     t0, fp0 = time.perf_counter(), _passes(backend)
     send, recv = anyio.create_memory_object_stream[_Outcome](math.inf)
-    ctx = _Ctx(backend, cfg, emit, anyio.CapacityLimiter(cfg.max_concurrency), send)
+    # the backend says how many requests it takes at once; more would only queue inside it
+    limit = max(1, min(cfg.max_concurrency, backend.capabilities.max_concurrency))
+    ctx = _Ctx(backend, cfg, emit, anyio.CapacityLimiter(limit), send)
     failure: _Failure | None = None
     async with send, recv, anyio.create_task_group() as tg:
         while failure is None:
-            for node in sched.take(cfg.max_concurrency - sched.active):
+            for node in sched.take(limit - sched.active):
                 _start(node, sched, hooks, ctx, tg)
             if not sched.active:
                 break
