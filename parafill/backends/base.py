@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from parafill.backends.engine.params import Decoding
+
+if TYPE_CHECKING:
+    from parafill.constraints.spec import Constraint
 
 Role = Literal["system", "user", "assistant"]
 
@@ -37,6 +40,10 @@ class Request:
     # how the node decodes ("autoregressive", "ngram", "jacobi"); None: the backend's default.
     # Backends that do not speculate (remote servers) decode as they always do.
     filler: str | None = None
+    # what the output must look like (parafill.constraints: JSON schema, regex, grammar, a
+    # span of a text); None: free text. The local engine masks every token by it; a remote
+    # server gets JSON schemas as `response_format`
+    constraint: Constraint | None = None
 
     @staticmethod
     def chat(user: str, system: str | None = None, sampling: Sampling | None = None) -> Request:

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import torch
@@ -38,6 +38,9 @@ from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import load
 from parafill.fillers import FillerError, check, make
+
+if TYPE_CHECKING:
+    from parafill.constraints import Compiled, Constraint, TokenizerInfo
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class LocalBackend:
         self.tokenizer = tokenizer
         self.filler = filler  # for requests that name none
         self._streams: dict[int, MemoryObjectSendStream[StepOutput]] = {}
+        self._info: TokenizerInfo | None = None  # the grammar library's view of the tokenizer
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self._eos = frozenset(int(e) for e in eos)
 
@@ -157,19 +161,41 @@ class LocalBackend:
         return list(self.tokenizer.encode(text))
 
     def stream(self, request: Request) -> AsyncIterator[Chunk]:
-        return self.stream_ids(self.encode(request.messages), request.sampling, request.filler)
+        ids = self.encode(request.messages)
+        return self.stream_ids(ids, request.sampling, request.filler, request.constraint)
+
+    def compile(self, constraint: Constraint) -> Compiled:
+        """The constraint compiled for this model's tokenizer and logits (cached); raises
+        ConstraintError with the grammar library's reason."""
+        from parafill.constraints import compile as compile_constraint
+        from parafill.constraints import tokenizer_info
+
+        if self._info is None:
+            self._info = tokenizer_info(self.tokenizer, self.limits.vocab, sorted(self._eos))
+        return compile_constraint(constraint, self._info)
 
     async def stream_ids(
-        self, ids: list[int], s: Sampling, filler: str | None = None
+        self,
+        ids: list[int],
+        s: Sampling,
+        filler: str | None = None,
+        constraint: Constraint | None = None,
     ) -> AsyncGenerator[Chunk, None]:
         """Stream a continuation of raw token ids (no chat template: completions endpoints).
         `filler` names how to decode (None: the backend's default); the HF fallback engine
-        decodes one token per step whatever it names."""
+        decodes one token per step whatever it names. `constraint` masks every token."""
         params = GenParams.of(s, self._eos)
         send, recv = anyio.create_memory_object_stream[StepOutput](math.inf)
         try:
-            seq_id = self.engine.submit(ids, params, make(filler or self.filler))
-        except (BudgetError, FillerError, ValueError) as exc:
+            compiled = self.compile(constraint) if constraint is not None else None
+            proposer = make(filler or self.filler)
+            if compiled is not None:
+                if not isinstance(self.engine, Engine):
+                    raise ValueError("output constraints need the compact engine (not HF's)")
+                seq_id = self.engine.submit(ids, params, proposer, compiled)
+            else:
+                seq_id = self.engine.submit(ids, params, proposer)
+        except (BudgetError, FillerError, ValueError) as exc:  # ConstraintError included
             raise BackendError(str(exc), retryable=False) from exc
         self._streams[seq_id] = send
         try:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from parafill.backends.base import BackendError, Sampling
 from parafill.backends.local import LocalBackend
+from parafill.constraints.spec import Constraint, ConstraintError, json_object, json_schema
 from parafill.errors import real_error
 from parafill.orchestrator.runner import RunFailed
 from parafill.planners.skeleton import SkeletonPlanner
@@ -209,7 +210,22 @@ def _job(
         stop_on_repeat=req.stop_on_repeat,
     )
     job = Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
-    return replace(job, filler=req.filler)
+    return replace(job, filler=req.filler, constraint=_constraint(backend, req))
+
+
+def _constraint(backend: LocalBackend, req: ChatRequest | CompletionRequest) -> Constraint | None:
+    """`response_format` as an output constraint, compiled now (cached) so that a schema the
+    grammar library cannot take is a 400 with its reason before any token is generated."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    assert fmt.type == "json_object" or fmt.json_schema is not None  # checked by the model
+    try:
+        c = json_object() if fmt.json_schema is None else json_schema(fmt.json_schema.schema_)
+        backend.compile(c)
+    except ConstraintError as exc:
+        raise APIError(400, str(exc), param="response_format", code="invalid_value") from exc
+    return c
 
 
 async def _respond(backend: LocalBackend, job: Job, streaming: bool) -> Response:
@@ -247,6 +263,8 @@ async def _sot(
     adjusted = ["frequency_penalty", "presence_penalty", "logit_bias", "stop_on_repeat"]
     adjusted = [name for name in adjusted if getattr(req, name)]
     adjusted += ["repetition_penalty"] if req.repetition_penalty != 1.0 else []
+    fmt = req.response_format
+    adjusted += ["response_format"] if fmt is not None and fmt.type != "text" else []
     for name in adjusted[:1]:
         raise APIError(
             400,

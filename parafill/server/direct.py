@@ -22,6 +22,7 @@ import anyio
 
 from parafill.backends.base import Chunk, Sampling
 from parafill.backends.local import LocalBackend
+from parafill.constraints.spec import Constraint
 from parafill.server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -52,6 +53,7 @@ class Job:
     logprobs: bool = False  # chat: return each chosen token's log-probability
     n: int = 1  # choices: n sequences from one prompt (the engine prefills it once)
     filler: str | None = None  # how the engine decodes it (None: the backend's default)
+    constraint: Constraint | None = None  # response_format, as an output constraint
 
     @staticmethod
     def new(
@@ -195,7 +197,7 @@ async def _answer(backend: LocalBackend, job: Job, index: int) -> Answer:
     tokens, finish = 0, None
     entries: list[TokenLogprob] | None = [] if job.logprobs else None
     async with aclosing(
-        backend.stream_ids(list(job.prompt), job.sampling_of(index), job.filler)
+        backend.stream_ids(list(job.prompt), job.sampling_of(index), job.filler, job.constraint)
     ) as chunks:
         async for c in chunks:
             parts.append(c.text)
@@ -234,7 +236,7 @@ def stream(backend: LocalBackend, job: Job) -> Produce:
             pending: list[TokenLogprob] = []  # tokens whose text the detokenizer still holds
             sampling = job.sampling_of(i)
             async with aclosing(
-                backend.stream_ids(list(job.prompt), sampling, job.filler)
+                backend.stream_ids(list(job.prompt), sampling, job.filler, job.constraint)
             ) as chunks:
                 async for c in chunks:
                     tokens[i] += c.tokens

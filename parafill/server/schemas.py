@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from parafill.backends.base import Message
 from parafill.fillers import check as check_filler
@@ -65,6 +65,26 @@ class StreamOptions(_In):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_In):
+    name: str = "output"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_In):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _has_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        return self
+
+
 class _Sampled(_In):
     model: str
     max_tokens: Count | None = Field(default=None, ge=1)
@@ -89,6 +109,7 @@ class _Sampled(_In):
     # parafill's own loop guard: stop once the output's last N tokens occurred earlier in
     # it (0: off)
     stop_on_repeat: int = Field(default=0, ge=0, le=4096)
+    response_format: ResponseFormat | None = None
 
     _text = field_validator("model")(_unicode)
 

@@ -140,8 +140,11 @@ class Drafter:
 
     def _set_draft(self, s: Seq, o: Offer) -> None:
         """Drafts on the first-child chain write the sequence's own next columns; side
-        branches borrow columns of its row for this step (none free: only the chain runs)."""
+        branches borrow columns of its row for this step (none free: only the chain runs).
+        A constrained sequence verifies a chain only (its masks follow one line of drafts)."""
         main = main_line(o.parents)
+        if s.matcher is not None and not all(main):
+            o, main = o.only(main), [True] * main.count(True)
         side = main.count(False)
         got = self.alloc(side, s.row) if side else None
         if side and got is None:

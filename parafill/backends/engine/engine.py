@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -29,7 +29,6 @@ from parafill.backends.engine.kv import (
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM
-from parafill.backends.engine.params import repeats
 from parafill.backends.engine.sampling import (
     GenParams,
     Top,
@@ -40,8 +39,11 @@ from parafill.backends.engine.sampling import (
 from parafill.backends.engine.schedule import Seq, longest_match
 from parafill.backends.engine.spec import Shape
 from parafill.backends.engine.step import build_step
-from parafill.backends.engine.verify import Window, decide
+from parafill.backends.engine.verify import Window, decide, settle
 from parafill.fillers.base import Outcome, Proposer
+
+if TYPE_CHECKING:
+    from parafill.constraints import Compiled
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,15 @@ class Engine:
 
     # ---- thread-safe entry points -------------------------------------------------------
 
-    def submit(self, prompt: list[int], params: GenParams, proposer: Proposer | None = None) -> int:
-        """Queue a request; `proposer` drafts tokens to verify each step (None: one per step)."""
+    def submit(
+        self,
+        prompt: list[int],
+        params: GenParams,
+        proposer: Proposer | None = None,
+        constraint: Compiled | None = None,
+    ) -> int:
+        """Queue a request; `proposer` drafts tokens to verify each step (None: one per step);
+        `constraint` (compiled for this model's logits width) restricts every token chosen."""
         check_prompt(prompt, self.model.shapes.vocab)
         check_bias(params, self.model.shapes.vocab)
         need = len(prompt) + params.max_tokens
@@ -133,7 +142,10 @@ class Engine:
                 f"{len(self.model.cos)}; raise max_positions or lower max_tokens"
             )
         seed = resolve_seed(params)
-        return self._inbox.put(lambda i: Seq(i, list(prompt), params, seed, proposer=proposer))
+        matcher = constraint.matcher() if constraint is not None else None
+        return self._inbox.put(
+            lambda i: Seq(i, list(prompt), params, seed, proposer=proposer, matcher=matcher)
+        )
 
     def cancel(self, seq_id: int) -> None:
         self._inbox.cancel(seq_id)
@@ -167,7 +179,8 @@ class Engine:
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
-        plain = not any(s.params.adjusts or s.draft for s in work)  # else: the eager step
+        # else the eager step: penalties, drafts and constraints are decided on the host
+        plain = not any(s.params.adjusts or s.draft or s.matcher for s in work)
         if self.decoder is not None and decode_only and plain:
             # device-side state; marks the columns visible
             tokens, logps, tops = self.decoder.step(work)
@@ -217,20 +230,10 @@ class Engine:
         return own
 
     def _emit(self, w: Window) -> StepOutput:
-        seq, p = w.seq, w.seq.params
-        n, finish = 0, None
-        for tok in [w.predicted[r] for r in w.rows]:
-            seq.generated.append(tok)
-            if tok in p.eos_ids:
-                finish = "stop"
-                break
-            n += 1
-            if repeats(seq.generated, p.stop_on_repeat, seq.seen):
-                finish = "stop"  # looping: the guard ends it like a stop string would
-                break
-            if len(seq.generated) >= p.max_tokens:
-                finish = "length"
-                break
+        seq = w.seq
+        if w.error is not None:
+            return self._retire(seq, "error", w.error)
+        n, finish = settle(w)
         seq.fed = min(seq.fed, seq.known - 1)  # nothing at or after a stop is kept
         self._learn(w)
         rows = w.rows[:n]

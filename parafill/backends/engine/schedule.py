@@ -13,9 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from parafill.backends.engine.params import GenParams
 from parafill.fillers.base import Proposer
+
+if TYPE_CHECKING:
+    from parafill.constraints.matcher import Matcher
 
 
 @dataclass(eq=False)
@@ -32,6 +36,7 @@ class Seq:
     max_col: int = 0
     fed: int = 0  # positions whose KV is written
     proposer: Proposer | None = None  # drafts tokens to verify (None: one token per step)
+    matcher: Matcher | None = None  # its output constraint's state (None: unconstrained)
     draft: list[int] = field(default_factory=list)  # this step's drafts, after the last token
     parents: list[int] = field(default_factory=list)  # per draft, the draft it follows (-1: none)
     draft_cols: list[int] = field(default_factory=list)  # per draft, the KV column it writes

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
+from parafill.backends.engine.params import repeats
 from parafill.backends.engine.sampling import (
     Top,
     adjust,
@@ -39,6 +41,7 @@ class Window:
     path: list[int]  # the drafts kept, in order (indices into seq.draft)
     logprobs: list[float]  # per logits row
     tops: list[Top]
+    error: str | None = None  # its constraint allows no token: the sequence cannot go on
 
     @property
     def accepted(self) -> int:
@@ -65,15 +68,80 @@ def decide(logits: Tensor, sampled: list[tuple[Seq, int]]) -> list[Window]:
             seeds.append(seq.seed)
             draws.append(len(seq.generated) + len(before))
             prompts.append(seq.prompt)
-    tokens = pick(adjust(logits, params, gens, prompts), params, seeds, draws)
+    chooser = adjust(logits, params, gens, prompts)
+    dead: set[int] = set()
+    if any(seq.matcher is not None for seq, _ in sampled):
+        chooser, dead = _constrain(logits, chooser, sampled)
+    tokens = pick(chooser, params, seeds, draws)
     logps = chosen_logprobs(logits, tokens)
     tops = top_logprobs(logits, [p.top_logprobs for p in params])
     out, at = [], 0
     for seq, n in sampled:
         pred = tokens[at : at + n]
-        out.append(Window(seq, pred, _walk(seq, pred), logps[at : at + n], tops[at : at + n]))
+        why = _NO_TOKEN if id(seq) in dead else None
+        path = [] if why else _walk(seq, pred)
+        out.append(Window(seq, pred, path, logps[at : at + n], tops[at : at + n], why))
         at += n
     return out
+
+
+_NO_TOKEN = "the output constraint allows no token here (the grammar cannot continue)"
+
+
+def _constrain(
+    logits: Tensor, chooser: Tensor, sampled: list[tuple[Seq, int]]
+) -> tuple[Tensor, set[int]]:
+    """Mask every constrained sequence's rows: row j gets what its constraint allows after
+    the drafts before it (one batched fill; the matchers do not move; drafts the constraint
+    refuses end the chain). Returns the masked choice logits and the sequences (ids) whose
+    constraint allows nothing at all."""
+    from parafill.constraints import allocate_bitmask, apply_bitmask, fill_batch, fill_batch_drafts
+
+    items, starts, at = [], [], 0
+    rows: list[int] = []
+    for seq, n in sampled:
+        if seq.matcher is not None:
+            items.append((seq.matcher, len(rows), seq.draft[: n - 1]))
+            starts.append((seq, len(rows)))
+            rows += range(at, at + n)
+        at += n
+    mask = allocate_bitmask(len(rows), chooser.shape[-1])
+    fill_batch_drafts([i for i in items if i[2]], mask)
+    plain = [(m, r) for m, r, d in items if not d]
+    fill_batch([m for m, _ in plain], mask, [r for _, r in plain])
+    dead = {
+        id(seq)
+        for seq, r in starts
+        if not bool(mask[r].ne(0).any()) or (seq.matcher and seq.matcher.error())
+    }
+    idx = torch.tensor(rows, device=chooser.device)
+    sub = chooser[idx].float()  # a copy: `logits` (the model's own) stays for log-probs
+    apply_bitmask(sub, mask)
+    out = chooser.float().clone() if chooser is logits else chooser
+    out[idx] = sub
+    return out, dead
+
+
+def settle(w: Window) -> tuple[int, str | None]:
+    """Append a window's chosen tokens to its sequence, as plain decoding would one by one:
+    an EOS stops it (not emitted), then the loop guard, the constraint reaching its end, and
+    max_tokens. Returns how many tokens are emitted and the finish reason (None: go on)."""
+    seq, p = w.seq, w.seq.params
+    n, finish = 0, None
+    for tok in [w.predicted[r] for r in w.rows]:
+        seq.generated.append(tok)
+        if tok in p.eos_ids:
+            return n, "stop"
+        n += 1
+        if seq.matcher is not None and not seq.matcher.accept(tok):
+            raise RuntimeError(f"token {tok} was chosen against the output constraint")
+        if repeats(seq.generated, p.stop_on_repeat, seq.seen):
+            return n, "stop"  # looping: the guard ends it like a stop string would
+        if seq.matcher is not None and seq.matcher.is_terminated():
+            return n, "stop"  # the constrained output is complete: only its end may follow
+        if len(seq.generated) >= p.max_tokens:
+            return n, "length"
+    return n, finish
 
 
 def _walk(seq: Seq, pred: list[int]) -> list[int]:
