@@ -110,3 +110,31 @@ def test_one_stall_does_not_swamp_the_fit() -> None:
     before = c(s) or 0
     c.add(s, 100 * before)  # another process held the CPU for this step
     assert (c(s) or 0) < 1.2 * before
+
+
+def test_arms_stop_drafting_where_measured_steps_without_drafts_are_faster() -> None:
+    from parafill.backends.engine.spec import Arms
+
+    arms = Arms(probe=4, least=3)
+    allowed = []
+    for step in range(60):
+        ok = arms.allow(32)
+        allowed.append(ok)
+        # at width 32, steps with drafts give 300 tokens/s, steps without 400
+        arms.record(32, ok, 300 if ok else 400, 1.0)
+    late = allowed[-20:]
+    assert sum(late) == 5  # drafting only on the probe steps (every 4th)
+    assert arms.rates[(32, False)] > arms.rates[(32, True)]
+
+
+def test_arms_keep_drafting_where_it_is_faster_and_probe_plain_steps() -> None:
+    from parafill.backends.engine.spec import Arms
+
+    arms = Arms(probe=4, least=3)
+    allowed = []
+    for _ in range(60):
+        ok = arms.allow(1)
+        allowed.append(ok)
+        arms.record(1, ok, 90 if ok else 45, 1.0)
+    assert sum(allowed[-20:]) == 15  # plain only on the probe steps
+    assert Arms.width(1) == 1 and Arms.width(5) == 8 and Arms.width(32) == 32

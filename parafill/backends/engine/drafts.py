@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from parafill.backends.engine.schedule import Seq, lineage, main_line
-from parafill.backends.engine.spec import Shape, SpecPolicy
+from parafill.backends.engine.spec import Arms, Shape, SpecPolicy
 from parafill.fillers.base import Draft
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 BACKOFF = 16  # the most steps a sequence goes without asking its proposer after refusals
 Alloc = Callable[[int, int], "tuple[int, list[int]] | None"]  # (n, row) -> (row, columns)
+Release = Callable[[int, list[int]], None]  # (row, columns)
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,35 @@ class Drafter:
     """Each step: ask every decoding sequence's proposer, weigh the offers against the
     measured step costs (`SpecPolicy`), and set the drafts and their KV columns."""
 
-    def __init__(self, config: EngineConfig, vocab: int, alloc: Alloc) -> None:
-        self.config, self.vocab, self.alloc = config, vocab, alloc
+    def __init__(self, config: EngineConfig, vocab: int, alloc: Alloc, release: Release) -> None:
+        self.config, self.vocab, self.alloc, self.release = config, vocab, alloc, release
         self.policy = SpecPolicy()
+        self.arms = Arms()
+
+    @staticmethod
+    def width(work: list[Seq]) -> int | None:
+        """The step's batch width for `Arms` (None: the step also prefills)."""
+        if any(s.known - s.fed != 1 or s.prefix_only for s in work):
+            return None
+        return Arms.width(len(work))
+
+    def settle(self, work: list[Seq], width: int | None, tokens: int, seconds: float) -> None:
+        """After the step: record its throughput, give back borrowed columns, clear drafts."""
+        drafted = any(s.draft for s in work)
+        if width is not None and self.config.speculate == "auto":
+            self.arms.record(width, drafted, tokens, seconds)
+        for s in work:
+            if s.scratch:
+                self.release(s.row, s.scratch)
+            s.draft, s.parents, s.draft_cols, s.scratch, s.nodes = [], [], [], [], []
 
     def propose(self, work: list[Seq]) -> None:
         """Draft for each decoding sequence with a proposer, as many tokens as the measured
         step costs say pay (all it offers with speculate="always"), never past max_tokens."""
         decoding = [s for s in work if s.known - s.fed == 1 and not s.prefix_only]
+        width = self.width(work)
+        if self.config.speculate == "auto" and width is not None and not self.arms.allow(width):
+            return  # measured: at this width, steps without drafts are faster
         offers: list[tuple[Seq, Offer]] = []
         for s in decoding:
             room = s.params.max_tokens - len(s.generated) - 1

@@ -108,7 +108,7 @@ class Engine:
         self.reused = 0  # prompt tokens taken from the prefix cache instead of prefilled
         self.steps = 0
         self.drafted = self.accepted = 0  # over all sequences (drafts verified / kept)
-        self.drafter = Drafter(cfg, model.shapes.vocab, self.cache.alloc)
+        self.drafter = Drafter(cfg, model.shapes.vocab, self.cache.alloc, self.cache.release)
         self.policy = self.drafter.policy
         self._inbox: Inbox[Seq] = Inbox()
 
@@ -165,17 +165,16 @@ class Engine:
         work = [s for s in self.live if not s.done_feeding]
         if not work:
             return outs
+        width, t0 = self.drafter.width(work), time.perf_counter()
         if self.config.speculate != "off":
             self.drafter.propose(work)
         try:
-            outs += self._forward(work)
+            new = self._forward(work)
         except Exception as exc:  # a failed forward fails the sequences in it, not the loop
-            outs += [self._retire(s, "error", f"{type(exc).__name__}: {exc}") for s in work]
-        for s in work:
-            if s.scratch:
-                self.cache.release(s.row, s.scratch)
-            s.draft, s.parents, s.draft_cols, s.scratch, s.nodes = [], [], [], [], []
-        return outs
+            new = [self._retire(s, "error", f"{type(exc).__name__}: {exc}") for s in work]
+        tokens = sum(len(o.tokens) for o in new)
+        self.drafter.settle(work, width, tokens, time.perf_counter() - t0)
+        return outs + new
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)

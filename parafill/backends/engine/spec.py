@@ -172,3 +172,39 @@ class SpecPolicy:
         if drafted:  # drafts after the first rejected one were never tested
             return rate + 0.3 * (accepted / min(drafted, accepted + 1) - rate)
         return rate + 0.01 * (self.prior - rate)
+
+
+@dataclass
+class Arms:
+    """The measured check that drafting pays: per batch width (decoding sequences, rounded up
+    to a power of two), running tokens-out-per-second of decode steps that verified drafts
+    and of steps that did not. Once both are measured, drafting goes on only where it is at
+    least as fast; every `probe`-th step at a width runs the other way, so a change (longer
+    contexts, other text) is seen. This bounds what a wrong cost fit can lose."""
+
+    probe: int = 16
+    least: int = 6  # steps of each kind before the comparison counts
+    rates: dict[tuple[int, bool], float] = field(default_factory=dict)
+    seen: dict[tuple[int, bool], int] = field(default_factory=dict)
+    steps: dict[int, int] = field(default_factory=dict)
+
+    def allow(self, width: int) -> bool:
+        """Whether this step may draft (the policy still chooses how much)."""
+        n = self.steps[width] = self.steps.get(width, 0) + 1
+        if min(self.seen.get((width, True), 0), self.seen.get((width, False), 0)) < self.least:
+            return n % self.probe != 0 or self.seen.get((width, False), 0) >= self.least
+        better = self.rates[(width, True)] >= self.rates[(width, False)]
+        return better != (n % self.probe == 0)
+
+    def record(self, width: int, drafted: bool, tokens: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        key = (width, drafted)
+        rate = tokens / seconds
+        old = self.rates.get(key)
+        self.rates[key] = rate if old is None else old + 0.1 * (rate - old)
+        self.seen[key] = self.seen.get(key, 0) + 1
+
+    @staticmethod
+    def width(decoding: int) -> int:
+        return 1 << max(0, decoding - 1).bit_length()
