@@ -85,6 +85,7 @@ class Capabilities:
     tree_packing: bool = False  # branches packed into one sequence with a tree mask
     max_concurrency: int = 8
     speculates: bool = False  # honours Request.filler (draft-and-verify inside a request)
+    constrains: bool = False  # honours Request.constraint (masks every token by it)
 
 
 @runtime_checkable

@@ -142,7 +142,8 @@ class LocalBackend:
     def capabilities(self) -> Capabilities:
         lim = self.limits
         tree = lim.packs and self.engine.config.mode == "tree"
-        return Capabilities(lim.packs, lim.packs, tree, lim.max_seqs, lim.speculates)
+        constrains = isinstance(self.engine, Engine)  # HF's fallback engine masks nothing
+        return Capabilities(lim.packs, lim.packs, tree, lim.max_seqs, lim.speculates, constrains)
 
     @property
     def forward_passes(self) -> int:

@@ -1,4 +1,4 @@
-"""Plan, Node and result values, the hook types, plan validation and the JSON boundary.
+"""Plan, Node and result values, the hook types and plan validation (JSON: plan_io.py).
 
 A Plan is a DAG of nodes plus the ids whose outputs form the answer. A node generates text
 with the model, or (`kind="compute"`) runs a named pure function over its dependencies'
@@ -20,13 +20,16 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field
 
 from parafill.backends.base import FillStats
 from parafill.fillers import FILLERS
 from parafill.orchestrator.compute import BUILTINS
+
+if TYPE_CHECKING:  # parafill.constraints imports torch: loaded only when a plan file has one
+    from parafill.constraints.spec import Constraint
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.:-]+)\s*\}\}")
 # `{{...}}` that reads like a reference (words, spaces, `. : -`) but is no PLACEHOLDER
@@ -34,6 +37,9 @@ _BRACED = re.compile(r"\{\{([^{}\n]*)\}\}")
 _NAME_LIKE = re.compile(r"[\w .:-]+")
 TEMPERATURES = (0.0, 2.0)  # OpenAI's range
 KINDS = ("generate", "compute")
+# what `Node.constraint` may be (parafill.constraints.spec): kind, span unit, JSON whitespace
+CONSTRAINT_KINDS = ("json_schema", "regex", "grammar", "span")
+_CONSTRAINT_OPTIONS = {"unit": ("words", "chars"), "whitespace": ("compact", "flexible")}
 
 
 class PlanError(ValueError):
@@ -64,6 +70,9 @@ class Node:
     fn: str | None = None  # compute nodes: the function's name in the runner's registry
     # inputs bound when the plan is made (the question, a label), read by `fn` and `expand`
     args: tuple[tuple[str, str], ...] = ()
+    # what the output must look like (a grammar, regex, JSON schema, span of a text); backends
+    # that cannot apply it get none (the runner notes it) and the output is parsed as free text
+    constraint: Constraint | None = None
 
     def arg(self, name: str, default: str | None = None) -> str:
         """The bound input `name`; without a default, a missing one is a PlanError."""
@@ -94,11 +103,15 @@ class Plan:
         return {n.id: n for n in self.nodes}
 
     def to_json(self) -> str:
+        from parafill.orchestrator.plan_io import PlanModel  # the JSON boundary (pydantic)
+
         return PlanModel.from_plan(self).model_dump_json(indent=2)
 
     @staticmethod
     def from_json(text: str, computes: Collection[str] = BUILTINS) -> Plan:
         """A plan file; its compute nodes may name the functions in `computes` only."""
+        from parafill.orchestrator.plan_io import PlanModel
+
         plan = PlanModel.model_validate_json(text).to_plan()
         check_plan(plan)
         check_placeholders(plan.nodes)
@@ -214,6 +227,7 @@ def _check(nodes: Sequence[Node], answer: Iterable[str], known: Container[str]) 
             names = ", ".join(FILLERS)
             raise PlanError(f"node {n.id!r} names unknown filler {n.filler!r} ({names})", n.id)
         _check_kind(n)
+        _check_constraint(n)
         new[n.id] = n.deps
     for n in nodes:
         _check_deps(n, new, known)
@@ -231,6 +245,26 @@ def _check_kind(n: Node) -> None:
         raise PlanError(f"compute node {n.id!r} names no function (fn)", node=n.id)
     if n.kind != "compute" and n.fn is not None:
         raise PlanError(f"node {n.id!r} names fn {n.fn!r} but is not a compute node", n.id)
+
+
+def _check_constraint(n: Node) -> None:
+    """The constraint's kind and options; whether it compiles is known when the node runs."""
+    c = n.constraint
+    if c is None:
+        return
+    if n.kind == "compute":
+        raise PlanError(f"compute node {n.id!r} has a constraint (it generates nothing)", n.id)
+    if c.kind not in CONSTRAINT_KINDS:
+        names = ", ".join(CONSTRAINT_KINDS)
+        raise PlanError(f"node {n.id!r} has constraint kind {c.kind!r} (allowed: {names})", n.id)
+    for name, allowed in _CONSTRAINT_OPTIONS.items():
+        if (value := getattr(c, name)) not in allowed:
+            raise PlanError(
+                f"node {n.id!r} has constraint {name} {value!r} (allowed: {', '.join(allowed)})",
+                n.id,
+            )
+    if not c.source.strip():
+        raise PlanError(f"node {n.id!r} has a constraint with an empty source", n.id)
 
 
 def _check_deps(n: Node, new: Container[str], known: Container[str]) -> None:
@@ -285,65 +319,6 @@ def render_prompt(node: Node, outputs: Mapping[str, str]) -> str:
         return text
     context = "\n\n".join(f"[{d}]\n{outputs[d]}" for d in extra)
     return f"Context from earlier steps:\n{context}\n\n{text}"
-
-
-# ---- JSON boundary -------------------------------------------------------------------------
-
-
-class NodeModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str
-    prompt: str = ""  # compute nodes have none
-    deps: list[str] = Field(default_factory=list)
-    max_tokens: int = 256
-    filler: str | None = None
-    system: str | None = None
-    expand: str | None = None
-    prefix: str = ""
-    temperature: float = 0.0
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
-    kind: str = "generate"
-    fn: str | None = None
-    args: dict[str, str] = Field(default_factory=dict)
-
-
-class PlanModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    nodes: list[NodeModel]
-    answer: list[str] = Field(default_factory=list)
-    separator: str = "\n\n"
-    notes: list[str] = Field(default_factory=list)
-
-    @staticmethod
-    def from_plan(plan: Plan) -> PlanModel:
-        nodes = [
-            NodeModel.model_validate(
-                {**_fields(n), "deps": list(n.deps), "stop": list(n.stop), "args": dict(n.args)}
-            )
-            for n in plan.nodes
-        ]
-        return PlanModel(
-            nodes=nodes, answer=list(plan.answer), separator=plan.separator, notes=list(plan.notes)
-        )
-
-    def to_plan(self) -> Plan:
-        nodes = tuple(
-            Node(
-                **{
-                    **n.model_dump(),
-                    "deps": tuple(n.deps),
-                    "stop": tuple(n.stop),
-                    "args": tuple(n.args.items()),
-                }
-            )
-            for n in self.nodes
-        )
-        return Plan(nodes, tuple(self.answer), self.separator, tuple(self.notes))
-
-
-def _fields(n: Node) -> dict[str, object]:
-    return {k: getattr(n, k) for k in Node.__dataclass_fields__}
 
 
 @dataclass(frozen=True)

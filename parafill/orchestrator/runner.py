@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 from anyio.abc import TaskGroup
@@ -55,6 +55,11 @@ from parafill.orchestrator.scheduler import Scheduler, Status
 __all__ = ["Compute", "Emit", "Expander", "RunConfig", "RunFailed", "run_plan"]
 
 Emit = Callable[[Event], Awaitable[None]]
+# once per run, after the planners' notes: the plan's output constraints were dropped
+UNCONSTRAINED = (
+    "output constraints ignored: this backend cannot constrain decoding; outputs were parsed "
+    "as free text"
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class _Ctx:
     emit: Emit
     limiter: anyio.CapacityLimiter
     done: MemoryObjectSendStream[_Outcome]
+    unconstrained: bool = False  # a node's constraint was dropped (the backend has none)
 
 
 async def run_plan(
@@ -147,8 +153,8 @@ async def run_plan(
         tg.cancel_scope.cancel()
     if failure is not None:
         sched.cancel_unfinished()  # before the result is built, so it lists them
-        raise RunFailed(failure.node, failure.error, _result(sched, t0, fp0, backend))
-    result = _result(sched, t0, fp0, backend)
+        raise RunFailed(failure.node, failure.error, _result(sched, t0, fp0, ctx))
+    result = _result(sched, t0, fp0, ctx)
     await emit(RunFinished(result))
     return result
 
@@ -161,6 +167,9 @@ def _start(node: Node, sched: Scheduler, hooks: _Hooks, ctx: _Ctx, tg: TaskGroup
     request = _request(node, sched.inputs(node), ctx.config)
     if (note := _filler_note(request, ctx.backend, sched.notes)) is not None:
         sched.note(note, node.id)
+    if request.constraint is not None and not ctx.backend.capabilities.constrains:
+        request = replace(request, constraint=None)  # degrade: the planners parse free text
+        ctx.unconstrained = True
     tg.start_soon(_run_node, node, request, ctx)
 
 
@@ -228,7 +237,7 @@ def _request(node: Node, outputs: Mapping[str, str], cfg: RunConfig) -> Request:
         repetition_penalty=cfg.repetition_penalty,
         stop_on_repeat=cfg.stop_on_repeat,
     )
-    return Request(msgs, sampling, filler=cfg.filler or node.filler)
+    return Request(msgs, sampling, filler=cfg.filler or node.filler, constraint=node.constraint)
 
 
 def _filler_note(request: Request, backend: Backend, notes: list[str]) -> str | None:
@@ -320,15 +329,15 @@ def _passes(backend: Backend) -> int | None:
     return backend.forward_passes if isinstance(backend, Metered) else None
 
 
-def _result(sched: Scheduler, t0: float, fp0: int | None, backend: Backend) -> RunResult:
-    fp1, plan = _passes(backend), sched.plan
+def _result(sched: Scheduler, t0: float, fp0: int | None, ctx: _Ctx) -> RunResult:
+    fp1, plan = _passes(ctx.backend), sched.plan
     return RunResult(
         answer=sched.answer(),
         results={n.id: sched.results[n.id] for n in plan.nodes if n.id in sched.results},
         plan=plan,
         seconds=time.perf_counter() - t0,
         forward_passes=None if fp0 is None or fp1 is None else fp1 - fp0,
-        notes=tuple(sched.notes),
+        notes=(*sched.notes, *((UNCONSTRAINED,) if ctx.unconstrained else ())),
         failed={i: sched.errors[i] for i in sorted(sched.errors, key=sched.position)},
         cancelled=tuple(sched.in_order(Status.CANCELLED)),
     )

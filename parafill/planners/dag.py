@@ -4,6 +4,7 @@ The first node asks the model for steps; its expand hook parses them (`parse_ste
 references, cycles and fan-out, and grows one node per step (deps = the steps it references)
 plus a join node that writes the answer. A plan that fails the checks is answered directly,
 and the reason goes into the result notes. It does not call tools: every step is the model.
+On a backend that applies grammars the plan node is constrained to that format (grammars.py).
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import networkx as nx
 
 from parafill.orchestrator.plan import Expander, Growth, Node, Plan, PlanError
+
+if TYPE_CHECKING:
+    from parafill.constraints.spec import Constraint
+from parafill.planners.grammars import steps_constraint
 from parafill.planners.static import direct_node
 
 # Few-shot examples live in the system message: a Node has no multi-turn history, and a small
@@ -197,6 +203,7 @@ class DagPlanner:
     step_tokens: int = 64
     join_tokens: int = 160
     direct_tokens: int = 512
+    constrained: bool = True  # the steps' format as a grammar (backends that apply one)
 
     def plan(self, question: str) -> Plan:
         node = Node(
@@ -208,8 +215,15 @@ class DagPlanner:
             prefix="1.",  # start the list: small models otherwise answer in prose
             stop=("\n\n", "Question:"),  # the list ends at the first blank line
             args=(("question", question),),  # bound here: the hook never parses the prompt
+            constraint=self._constraint(),
         )
         return Plan((node,), answer=())
+
+    def _constraint(self) -> Constraint | None:
+        """Numbered steps, references to earlier steps only, not the example's own steps."""
+        if not self.constrained:
+            return None
+        return steps_constraint(self.max_steps, self.min_steps, sorted(_EXAMPLE_STEPS))
 
     @property
     def expanders(self) -> Mapping[str, Expander]:

@@ -19,6 +19,7 @@ from parafill.backends.base import Backend
 from parafill.orchestrator.plan import Expander, Growth, Node, Plan, RunResult
 from parafill.orchestrator.runner import RunConfig, run_plan
 from parafill.planners import ner_prompts as P
+from parafill.planners.grammars import count_constraint, mention_constraint
 from parafill.planners.ner_data import WNUT_LABELS, Entity
 
 EXPAND = "ner-count"
@@ -34,6 +35,7 @@ class NerConfig:
     count_tokens: int = 4
     mention_tokens: int = 16
     ar_tokens: int = 160
+    constrained: bool = True  # counts are numbers, mentions spans of the text (grammars.py)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class NerPlanner:
                 expand=EXPAND,
                 stop=("\n",),
                 args=(("label", label), ("text", text)),  # nothing parses the prompt back
+                constraint=count_constraint() if self.config.constrained else None,
             )
             for label in self.config.labels
         )
@@ -113,6 +116,7 @@ class NerPlanner:
                 filler="ngram",  # a mention is copied from the text in the prompt
                 system=P.SYSTEM,
                 stop=("\n",),
+                constraint=mention_constraint(text) if self.config.constrained else None,
             )
             for k in range(1, n + 1)
         )

@@ -3,7 +3,8 @@
 The skeleton node's output grows the plan with one expansion node per parsed point; the
 expansion prompts share everything up to the point number, so a prefix-sharing backend
 prefills it once. A skeleton that does not parse falls back to a direct answer, with a note.
-The question is bound on the skeleton node (`args`) when the plan is made.
+The question is bound on the skeleton node (`args`) when the plan is made. On a backend that
+applies grammars the skeleton node is constrained to the parser's format (grammars.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from parafill.orchestrator.plan import Expander, Growth, Node, Plan
+from parafill.planners.grammars import skeleton_constraint
 from parafill.planners.static import direct_node
 
 SKELETON_SYSTEM = (
@@ -85,6 +87,7 @@ class SkeletonPlanner:
     skeleton_tokens: int = 128
     point_tokens: int = 96
     direct_tokens: int = 512
+    constrained: bool = True  # the skeleton's format as a grammar (backends that apply one)
 
     def plan(self, question: str) -> Plan:
         skeleton = Node(
@@ -98,6 +101,9 @@ class SkeletonPlanner:
             # servers that cannot continue the "1." prefill may put a preamble before the list
             stop=("\nQuestion:",),
             args=(("question", question),),
+            constraint=skeleton_constraint(self.max_points, self.min_points)
+            if self.constrained
+            else None,
         )
         return Plan((skeleton,), answer=())
 

@@ -1,0 +1,120 @@
+"""Output constraints for the planners' own nodes, so a plan always parses on a backend that
+applies them (the local engine): the skeleton's numbered points, the DAG planner's steps with
+`$k` references to earlier steps only, the document outline, NER counts and mentions.
+
+Each describes the model's continuation after the node's prefill ("1." for skeleton and steps,
+"Table of contents:\\n\\n1." for outlines) in exactly the format the free-text parsers read;
+those parsers still parse the output (and remain for backends without constraints). Lengths are
+bounded: a grammar guarantees syntax, and a small model otherwise loops inside a line. A grammar
+cannot forbid repeated items; the parsers still drop those.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # parafill.constraints imports torch: imported below only when used
+    from parafill.constraints.spec import Constraint
+    from parafill.planners.outline import OutlineLimits
+
+POINT_CHARS = 70  # a skeleton point: 3-5 words asked, 12 kept by the parser
+STEP_CHARS = 120
+TITLE_CHARS = 60
+_END = '("\\n\\n")?'  # Lark: a list may end with the blank line the model writes after it
+# Rust-regex metacharacters (llguidance): escaped when a text is quoted into a regex
+NON_WORD = re.compile(r"[^a-z0-9]+")  # how the outline parser compares titles
+_META = set(r"\.+*?()|[]{}^$#&-~/")
+
+
+def quote(text: str) -> str:
+    """`text` as a literal inside a Rust regex (llguidance's regex syntax)."""
+    return "".join(f"\\{c}" if c in _META else c for c in text)
+
+
+def chain(parts: list[str], least: int, lark: bool = False) -> str:
+    """The first `least` parts, then each later part only after the one before it (a regex,
+    or a Lark rule body whose parts are separated by spaces)."""
+    sep = " " if lark else ""
+    tail = ""
+    for part in reversed(parts[least:]):
+        inner = sep.join(p for p in (part, tail) if p)
+        tail = f"({inner})?" if lark else f"(?:{inner})?"
+    return sep.join(p for p in (*parts[:least], tail) if p)
+
+
+def skeleton_constraint(max_points: int, min_points: int = 2) -> Constraint:
+    """2..max_points numbered points of one short line each (after the prefilled "1.")."""
+    point = rf"[A-Za-z0-9][^\n*#`]{{1,{POINT_CHARS}}}"
+    parts = [" " + point] + [rf"\n{k}\. {point}" for k in range(2, max_points + 1)]
+    from parafill.constraints.spec import regex
+
+    return regex(chain(parts, min_points) + r"(?:\n\n)?")
+
+
+def step_body(k: int) -> str:
+    """Step k's text: starts with a letter; `$j` only for earlier steps j < k and never
+    followed by a digit (`$12` would name step 12); no `#E`/`${}` spellings."""
+    if k == 1:
+        return rf"[A-Za-z][^\n$#]{{0,{STEP_CHARS}}}"
+    ref = rf"\$[1-{k - 1}]"
+    return rf"[A-Za-z](?:[^\n$#]|{ref}[^\n$#0-9]){{0,{STEP_CHARS}}}(?:{ref})?"
+
+
+def steps_constraint(max_steps: int, min_steps: int = 2, banned: Iterable[str] = ()) -> Constraint:
+    """min..max numbered steps (after the prefilled "1.") whose references name earlier steps
+    only; no step's text is one of `banned` (case-insensitive: the few-shot example's steps)."""
+    parts = ['" " S1'] + [f'"\\n{k}. " S{k}' for k in range(2, max_steps + 1)]
+    unless = _unless(quote(b) for b in banned)
+    terms = [f"S{k}: /{step_body(k)}/{unless}" for k in range(1, max_steps + 1)]
+    from parafill.constraints.spec import grammar
+
+    return grammar("\n".join([f"start: {chain(parts, min_steps, True)} {_END}", *terms]))
+
+
+def _unless(alternatives: Iterable[str]) -> str:
+    """A Lark terminal suffix that refuses whole lexemes matching any alternative."""
+    words = "|".join(alternatives)
+    return f" & ~/(?i:\\s*(?:{words})\\s*)/" if words else ""
+
+
+def outline_constraint(
+    limits: OutlineLimits, topic: str = "", framing: Iterable[str] = ()
+) -> Constraint:
+    """min..max numbered sections (after the prefilled "1."), each with up to max_subsections
+    "k.j" subsections (when max_depth is 2). A title starts with a letter and is neither the
+    topic itself nor made only of `framing` words (Introduction, Overview: written apart)."""
+    parts = []
+    for k in range(1, limits.max_sections + 1):
+        head = '" " T' if k == 1 else f'"\\n{k}. " T'
+        depth = limits.max_subsections if limits.max_depth == 2 else 0
+        subs = [f'"\\n   {k}.{j} " T' for j in range(1, depth + 1)]
+        parts.append(" ".join(p for p in (head, chain(subs, 0, True)) if p))
+    words = "|".join(sorted(framing))
+    title = rf"/[A-Za-z][^\n*#]{{1,{TITLE_CHARS}}}/"
+    if words:
+        word = f"(?:{words})s?"
+        title += rf" & ~/(?i:[^a-z0-9]*{word}(?:[^a-z0-9]+{word})*[^a-z0-9]*)/"
+    if topic_words := NON_WORD.sub(" ", topic.lower()).split():
+        title += rf" & ~/(?i:[^a-z0-9]*{'[^a-z0-9]+'.join(topic_words)}[^a-z0-9]*)/"
+    start = f"start: {chain(parts, limits.min_sections, True)} {_END}"
+    from parafill.constraints.spec import grammar
+
+    return grammar(f"{start}\nT: {title}\n")
+
+
+def mention_constraint(text: str) -> Constraint:
+    """An NER mention: a span of the document on word boundaries, then the end of the output.
+    No stop literal: the model ends a mention with its end token (as the adapter was trained);
+    a required "\n" made it run on past the mention ("Empire State Building = ESB")."""
+    from parafill.constraints.spec import span_of
+
+    return span_of(text, unit="words")
+
+
+def count_constraint() -> Constraint:
+    """An NER count: a number (the parser reads the first one)."""
+    from parafill.constraints.spec import regex
+
+    return regex(r"0|[1-9][0-9]?")
