@@ -42,15 +42,18 @@ from parafill.backends.base import (
     render_messages,
 )
 from parafill.backends.openai_sse import (
+    CONSTRAINT_MODES,
     RETRIED_4XX,
     Backoff,
     ChunkParser,
+    ConstraintMode,
     EndpointKind,
     ProtocolError,
     RetryableFailure,
     ServerError,
     SSEDecoder,
     body_error,
+    constraint_fields,
     error_is_final,
     retry_after,
     strip_prefix,
@@ -88,6 +91,9 @@ class OpenAIConfig:
     include_usage: bool = True  # ask for server token counts (stream_options)
     assistant_prefix: PrefixMode = "drop"  # chat: how a trailing assistant message is sent
     logprobs: bool = False  # chat: ask for each token's log p (vLLM, SGLang, llama.cpp have it)
+    # how Request.constraint is sent (openai_sse.ConstraintMode): JSON schemas as
+    # response_format always; regexes / grammars in the server's own fields when it is named
+    constraints: ConstraintMode = "openai"
 
     def __post_init__(self) -> None:
         if isinstance(self.base_urls, str) or not self.base_urls:
@@ -100,6 +106,8 @@ class OpenAIConfig:
             raise ValueError("retry_after_max must be a finite number of seconds >= 0")
         if self.deadline is not None and not 0 < self.deadline < float("inf"):
             raise ValueError("deadline must be None or a finite number of seconds > 0")
+        if self.constraints not in CONSTRAINT_MODES:
+            raise ValueError(f"constraints must be one of {CONSTRAINT_MODES}")
 
     def url(self, base_url: str) -> str:
         """Full endpoint URL; `base_url` may or may not already end in /v1."""
@@ -137,6 +145,7 @@ def encode_body(config: OpenAIConfig, request: Request) -> bytes:
         body.update(logprobs=True, top_logprobs=s.top_logprobs)
     if s.stop:
         body["stop"] = list(s.stop)
+    body.update(constraint_fields(request.constraint, config.constraints, config.endpoint))
     body["stream"] = True
     if config.include_usage:
         body["stream_options"] = {"include_usage": True}
@@ -272,7 +281,10 @@ class OpenAIBackend:
         total = self._config.max_concurrency * len(self._config.base_urls)
         # Servers worth pointing this at (vLLM, llama.cpp, SGLang) batch concurrent requests
         # and reuse cached prefixes; encode_body keeps sibling prefixes byte-identical for them.
-        return Capabilities(batched=True, shared_prefix=True, max_concurrency=total)
+        # Constraints: only where regexes and (Lark) grammars reach the server too, as the
+        # planners send them; elsewhere the runner drops them and the planners parse free text.
+        constrains = self._config.constraints in ("vllm", "vllm-guided")
+        return Capabilities(True, True, max_concurrency=total, constrains=constrains)
 
     @property
     def in_flight(self) -> int:

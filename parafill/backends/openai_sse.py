@@ -1,8 +1,9 @@
 """The pure side of the OpenAI backend: server-sent events into event payloads (`SSEDecoder`),
 payloads into `Chunk`s (`ChunkParser`: text, per-token log-probabilities, usage, finish reason),
-taking a node's answer prefix off the chunks (`strip_prefix`), and the retry policy: which server
-errors a retry cannot fix (`error_is_final`) and the delays between attempts (`Backoff`). No I/O;
-the HTTP side lives in `openai_http`. Errors quote what a server sent as a bounded excerpt.
+taking a node's answer prefix off the chunks (`strip_prefix`), the retry policy: which server
+errors a retry cannot fix (`error_is_final`) and the delays between attempts (`Backoff`), and
+how an output constraint is written into a request body (`constraint_fields`). No I/O; the
+HTTP side lives in `openai_http`. Errors quote what a server sent as a bounded excerpt.
 """
 
 from __future__ import annotations
@@ -10,14 +11,30 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from parafill.backends.base import BackendError, Chunk, FinishReason
 
 if TYPE_CHECKING:
     from parafill.backends.openai_http import OpenAIConfig
+    from parafill.constraints.spec import Constraint
 
 EndpointKind = Literal["chat", "completions"]
+# which request fields carry an output constraint (OpenAIConfig.constraints): OpenAI's
+# response_format only; llama.cpp's server (response_format json_object + schema, GBNF
+# `grammar`); vLLM >= 0.10.2 (`structured_outputs`); vLLM < 0.12 (`guided_*`); SGLang
+ConstraintMode = Literal["openai", "llama.cpp", "vllm", "vllm-guided", "sglang"]
+CONSTRAINT_MODES: tuple[ConstraintMode, ...] = (
+    "openai", "llama.cpp", "vllm", "vllm-guided", "sglang"
+)  # fmt: skip
+# per mode: the body field a regex / a grammar goes in (a tuple: nested under its first name)
+_REGEX: dict[str, str | tuple[str, str]] = {
+    "vllm": ("structured_outputs", "regex"), "vllm-guided": "guided_regex", "sglang": "regex"
+}  # fmt: skip
+_GRAMMAR: dict[str, str | tuple[str, str]] = {
+    "llama.cpp": "grammar", "vllm": ("structured_outputs", "grammar"),
+    "vllm-guided": "guided_grammar", "sglang": "ebnf",
+}  # fmt: skip
 
 EXCERPT = 200  # characters of what a server sent that an error message quotes
 # error codes / types that say the request itself is wrong, so sending it again cannot help
@@ -266,3 +283,45 @@ def _merged(held: list[Chunk], text: str, finish: FinishReason | None) -> Chunk:
     logprob = None if any(lp is None for lp in lps) else sum(lp for lp in lps if lp is not None)
     per_token = tuple(x for c in held for x in c.token_logprobs)
     return Chunk(text, sum(c.tokens for c in held), finish, logprob, (), per_token)
+
+
+def constraint_fields(
+    constraint: Constraint | None, mode: ConstraintMode, endpoint: EndpointKind
+) -> dict[str, object]:
+    """The body fields that ask the server to enforce `constraint`. A JSON schema goes as
+    `response_format` (`json_object` for the plain object schema); a regex or a grammar only
+    where `mode` names a server with such a field. A constraint the mode cannot send raises a
+    non-retryable BackendError: it is never silently dropped."""
+    if constraint is None:
+        return {}
+    kind = constraint.kind
+    if kind == "json_schema":
+        if mode == "llama.cpp" and endpoint != "chat":
+            _refuse(constraint, mode, "llama.cpp takes response_format on the chat endpoint only")
+        schema = json.loads(constraint.source)
+        if schema == {"type": "object"}:
+            return {"response_format": {"type": "json_object"}}
+        if mode == "llama.cpp":  # its server knows json_object with a schema, not json_schema
+            return {"response_format": {"type": "json_object", "schema": schema}}
+        spec = {"name": "output", "schema": schema, "strict": True}
+        return {"response_format": {"type": "json_schema", "json_schema": spec}}
+    table = {"regex": _REGEX, "grammar": _GRAMMAR}.get(kind, {})
+    field = table.get(mode)
+    if field is None:
+        _refuse(constraint, mode, "no field of this server takes it")
+    if mode == "llama.cpp" and "::=" not in constraint.source:
+        _refuse(constraint, mode, "llama.cpp's `grammar` takes GBNF (`root ::= ...`), not Lark")
+    if isinstance(field, tuple):
+        return {field[0]: {field[1]: constraint.source}}
+    return {field: constraint.source}
+
+
+def _refuse(constraint: Constraint, mode: str, why: str) -> NoReturn:
+    raise BackendError(
+        f"cannot send a {constraint.kind} output constraint ({constraint.describe()}) to the"
+        f" server with OpenAIConfig.constraints={mode!r}: {why}. JSON schemas go as"
+        " response_format in every mode; regexes need 'vllm', 'vllm-guided' or 'sglang';"
+        " grammars 'llama.cpp' (GBNF), 'vllm', 'vllm-guided' or 'sglang'; spans of a text only"
+        " the local engine",
+        retryable=False,
+    )
