@@ -215,15 +215,17 @@ class DagPlanner:
             prefix="1.",  # start the list: small models otherwise answer in prose
             stop=("\n\n", "Question:"),  # the list ends at the first blank line
             args=(("question", question),),  # bound here: the hook never parses the prompt
-            constraint=self._constraint(),
+            constraint=self._constraint(question),
         )
         return Plan((node,), answer=())
 
-    def _constraint(self) -> Constraint | None:
-        """Numbered steps, references to earlier steps only, not the example's own steps."""
+    def _constraint(self, question: str) -> Constraint | None:
+        """Numbered steps, references to earlier steps only (the question's own `$n` amounts
+        are text, as in `_expand`), not the example's own steps."""
         if not self.constrained:
             return None
-        return steps_constraint(self.max_steps, self.min_steps, sorted(_EXAMPLE_STEPS))
+        literal = re.findall(r"\$\d+", question)
+        return steps_constraint(self.max_steps, self.min_steps, sorted(_EXAMPLE_STEPS), literal)
 
     @property
     def expanders(self) -> Mapping[str, Expander]:

@@ -53,21 +53,28 @@ def skeleton_constraint(max_points: int, min_points: int = 2) -> Constraint:
     return regex(chain(parts, min_points) + r"(?:\n\n)?")
 
 
-def step_body(k: int) -> str:
-    """Step k's text: starts with a letter; `$j` only for earlier steps j < k and never
-    followed by a digit (`$12` would name step 12); no `#E`/`${}` spellings."""
-    if k == 1:
+def step_body(k: int, literal: Iterable[str] = ()) -> str:
+    """Step k's text: starts with a letter; `$j` only for earlier steps j < k, or one of the
+    question's own `$n` amounts (`literal`), never followed by a digit (`$12` would name step
+    12); no other `$` (a model wrote "$1,0000" as a money-shaped reference) and no `#E`/`${}`."""
+    dollars = [rf"\$[1-{k - 1}]"] if k > 1 else []
+    dollars += [quote(x) for x in sorted(set(literal))]
+    if not dollars:
         return rf"[A-Za-z][^\n$#]{{0,{STEP_CHARS}}}"
-    ref = rf"\$[1-{k - 1}]"
-    return rf"[A-Za-z](?:[^\n$#]|{ref}[^\n$#0-9]){{0,{STEP_CHARS}}}(?:{ref})?"
+    d = "|".join(dollars)
+    item = rf"[^\n$#]|(?:{d})[^\n$#0-9]"
+    return rf"[A-Za-z](?:{item}){{0,{STEP_CHARS}}}(?:{d})?"
 
 
-def steps_constraint(max_steps: int, min_steps: int = 2, banned: Iterable[str] = ()) -> Constraint:
+def steps_constraint(
+    max_steps: int, min_steps: int = 2, banned: Iterable[str] = (), literal: Iterable[str] = ()
+) -> Constraint:
     """min..max numbered steps (after the prefilled "1.") whose references name earlier steps
     only; no step's text is one of `banned` (case-insensitive: the few-shot example's steps)."""
     parts = ['" " S1'] + [f'"\\n{k}. " S{k}' for k in range(2, max_steps + 1)]
     unless = _unless(quote(b) for b in banned)
-    terms = [f"S{k}: /{step_body(k)}/{unless}" for k in range(1, max_steps + 1)]
+    literal = tuple(literal)
+    terms = [f"S{k}: /{step_body(k, literal)}/{unless}" for k in range(1, max_steps + 1)]
     from parafill.constraints.spec import grammar
 
     return grammar("\n".join([f"start: {chain(parts, min_steps, True)} {_END}", *terms]))
@@ -92,11 +99,14 @@ def outline_constraint(
         subs = [f'"\\n   {k}.{j} " T' for j in range(1, depth + 1)]
         parts.append(" ".join(p for p in (head, chain(subs, 0, True)) if p))
     words = "|".join(sorted(framing))
-    title = rf"/[A-Za-z][^\n*#]{{1,{TITLE_CHARS}}}/"
+    # no ':' either: the parser keeps only the head of "Introduction: a long sentence", and
+    # refusing that shape by negation made llguidance's lexer too complex
+    title = rf"/[A-Za-z][^\n*#:]{{1,{TITLE_CHARS}}}/"
     if words:
         word = f"(?:{words})s?"
         title += rf" & ~/(?i:[^a-z0-9]*{word}(?:[^a-z0-9]+{word})*[^a-z0-9]*)/"
-    if topic_words := NON_WORD.sub(" ", topic.lower()).split():
+    topic_words = NON_WORD.sub(" ", topic.lower()).split()
+    if 0 < len(topic_words) <= 12:  # a long topic would make the lexer too complex
         title += rf" & ~/(?i:[^a-z0-9]*{'[^a-z0-9]+'.join(topic_words)}[^a-z0-9]*)/"
     start = f"start: {chain(parts, limits.min_sections, True)} {_END}"
     from parafill.constraints.spec import grammar

@@ -1,0 +1,189 @@
+"""The planners' grammars (planners/grammars.py) on the SmolLM2 tokenizer: what they accept and
+refuse, matching what the free-text parsers read; on the embedded model (greedy, batched),
+constrained skeleton / DAG / outline nodes fail to parse only where the model repeats an item
+(a grammar cannot forbid that), and every NER mention is a span of its tweet."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from parafill import constraints as C
+from parafill.backends.engine.weights import ModelNotFound, default_gguf, resolve
+from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.orchestrator.plan import Plan
+from parafill.orchestrator.runner import RunConfig, run_plan
+from parafill.planners.base import Planner
+from parafill.planners.dag import DagPlanner, parse_steps
+from parafill.planners.document import DocumentPlanner, parse_outline
+from parafill.planners.ner import NerConfig, default_adapter, extract
+from parafill.planners.skeleton import SkeletonPlanner, parse_points
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parents[2]
+
+
+def _model() -> None:
+    try:
+        default_gguf()
+    except ModelNotFound as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def accepts():  # type: ignore[no-untyped-def]
+    _model()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(resolve(None)), local_files_only=True)
+    info = C.tokenizer_info(tok)
+
+    def check(c: C.Constraint, text: str) -> bool:
+        m = C.compile(c, info).matcher()
+        ids = tok.encode(text, add_special_tokens=False)
+        return m.accept_prefix(ids) == len(ids) and m.is_accepting()
+
+    return check
+
+
+def _node(planner: Planner, question: str = "Q?"):  # type: ignore[no-untyped-def]
+    return planner.plan(question).nodes[0]
+
+
+def test_skeleton_grammar_is_2_to_max_points_in_the_parsers_format(accepts) -> None:  # type: ignore[no-untyped-def]
+    c = _node(SkeletonPlanner(max_points=4)).constraint
+    good = [" Sleep well\n2. Eat well", " A b\n2. C d\n3. E f\n4. G h\n\n"]
+    for text in good:
+        assert accepts(c, text) and len(parse_points("1." + text)) >= 2
+    for bad in [" Only one", " A\n3. B", " A\n2. B\n3. C\n4. D\n5. E", " **A**\n2. B", " \n2. B"]:
+        assert not accepts(c, bad), bad
+
+
+def test_dag_grammar_allows_references_to_earlier_steps_only(accepts) -> None:  # type: ignore[no-untyped-def]
+    c = _node(DagPlanner()).constraint
+    good = " Find A.\n2. Find B.\n3. Compare $1 and $2.\n\n"
+    assert accepts(c, good)
+    assert [s.refs for s in parse_steps("1." + good)] == [(), (), (1, 2)]
+    for bad in [
+        " Use $1.\n2. Find B.",  # its own result
+        " Find A.\n2. Use $2.",  # itself
+        " Find A.\n2. Use $3.\n3. C",  # a later step
+        " Find A.\n2. Use $12.",  # step 12
+        " Find A.\n2. Use #E1.",  # another spelling
+        " Find A.",  # one step
+        " Find A.\n2. Find the year the Eiffel Tower was built.",  # the prompt's example
+    ]:
+        assert not accepts(c, bad), bad
+    assert accepts(c, " Find the price.\n2. Add $1 tax")  # a reference at the end
+    assert not accepts(c, " Pay $5 each.\n2. Add $1")  # "$5" would name step 5
+    with_amount = _node(DagPlanner(), "Is $5 for 3 pens cheap?").constraint
+    assert accepts(with_amount, " Pay $5 each.\n2. Add $1")  # the question's own amount
+    assert not accepts(with_amount, " Pay $50 each.\n2. Add $1")
+    steps = parse_steps("1. Pay $5 each.\n2. Add $1", literal=["$5"])
+    assert [s.refs for s in steps] == [(), (1,)]
+
+
+def test_outline_grammar_refuses_framing_and_topic_titles(accepts) -> None:  # type: ignore[no-untyped-def]
+    planner = DocumentPlanner()
+    c = _node(planner, "How bees make honey").constraint
+    good = " Nectar\n   1.1 Flowers\n   1.2 Foragers\n2. The hive\n3. Honeycomb\n\n"
+    assert accepts(c, good)
+    outline = parse_outline(
+        "Table of contents:\n\n1." + good, planner.limits, "How bees make honey"
+    )
+    assert [s.title for s in outline.sections] == ["Nectar", "The hive", "Honeycomb"]
+    for bad in [
+        " Introduction\n2. The hive",
+        " Nectar\n2. Key points",
+        " Nectar\n2. How bees make honey",
+        " Nectar",
+        " Nectar\n2. A\n3. B\n4. C\n5. D\n6. E",
+    ]:
+        assert not accepts(c, bad), bad
+
+
+def test_every_outline_grammar_of_the_captured_topics_compiles_and_continues(accepts) -> None:  # type: ignore[no-untyped-def]
+    for topic in TOPICS:
+        c = _node(DocumentPlanner(), topic).constraint
+        assert accepts(c, " Wheels\n2. Frames"), topic
+        assert not accepts(c, f" Wheels\n2. {topic}"), topic
+
+
+def test_ner_count_is_a_number_and_a_mention_a_span_of_the_text(accepts) -> None:  # type: ignore[no-untyped-def]
+    from parafill.planners.ner import NerPlanner
+
+    text = "Barack Obama flew to New York"
+    count = _node(NerPlanner(), text).constraint
+    assert [accepts(count, s) for s in ("0", "3", "12", "two", "123")] == [
+        True, True, True, False, False,
+    ]  # fmt: skip
+    mention = NerPlanner()._expand(_node(NerPlanner(), text), "1").nodes[0].constraint
+    assert accepts(mention, "New York") and accepts(mention, "Barack Obama")
+    assert not accepts(mention, "Paris") and not accepts(mention, "New Yor")
+
+
+def test_unconstrained_planners_carry_no_constraint() -> None:
+    assert _node(SkeletonPlanner(constrained=False)).constraint is None
+    assert _node(DagPlanner(constrained=False)).constraint is None
+    assert _node(DocumentPlanner(constrained=False)).constraint is None
+
+
+# ---- the embedded model --------------------------------------------------------------------
+
+MT = [json.loads(x)["turns"][0] for x in (ROOT / "benchmarks/data/mt_bench_first20.jsonl").open()]
+DAG = [c["question"] for c in json.loads((DATA / "smollm2_dag_plans.json").read_text())]
+TOPICS = [
+    c["topic"]
+    for c in json.loads((DATA / "smollm2_outlines.json").read_text())["outlines"]
+    if c["prompt"] == "final"
+]
+
+
+async def _fallbacks(backend: LocalBackend, planner: Planner, questions: Sequence[str]) -> list:  # type: ignore[type-arg]
+    firsts = [_node(planner, q) for q in questions]
+    nodes = tuple(replace(n, id=f"q{i}", expand=None) for i, n in enumerate(firsts))
+    result = await run_plan(Plan(nodes), backend, RunConfig(max_concurrency=8))
+    grown = [
+        planner.expanders[n.expand or ""](n, result.results[f"q{i}"].text)
+        for i, n in enumerate(firsts)
+    ]
+    return [(q, g.note) for q, g in zip(questions, grown, strict=True) if g.answer == ("direct",)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("planner", "questions"),
+    [(SkeletonPlanner(), MT[:8]), (DagPlanner(), DAG[:8]), (DocumentPlanner(), TOPICS[:8])],
+    ids=["skeleton", "dag", "outline"],
+)
+async def test_constrained_planning_nodes_fail_only_by_repeating_an_item(
+    planner: Planner, questions: list[str]
+) -> None:
+    _model()
+    async with LocalBackend.open(LocalConfig(budget_tokens=8192, rows=8)) as backend:
+        failed = await _fallbacks(backend, planner, questions)
+    # a grammar cannot forbid an item repeating an earlier one: the only failures left
+    assert all("repeat" in note for _, note in failed), failed
+
+
+@pytest.mark.anyio
+async def test_every_constrained_ner_mention_is_a_span_of_the_tweet() -> None:
+    _model()
+    tweets = [
+        "Engadget : Sky 3D enlists Stephen Fry to explain the technology ahead of its October 1 "
+        "launch ( video) : With the of ... http://bit.ly/abRALO",
+        "@paulwalk It 's the view from where I 'm living for two weeks . Empire State Building = "
+        "ESB . Pretty bad storm here last evening .",
+        "Watching the Yankees game with Justin Bieber in Toronto tonight",
+    ]
+    cfg = LocalConfig(adapter=default_adapter(None), budget_tokens=4096, rows=8)
+    async with LocalBackend.open(cfg) as backend:
+        for tweet in tweets:
+            got = await extract(tweet, backend, NerConfig(labels=("person", "geo-loc", "company")))
+            mentions = [r for i, r in got.run.results.items() if i.startswith("mention:")]
+            assert all(r.text.strip() and r.text.strip() in tweet for r in mentions), mentions
+            assert not [n for n in got.notes if "not in the text" in n]
