@@ -117,7 +117,7 @@ def test_arms_stop_drafting_where_measured_steps_without_drafts_are_faster() -> 
 
     arms = Arms(probe=4, least=3)
     allowed = []
-    for step in range(60):
+    for _ in range(60):
         ok = arms.allow(32)
         allowed.append(ok)
         # at width 32, steps with drafts give 300 tokens/s, steps without 400
