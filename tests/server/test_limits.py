@@ -85,10 +85,11 @@ def test_limits_describe_the_kv_cache_and_what_the_engine_does(smol: tuple[Any, 
     assert fallback.limits.kv_bytes is None and fallback.limits.kv_tokens == 256
     assert _kv(fallback.limits) == "KV budget 256 tokens (HF fallback)"
     caps = {name: LocalBackend(eng, tok).capabilities for name, eng in engines.items()}
-    assert caps["row"] == Capabilities(True, True, False, 2, True)
+    assert caps["row"] == Capabilities(True, True, False, 2, True, constrains=True)
     assert caps["fallback budget"] == Capabilities(False, False, False, 256, False)
     tree = Engine(CompactLM(hf, 600), EngineConfig(mode="tree", budget_tokens=512, speculate="off"))
-    assert LocalBackend(tree, tok).capabilities == Capabilities(True, True, True, 256, False)
+    tree_caps = LocalBackend(tree, tok).capabilities
+    assert tree_caps == Capabilities(True, True, True, 256, False, constrains=True)
     assert tree.limits.max_request_tokens == 512 and tree.limits.kv_rows == 1
 
 
