@@ -109,11 +109,17 @@ def _constrain(
     fill_batch_drafts([i for i in items if i[2]], mask)
     plain = [(m, r) for m, r, d in items if not d]
     fill_batch([m for m, _ in plain], mask, [r for _, r in plain])
+    # one host read for every sequence's first row (not one per row)
+    some = mask[[r for _, r in starts]].ne(0).any(dim=1).tolist()
     dead = {
         id(seq)
-        for seq, r in starts
-        if not bool(mask[r].ne(0).any()) or (seq.matcher and seq.matcher.error())
+        for (seq, _), ok in zip(starts, some, strict=True)
+        if not ok or (seq.matcher and seq.matcher.error())
     }
+    if len(rows) == len(chooser):  # every row constrained: mask one copy in place
+        out = chooser.float().clone() if chooser is logits else chooser.float()
+        apply_bitmask(out, mask)
+        return out, dead
     idx = torch.tensor(rows, device=chooser.device)
     sub = chooser[idx].float()  # a copy: `logits` (the model's own) stays for log-probs
     apply_bitmask(sub, mask)
