@@ -37,6 +37,7 @@ from parafill.backends.engine.engine import Engine, EngineConfig
 from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import load
+from parafill.cli.view import repetition
 from parafill.fillers import make
 from parafill.planners.ner_prompts import SYSTEM as NER_SYSTEM
 from parafill.planners.ner_prompts import mention_prompt
@@ -91,11 +92,6 @@ def workloads(tok, n: int) -> dict[str, list[list[int]]]:
     writing = [chat(q) for q in mt_bench(None, "writing") if "Edit the following" not in q][:n]
     ner = [chat(mention_prompt(t, lab, 1, 1), NER_SYSTEM) for t, lab in tweets(n)]
     return {"grounded": grounded, "ner": ner, "writing": writing}
-
-
-def repetition(tokens: list[int], n: int = 8) -> float:
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def run(eng: Engine, prompts: list[list[int]], filler: str, a) -> tuple[float, list[list[int]]]:

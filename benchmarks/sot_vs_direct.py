@@ -29,15 +29,11 @@ import torch
 import parafill
 from parafill.backends.engine.weights import load
 from parafill.backends.local import LocalBackend
+from parafill.cli.view import repetition
 from parafill.orchestrator.runner import RunConfig
 from parafill.planners.static import DirectPlanner
 
 DATA = Path(__file__).parent / "data" / "mt_bench_first20.jsonl"
-
-
-def repetition(ids: list[int], n: int = 8) -> float:
-    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def hf_direct(hf, tok, question: str, max_tokens: int) -> tuple[float, list[int]]:
