@@ -44,13 +44,27 @@ def chain(parts: list[str], least: int, lark: bool = False) -> str:
     return sep.join(p for p in (*parts[:least], tail) if p)
 
 
-def skeleton_constraint(max_points: int, min_points: int = 2) -> Constraint:
-    """2..max_points numbered points of one short line each (after the prefilled "1.")."""
+def skeleton_constraint(
+    max_points: int, min_points: int = 2, first: int = 1, banned: Iterable[str] = ()
+) -> Constraint:
+    """Numbered points first..max_points of one short line each (after the prefilled "first."),
+    at least min_points in all (counting the first-1 already written). A point whose parsed text
+    would be one of `banned` (an earlier point, compared as the parser compares) is refused."""
     point = rf"[A-Za-z0-9][^\n*#`]{{1,{POINT_CHARS}}}"
-    parts = [" " + point] + [rf"\n{k}\. {point}" for k in range(2, max_points + 1)]
-    from parafill.constraints.spec import regex
+    least = max(1, min_points - first + 1)
+    banned = tuple(banned)
+    if not banned:
+        parts = [" " + point] + [rf"\n{k}\. {point}" for k in range(first + 1, max_points + 1)]
+        from parafill.constraints.spec import regex
 
-    return regex(chain(parts, min_points) + r"(?:\n\n)?")
+        return regex(chain(parts, least) + r"(?:\n\n)?")
+    lark = ['" " P'] + [f'"\\n{k}. " P' for k in range(first + 1, max_points + 1)]
+    # the parser keeps the head of "Head: more" and the first sentence, then drops repeats
+    ends = r"(?:[ .;:!?'\"-]*|[:.!?]\s[^\n]*|:[^\n]*)"
+    unless = _unless(quote(b) + ends for b in banned)
+    from parafill.constraints.spec import grammar
+
+    return grammar(f"start: {chain(lark, least, True)} {_END}\nP: /{point}/{unless}\n")
 
 
 def step_body(k: int, literal: Iterable[str] = ()) -> str:

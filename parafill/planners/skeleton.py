@@ -2,7 +2,9 @@
 
 The skeleton node's output grows the plan with one expansion node per parsed point; the
 expansion prompts share everything up to the point number, so a prefix-sharing backend
-prefills it once. A skeleton that does not parse falls back to a direct answer, with a note.
+prefills it once. A skeleton whose points repeat (a small model loops on its first) is
+continued once after its distinct points with repeats refused by its grammar; one that still
+does not parse falls back to a direct answer, with a note.
 The question is bound on the skeleton node (`args`) when the plan is made. On a backend that
 applies grammars the skeleton node is constrained to the parser's format (grammars.py).
 """
@@ -90,22 +92,29 @@ class SkeletonPlanner:
     constrained: bool = True  # the skeleton's format as a grammar (backends that apply one)
 
     def plan(self, question: str) -> Plan:
-        skeleton = Node(
-            "skeleton",
+        return Plan((self._skeleton_node(question),), answer=())
+
+    def _skeleton_node(self, question: str, points: tuple[str, ...] = ()) -> Node:
+        """The skeleton, or (`points` given) its continuation after those points: the model
+        repeated a point, so the listing so far is prefilled and repeats are refused."""
+        k = len(points) + 1
+        listing = "".join(f"{j}. {p}\n" for j, p in enumerate(points, 1))
+        constraint = None
+        if self.constrained:
+            constraint = skeleton_constraint(self.max_points, self.min_points, k, points)
+        return Node(
+            "skeleton" if not points else "skeleton-more",
             SKELETON_PROMPT.format(question=question),
             max_tokens=self.skeleton_tokens,
             system=SKELETON_SYSTEM,
             expand="skeleton",
-            prefix="1.",  # start the list for the model: small models otherwise answer in prose
+            prefix=f"{listing}{k}.",  # start the list: small models otherwise answer in prose
             # after the outline the model tends to invent the next example; not a blank-line stop:
             # servers that cannot continue the "1." prefill may put a preamble before the list
             stop=("\nQuestion:",),
             args=(("question", question),),
-            constraint=skeleton_constraint(self.max_points, self.min_points)
-            if self.constrained
-            else None,
+            constraint=constraint,
         )
-        return Plan((skeleton,), answer=())
 
     @property
     def expanders(self) -> Mapping[str, Expander]:
@@ -116,6 +125,12 @@ class SkeletonPlanner:
         points = parse_points(node.prefix + text, self.max_points)
         if len(points) < self.min_points:
             why = "no numbered points" if not points else f"only {len(points)} point"
+            if points and node.id == "skeleton" and self.constrained:
+                # a small model loops on its first point: ask once more with repeats refused
+                # (a grammar applies only on backends that constrain; the runner notes that)
+                more = self._skeleton_node(question, tuple(points))
+                note = f"skeleton repeated its points ({why}); continued with repeats refused"
+                return Growth((more,), None, note=note)
             answer = direct_node(question, self.direct_tokens, "direct")
             note = f"skeleton did not parse ({why}); answered directly"
             return Growth((answer,), ("direct",), note=note)

@@ -63,6 +63,17 @@ def test_skeleton_grammar_is_2_to_max_points_in_the_parsers_format(accepts) -> N
         assert not accepts(c, bad), bad
 
 
+def test_skeleton_continuation_refuses_points_the_parser_reads_as_repeats(accepts) -> None:  # type: ignore[no-untyped-def]
+    c = SkeletonPlanner(max_points=4)._skeleton_node("Q?", ("Iron Man",)).constraint
+    assert c is not None
+    refused = [" Iron Man", " iron man.", " Iron Man: the hero", " Iron Man. He flies"]
+    for text in [*refused, " Tony Stark\n3. Iron Man"]:
+        assert not accepts(c, text), text  # each parses as "Iron Man" again, at any point
+    for text in [" Iron Man's suit", " Tony Stark", " Suits\n3. Wit\n4. Money"]:
+        assert accepts(c, text), text
+    assert not accepts(c, " Suits\n3. Wit\n4. Money\n5. Jets")  # still at most max_points
+
+
 def test_dag_grammar_allows_references_to_earlier_steps_only(accepts) -> None:  # type: ignore[no-untyped-def]
     c = _node(DagPlanner()).constraint
     good = " Find A.\n2. Find B.\n3. Compare $1 and $2.\n\n"
@@ -168,6 +179,20 @@ async def test_constrained_planning_nodes_fail_only_by_repeating_an_item(
         failed = await _fallbacks(backend, planner, questions)
     # a grammar cannot forbid an item repeating an earlier one: the only failures left
     assert all("repeat" in note for _, note in failed), failed
+
+
+@pytest.mark.anyio
+async def test_a_skeleton_that_loops_on_its_first_point_is_continued_not_abandoned() -> None:
+    _model()
+    # greedy SmolLM2 writes "1. He has to go to the hospital every day." eight times
+    question = next(q for q in MT if q.startswith("Thomas is very healthy"))
+    planner = SkeletonPlanner()
+    async with LocalBackend.open(LocalConfig(budget_tokens=4096, rows=8)) as backend:
+        result = await run_plan(planner.plan(question), backend, expanders=planner.expanders)
+    assert "skeleton-more" in result.results and "direct" not in result.results
+    assert result.plan.answer[:2] == ("point-1", "point-2")
+    assert not result.failed and all(i in result.results for i in result.plan.answer)
+    assert any("repeats refused" in n for n in result.notes)
 
 
 @pytest.mark.anyio

@@ -80,10 +80,29 @@ def test_captured_real_outputs_are_clean_and_unique():
 def test_unparseable_skeleton_falls_back_to_direct_answer():
     planner = SkeletonPlanner()
     skeleton = planner.plan("Why is the sky blue?").nodes[0]
-    growth = planner.expanders["skeleton"](skeleton, "I am not sure.")
+    growth = planner.expanders["skeleton"](skeleton, " ")
     assert growth.answer == ("direct",)
     assert growth.nodes[0].prompt == "Why is the sky blue?"
     assert growth.note and "did not parse" in growth.note
+
+
+def test_repeated_points_continue_once_after_the_distinct_ones_then_fall_back():
+    planner = SkeletonPlanner()
+    skeleton = planner.plan("Why is the sky blue?").nodes[0]
+    growth = planner.expanders["skeleton"](skeleton, " Light scatters.\n2. light scatters")
+    (more,) = growth.nodes
+    assert growth.answer is None and growth.note and "repeats refused" in growth.note
+    assert more.id == "skeleton-more" and more.expand == "skeleton"
+    assert more.prefix == "1. Light scatters\n2." and more.prompt == skeleton.prompt
+    assert more.constraint is not None and "Light scatters" in more.constraint.source
+    again = planner.expanders["skeleton"](more, " Light scatters")  # still one point
+    assert again.answer == ("direct",) and again.note and "did not parse" in again.note
+    done = planner.expanders["skeleton"](more, " Blue is short")
+    assert done.answer == ("point-1", "point-2")
+    # without grammars nothing could refuse the repeat: straight to the direct answer
+    free = SkeletonPlanner(constrained=False)
+    plain = free.expanders["skeleton"](free.plan("Q?").nodes[0], " A\n2. a")
+    assert plain.answer == ("direct",)
 
 
 def test_expansion_prompts_share_a_prefix_and_prefill_the_point():
