@@ -68,19 +68,27 @@ def question_sets() -> dict[str, tuple[Callable[[bool], Planner], list[str]]]:
 async def planner_rate(
     backend: LocalBackend, planner: Planner, questions: Sequence[str]
 ) -> Outcome:
-    """Every question's planning node in one run (no growth), then the planner's own hook."""
-    firsts = [planner.plan(q).nodes[0] for q in questions]
-    nodes = tuple(replace(n, id=f"q{i}", expand=None) for i, n in enumerate(firsts))
-    t0 = time.perf_counter()
-    result = await run_plan(Plan(nodes), backend, RunConfig(max_concurrency=8))
-    secs = time.perf_counter() - t0
-    failures = []
-    for i, node in enumerate(firsts):
-        hook = planner.expanders[node.expand or ""]
-        growth = hook(node, result.results[f"q{i}"].text)
-        if growth.answer == ("direct",):
-            failures.append(f"{questions[i][:40]!r}: {growth.note}")
-    return Outcome(len(firsts) - len(failures), len(firsts), secs, result.tokens, tuple(failures))
+    """Every question's planning node in one run (no growth), then the planner's own hook; a
+    hook that asks for a continuation of the plan (a node with its own hook, e.g. the skeleton
+    continued after repeated points) gets it run too, in one more batch, time and tokens
+    counted, until every hook decides."""
+    todo = {f"q{i}": (i, planner.plan(q).nodes[0]) for i, q in enumerate(questions)}
+    secs, tokens, failures = 0.0, 0, []
+    while todo:
+        nodes = tuple(replace(n, id=key, expand=None) for key, (_, n) in todo.items())
+        t0 = time.perf_counter()
+        result = await run_plan(Plan(nodes), backend, RunConfig(max_concurrency=8))
+        secs, tokens = secs + time.perf_counter() - t0, tokens + result.tokens
+        more = {}
+        for key, (i, node) in todo.items():
+            growth = planner.expanders[node.expand or ""](node, result.results[key].text)
+            if growth.answer == ("direct",):
+                failures.append(f"{questions[i][:40]!r}: {growth.note}")
+            elif growth.answer is None and len(growth.nodes) == 1 and growth.nodes[0].expand:
+                more[f"{key}+"] = (i, growth.nodes[0])
+        todo = more
+    n = len(questions)
+    return Outcome(n - len(failures), n, secs, tokens, tuple(failures))
 
 
 async def ner_rates(limit: int, data: str) -> dict[str, tuple[int, int, float, float]]:
