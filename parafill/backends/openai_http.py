@@ -10,18 +10,19 @@ No tokenizing or chat templating here.
 
 A request ending in an assistant message (a node's answer prefix, e.g. SoT's "1.") is sent as
 the server can take it (`assistant_prefix`): "continue" keeps it and asks the server to
-continue that message (vLLM's and SGLang's `continue_final_message`); "drop" (the default, for
-servers that would start a new turn after it, as llama-cpp-python's does) leaves it out and
-strips the prefix from the answer when the model writes it itself, so prefix + answer reads
-as one text either way.
+continue that message (`continue_final_message`: llama.cpp's llama-server, vLLM); "drop" leaves
+it out and strips the prefix from the answer when the model writes it itself (for servers that
+would start a new turn after it, as llama-cpp-python's Python server does), so prefix + answer
+reads as one text either way. "auto" (the default) asks each server once what it is
+(`openai_probe`: GET /v1/models) and continues only where every server is known to.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, cast
@@ -41,6 +42,8 @@ from parafill.backends.base import (
     Request,
     render_messages,
 )
+from parafill.backends.openai_probe import Continuation, continuation, probe
+from parafill.backends.openai_slots import Clock, DeadlinePassed, Endpoint
 from parafill.backends.openai_sse import (
     CONSTRAINT_MODES,
     RETRIED_4XX,
@@ -59,7 +62,7 @@ from parafill.backends.openai_sse import (
     strip_prefix,
 )
 
-PrefixMode = Literal["drop", "continue"]
+PrefixMode = Literal["auto", "drop", "continue"]
 PromptRenderer = Callable[[Sequence[Message]], str]
 
 
@@ -89,7 +92,8 @@ class OpenAIConfig:
     retry_after_max: float = 60.0  # a longer Retry-After is waited only this long
     prompt: PromptRenderer = concat_prompt  # completions endpoint only
     include_usage: bool = True  # ask for server token counts (stream_options)
-    assistant_prefix: PrefixMode = "drop"  # chat: how a trailing assistant message is sent
+    # chat: how a trailing assistant message is sent ("auto": as the servers are known to take it)
+    assistant_prefix: PrefixMode = "auto"
     logprobs: bool = False  # chat: ask for each token's log p (vLLM, SGLang, llama.cpp have it)
     # how Request.constraint is sent (openai_sse.ConstraintMode): JSON schemas as
     # response_format always; regexes / grammars in the server's own fields when it is named
@@ -108,6 +112,8 @@ class OpenAIConfig:
             raise ValueError("deadline must be None or a finite number of seconds > 0")
         if self.constraints not in CONSTRAINT_MODES:
             raise ValueError(f"constraints must be one of {CONSTRAINT_MODES}")
+        if self.assistant_prefix not in ("auto", "drop", "continue"):
+            raise ValueError("assistant_prefix must be 'auto', 'drop' or 'continue'")
 
     def url(self, base_url: str) -> str:
         """Full endpoint URL; `base_url` may or may not already end in /v1."""
@@ -117,14 +123,19 @@ class OpenAIConfig:
         return f"{root}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
 
 
-def encode_body(config: OpenAIConfig, request: Request) -> bytes:
+def encode_body(
+    config: OpenAIConfig, request: Request, prefix_mode: Continuation | None = None
+) -> bytes:
     """The JSON body, byte-stable: model, then messages in order with fixed key order, then
-    sampling. Requests sharing leading messages share a byte prefix (prefix caches hit)."""
+    sampling. Requests sharing leading messages share a byte prefix (prefix caches hit). A
+    trailing assistant message goes as `prefix_mode` says, else as the config does ("auto":
+    dropped; the backend decides "auto" by asking the server first)."""
     s = request.sampling
     body: dict[str, object] = {"model": config.model}
+    keep = (prefix_mode or config.assistant_prefix) == "continue"
     if config.endpoint == "chat":
         msgs, prefix = _split_prefix(request.messages)
-        if prefix and config.assistant_prefix == "continue":
+        if prefix and keep:
             msgs = request.messages
         body["messages"] = render_messages(msgs)
     else:
@@ -149,7 +160,7 @@ def encode_body(config: OpenAIConfig, request: Request) -> bytes:
     body["stream"] = True
     if config.include_usage:
         body["stream_options"] = {"include_usage": True}
-    if config.endpoint == "chat" and prefix and config.assistant_prefix == "continue":
+    if config.endpoint == "chat" and prefix and keep:
         body.update(continue_final_message=True, add_generation_prompt=False)
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.encode()
@@ -160,68 +171,6 @@ def _split_prefix(messages: Sequence[Message]) -> tuple[Sequence[Message], str]:
     if messages and messages[-1].role == "assistant":
         return messages[:-1], messages[-1].content
     return messages, ""
-
-
-class _DeadlinePassed(Exception):
-    """The request's deadline passed; the message says what it was waiting for."""
-
-
-class _Clock:
-    """One request's deadline, started when its first attempt is sent. Chunks are never
-    yielded inside `bound()` (a cancel scope must not span a generator's yield)."""
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-        self._at: float | None = None
-
-    def start(self) -> None:
-        if self.seconds is not None and self._at is None:
-            self._at = anyio.current_time() + self.seconds
-
-    def left(self) -> float:
-        return float("inf") if self._at is None else self._at - anyio.current_time()
-
-    @contextmanager
-    def bound(self, waiting: str = "") -> Iterator[None]:
-        """Run the block until the deadline at most; then raise _DeadlinePassed(waiting)."""
-        if self._at is None:
-            yield
-            return
-        with anyio.move_on_after(self.left()) as scope:
-            yield
-        if scope.cancelled_caught:
-            raise _DeadlinePassed(waiting)
-
-    def error(self, url: str, attempt: int, what: str) -> BackendError:
-        return BackendError(
-            f"{url}: no answer within the {self.seconds:g} s deadline (OpenAIConfig.deadline);"
-            f" attempt {attempt}: {what}"
-        )
-
-
-class _Endpoint:
-    """One base URL: its concurrency cap and how many requests it has outstanding."""
-
-    def __init__(self, url: str, max_concurrency: int) -> None:
-        self.url = url
-        self.limiter = anyio.CapacityLimiter(max_concurrency)
-        self.outstanding = 0
-
-    @asynccontextmanager
-    async def slot(self, clock: _Clock) -> AsyncIterator[None]:
-        # Counted before waiting on the cap, so concurrent picks see each other at once.
-        self.outstanding += 1
-        borrower = object()  # one per attempt: a task may drive several streams at once
-        try:
-            with clock.bound("waiting for a free slot"):
-                await self.limiter.acquire_on_behalf_of(borrower)
-            clock.start()
-            try:
-                yield
-            finally:
-                self.limiter.release_on_behalf_of(borrower)
-        finally:
-            self.outstanding -= 1
 
 
 def _describe(exc: Exception, timeout: float) -> str:
@@ -270,11 +219,13 @@ class OpenAIBackend:
         self._config = config
         self._rng = rng or random.Random()
         self._client: httpx.AsyncClient | None = None
-        self._endpoints: list[_Endpoint] = []
+        self._endpoints: list[Endpoint] = []
         self._turn = 0
+        self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._headers.update(self._auth)
+        self._continues: Continuation | None = None  # "auto" decided (None: not yet)
+        self._probing = anyio.Lock()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -293,7 +244,7 @@ class OpenAIBackend:
 
     async def __aenter__(self) -> OpenAIBackend:
         cfg = self._config
-        self._endpoints = [_Endpoint(cfg.url(u), cfg.max_concurrency) for u in cfg.base_urls]
+        self._endpoints = [Endpoint(cfg.url(u), cfg.max_concurrency) for u in cfg.base_urls]
         total = cfg.max_concurrency * len(cfg.base_urls)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(cfg.timeout),
@@ -311,7 +262,7 @@ class OpenAIBackend:
         if client is not None:
             await client.aclose()
 
-    def _pick(self, avoid: _Endpoint | None) -> _Endpoint:
+    def _pick(self, avoid: Endpoint | None) -> Endpoint:
         """Least outstanding; ties rotate, and a just-failed endpoint loses ties."""
         n = len(self._endpoints)
         self._turn += 1
@@ -323,16 +274,30 @@ class OpenAIBackend:
             raise RuntimeError("use `async with OpenAIBackend(config) as backend:` first")
         cfg = self._config
         _, prefix = _split_prefix(request.messages)
-        if cfg.endpoint != "chat" or cfg.assistant_prefix == "continue" or not prefix:
-            prefix = ""
-        async with aclosing(self._stream_body(encode_body(cfg, request))) as raw:
-            async for chunk in strip_prefix(raw, prefix):
+        mode = await self.prefix_mode() if prefix and cfg.endpoint == "chat" else "drop"
+        body = encode_body(cfg, request, mode)
+        async with aclosing(self._stream_body(body)) as raw:
+            async for chunk in strip_prefix(raw, prefix if mode == "drop" else ""):
                 yield chunk
+
+    async def prefix_mode(self) -> Continuation:
+        """How a trailing assistant message is sent: as configured, or for "auto" as every
+        server is known to take it, asked once per backend (`openai_probe`); "drop" while a
+        server cannot be asked (asked again with the next such request)."""
+        if self._config.assistant_prefix != "auto":
+            return self._config.assistant_prefix
+        async with self._probing:
+            if self._continues is None and self._client is not None:
+                wait = min(self._config.timeout, 10.0)
+                urls = self._config.base_urls
+                infos = [await probe(self._client, u, self._auth, wait) for u in urls]
+                self._continues = continuation(infos)
+        return self._continues or "drop"
 
     async def _stream_body(self, body: bytes) -> AsyncGenerator[Chunk, None]:
         backoff = Backoff(self._config, self._rng)
-        clock = _Clock(self._config.deadline)
-        avoid: _Endpoint | None = None
+        clock = Clock(self._config.deadline)
+        avoid: Endpoint | None = None
         while True:
             endpoint = self._pick(avoid)
             try:
@@ -347,11 +312,11 @@ class OpenAIBackend:
                 if delay >= clock.left():
                     what = f"the next retry would start after it; last: {failure.reason}"
                     raise clock.error(endpoint.url, backoff.failures, what) from failure
-            except _DeadlinePassed as late:
+            except DeadlinePassed as late:
                 raise clock.error(endpoint.url, backoff.failures + 1, str(late)) from None
             await anyio.sleep(delay)
 
-    async def _attempt(self, url: str, body: bytes, clock: _Clock) -> AsyncGenerator[Chunk, None]:
+    async def _attempt(self, url: str, body: bytes, clock: Clock) -> AsyncGenerator[Chunk, None]:
         """One HTTP request. Fails with RetryableFailure only if nothing was yielded yet."""
         assert self._client is not None
         parser, sse = ChunkParser(self._config.endpoint), SSEDecoder()
@@ -377,9 +342,9 @@ class OpenAIBackend:
                 await response.aclose()
         except (httpx.TransportError, ProtocolError) as exc:
             raise _failure(url, exc, parser.tokens, self._config.timeout) from exc
-        except _DeadlinePassed as late:
+        except DeadlinePassed as late:
             what = str(late) or f"received {parser.tokens} chunks and {sse.comments} SSE comments"
-            raise _DeadlinePassed(what) from None
+            raise DeadlinePassed(what) from None
         yield final
 
 

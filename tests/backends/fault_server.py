@@ -5,7 +5,9 @@ the script (then the default), which may be an error status with headers, a stal
 headers, a slow stream, a stream whose connection is dropped part way, a stream of keep-alive
 comments and nothing else, an error event, or a 200 body that is not a stream at all. One
 connection per request (`Connection: close`). It records what it saw and which reply answered
-each request; it never leaves the loopback address.
+each request; it never leaves the loopback address. `GET /v1/models` (a backend asking what
+the server is) is answered apart, outside the script: a model list naming `owned_by` (or
+`models_status` with an error), counted in `probes`, not in `requests`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class FaultServer:
     hung_up: anyio.Event = field(default_factory=anyio.Event)  # set on the first disconnect
     active: int = 0
     max_active: int = 0
+    owned_by: str = "fault-server"  # what GET /v1/models says the server is
+    models_status: int = 200
+    probes: int = 0  # GET /v1/models requests
 
     def gaps(self) -> list[float]:
         """Seconds between consecutive requests."""
@@ -66,7 +71,11 @@ class FaultServer:
     async def handle(self, stream: SocketStream) -> None:
         async with stream:
             try:
-                path, body = await _read_request(stream)
+                method, path, body = await _read_request(stream)
+                if method == "GET" and path.endswith("/models"):
+                    self.probes += 1
+                    await _models(stream, self.models_status, self.owned_by)
+                    return
                 self.requests.append(Seen(anyio.current_time(), path, body))
                 reply = self.script.pop(0) if self.script else self.default
                 self.served.append(reply)
@@ -83,13 +92,21 @@ class FaultServer:
                 pass  # the client opened a connection and sent nothing
 
 
-async def _read_request(stream: SocketStream) -> tuple[str, bytes]:
+async def _read_request(stream: SocketStream) -> tuple[str, str, bytes]:
     reader = BufferedByteReceiveStream(stream)
     head = (await reader.receive_until(b"\r\n\r\n", 65536)).decode("latin-1")
     request_line, *header_lines = head.split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
     body = await reader.receive_exactly(int(headers.get("content-length", "0")))
-    return request_line.split(" ")[1], body
+    method, path, *_ = request_line.split(" ")
+    return method, path, body
+
+
+async def _models(stream: SocketStream, status: int, owned_by: str) -> None:
+    models = {"object": "list", "data": [{"id": "test", "object": "model", "owned_by": owned_by}]}
+    data = json.dumps(models if status == 200 else {"error": {"message": "no"}}).encode()
+    extra = (("Content-Type", "application/json"), ("Content-Length", str(len(data))))
+    await stream.send(_head(status, extra) + data)
 
 
 def _head(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
