@@ -94,7 +94,8 @@ async def test_hand_built_plan_runs_dependents_after_inputs(backend):
 
 
 async def test_unparseable_skeleton_answers_directly_and_says_so(backend):
-    planner = parafill.SkeletonPlanner(skeleton_tokens=1, direct_tokens=8)
+    # one token: one point at most; unconstrained, so no continuation is tried
+    planner = parafill.SkeletonPlanner(skeleton_tokens=1, direct_tokens=8, constrained=False)
     result = await parafill.arun("Name a color.", backend=backend, planner=planner)
     assert result.plan.answer == ("direct",)
     assert any("did not parse" in n for n in result.notes)

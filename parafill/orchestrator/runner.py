@@ -106,6 +106,7 @@ class _Hooks:
 
     expanders: Mapping[str, Expander]
     computes: Mapping[str, Compute]
+    constrains: bool = True  # the backend applies nodes' constraints (hooks see what applied)
 
 
 @dataclass
@@ -132,7 +133,9 @@ async def run_plan(
     built-in compute functions and `computes`, is a PlanError before any node runs."""
     cfg = config or RunConfig()
     sched = Scheduler(plan)
-    hooks = _Hooks(expanders or {}, {**BUILTINS, **(computes or {})})
+    hooks = _Hooks(
+        expanders or {}, {**BUILTINS, **(computes or {})}, backend.capabilities.constrains
+    )
     check_hooks(plan.nodes, hooks.expanders)
     check_computes(plan.nodes, hooks.computes)
     emit = emit or _ignore
@@ -211,6 +214,8 @@ async def _expand(
     hook = hooks.expanders.get(node.expand)
     if hook is None:
         return _Failure(node.id, f"no expander named {node.expand!r} is registered")
+    if node.constraint is not None and not hooks.constrains:
+        node = replace(node, constraint=None)  # the hook sees the node as it ran
     try:
         growth = hook(node, outcome.text)
         check_hooks(growth.nodes, hooks.expanders)

@@ -142,3 +142,15 @@ def count_constraint() -> Constraint:
     from parafill.constraints.spec import regex
 
     return regex(r"0|[1-9][0-9]?")
+
+
+ANSWER_CHARS = 60
+
+
+def answer_constraint(body_chars: int) -> Constraint:
+    """A reasoning branch: up to `body_chars` of free reasoning, then a line "The answer is ..."
+    (what the vote reads first), then the end: the vote always has a committed answer."""
+    from parafill.constraints.spec import regex
+
+    body = rf"(?s:.{{0,{body_chars}}})"
+    return regex(rf"{body}\n?The answer is [^\n]{{1,{ANSWER_CHARS}}}")

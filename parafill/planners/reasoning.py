@@ -6,6 +6,8 @@ prefills the shared part once. The join is a majority vote over extracted short 
 The vote is computed in Python, not by the model: a compute node (`answers`) collects every
 branch's short answer once all are done (no tokens, cannot miscount), and its expand hook votes
 and grows the join. The planner holds no state between runs: the question rides on the node.
+On a backend that applies grammars every branch ends with the line "The answer is ..."
+(grammars.py), so the vote has each branch's committed answer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Literal
 
 from parafill.orchestrator.compute import Vote, extract_answer, majority
 from parafill.orchestrator.plan import Expander, Growth, Node, Plan
+from parafill.planners.grammars import answer_constraint
 
 __all__ = ["Mode", "ReasoningPlanner", "Vote", "extract_answer", "majority"]
 
@@ -52,6 +55,9 @@ class ReasoningPlanner:
     temperature: float = 0.0
     seed: int = 0  # branch k samples with seed + k (reproducible, and branches differ)
     max_branches: int = 16
+    # on backends that apply grammars, each branch ends with "The answer is ..." (the vote's
+    # marker) within its token budget; chars of free reasoning allowed before that line:
+    constrained: bool = True
 
     def plan(self, question: str) -> Plan:
         if not 1 <= self.branches <= self.max_branches:
@@ -82,7 +88,13 @@ class ReasoningPlanner:
             temperature=self.temperature,
             seed=self.seed + k if self.temperature > 0 else None,
             stop=("\nQuestion:",),  # small models start asking themselves new questions
+            constraint=answer_constraint(self._body_chars) if self.constrained else None,
         )
+
+    @property
+    def _body_chars(self) -> int:
+        # 2 characters per token (arithmetic runs ~1.3, prose ~4), ~24 tokens for the answer
+        return 2 * max(8, self.branch_tokens - 24)
 
     @property
     def expanders(self) -> Mapping[str, Expander]:

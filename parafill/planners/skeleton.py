@@ -125,9 +125,9 @@ class SkeletonPlanner:
         points = parse_points(node.prefix + text, self.max_points)
         if len(points) < self.min_points:
             why = "no numbered points" if not points else f"only {len(points)} point"
-            if points and node.id == "skeleton" and self.constrained:
+            if points and node.id == "skeleton" and node.constraint is not None:
                 # a small model loops on its first point: ask once more with repeats refused
-                # (a grammar applies only on backends that constrain; the runner notes that)
+                # (the hook sees no constraint where the backend could not apply one)
                 more = self._skeleton_node(question, tuple(points))
                 note = f"skeleton repeated its points ({why}); continued with repeats refused"
                 return Growth((more,), None, note=note)

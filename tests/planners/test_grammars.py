@@ -21,6 +21,7 @@ from parafill.planners.base import Planner
 from parafill.planners.dag import DagPlanner, parse_steps
 from parafill.planners.document import DocumentPlanner, parse_outline
 from parafill.planners.ner import NerConfig, default_adapter, extract
+from parafill.planners.reasoning import ReasoningPlanner
 from parafill.planners.skeleton import SkeletonPlanner, parse_points
 
 DATA = Path(__file__).parent / "data"
@@ -137,10 +138,20 @@ def test_ner_count_is_a_number_and_a_mention_a_span_of_the_text(accepts) -> None
     assert not accepts(mention, "Paris") and not accepts(mention, "New Yor")
 
 
+def test_reasoning_branch_ends_with_the_answer_line_within_its_characters(accepts) -> None:  # type: ignore[no-untyped-def]
+    c = ReasoningPlanner(branch_tokens=40).plan("Q?").nodes[0].constraint
+    assert c is not None  # 2 * (40 - 24) = 32 characters of reasoning
+    for text in ["3 + 4 = 7.\nThe answer is 7", "The answer is 7", "Add them.\n\nThe answer is 7."]:
+        assert accepts(c, text), text
+    for text in ["3 + 4 = 7.", "The answer is", "x" * 40 + "\nThe answer is 7"]:
+        assert not accepts(c, text), text
+
+
 def test_unconstrained_planners_carry_no_constraint() -> None:
     assert _node(SkeletonPlanner(constrained=False)).constraint is None
     assert _node(DagPlanner(constrained=False)).constraint is None
     assert _node(DocumentPlanner(constrained=False)).constraint is None
+    assert _node(ReasoningPlanner(constrained=False)).constraint is None
 
 
 # ---- the embedded model --------------------------------------------------------------------
@@ -193,6 +204,19 @@ async def test_a_skeleton_that_loops_on_its_first_point_is_continued_not_abandon
     assert result.plan.answer[:2] == ("point-1", "point-2")
     assert not result.failed and all(i in result.results for i in result.plan.answer)
     assert any("repeats refused" in n for n in result.notes)
+
+
+@pytest.mark.anyio
+async def test_every_constrained_reasoning_branch_commits_to_an_answer() -> None:
+    _model()
+    planner = ReasoningPlanner(branch_tokens=96)
+    questions = ["What is 12 times 7?", "Tom has 3 boxes of 4 apples, eats 2. How many are left?"]
+    async with LocalBackend.open(LocalConfig(budget_tokens=4096, rows=8)) as backend:
+        for q in questions:
+            result = await run_plan(planner.plan(q), backend, expanders=planner.expanders)
+            branches = [r for i, r in result.results.items() if i.startswith("branch-")]
+            ended = [r for r in branches if r.finish_reason != "length"]
+            assert ended and all("The answer is " in r.text.splitlines()[-1] for r in ended)
 
 
 @pytest.mark.anyio

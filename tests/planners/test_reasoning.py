@@ -123,9 +123,8 @@ async def test_a_failed_run_leaves_nothing_behind_in_the_planner():
     before = len(fake.calls)
     result = await run_plan(planner.plan("Q?"), fake, expanders=planner.expanders)  # reusable
     assert result.plan.answer == ("branch-1",) and result.answer == "The answer is 7."
-    assert (
-        result.notes[-1] == "vote over 3 branches: '7' x3; no answer: 0; answer '7' from branch-1"
-    )
+    vote = "vote over 3 branches: '7' x3; no answer: 0; answer '7' from branch-1"
+    assert vote in result.notes
     assert result.results["answers"].tokens == 0 and result.tokens == 3 * 4
     assert len(fake.calls) - before == 3  # one request per branch; the vote made none
 
