@@ -178,11 +178,12 @@ class Engine:
 
     def _forward(self, work: list[Seq]) -> list[StepOutput]:
         decode_only = all(s.known - s.fed == 1 and not s.prefix_only for s in work)
-        # else the eager step: penalties, drafts and constraints are decided on the host
-        plain = not any(s.params.adjusts or s.draft or s.matcher for s in work)
-        if self.decoder is not None and decode_only and plain:
-            # device-side state; marks the columns visible
-            tokens, logps, tops = self.decoder.step(work)
+        # else the eager step: penalties and drafts are decided on the host
+        plain = not any(s.params.adjusts or s.draft for s in work)
+        # device-side state; marks the columns visible. None: a constraint allows no token
+        got = self.decoder.step(work) if self.decoder and decode_only and plain else None
+        if got is not None:
+            tokens, logps, tops = got
             for seq in work:
                 seq.fed += 1
                 seq.passes += 1

@@ -6,9 +6,11 @@ all query row 0. Tokens, positions and slots stay on the device: the step looks 
 lane's KV column in a per-slot column table, marks it visible, builds the attention mask
 from the visibility table, writes K/V, chooses every lane's token (greedy, or a seeded draw
 with the lane's temperature and top-p: `sampling.select_rows`) and advances the positions —
-no host work per lane. The host re-uploads lane state only when the set of lanes changes or
-an eager step ran in between. On CPU the same step runs eagerly (that is how it is tested
-against the reference); on CUDA it is captured once per bucket and replayed.
+no host work per lane. An output constraint's token bitmask is filled on the host (one batched
+call for every constrained lane) and copied in; the step masks the choice with it. The host
+re-uploads lane state only when the set of lanes changes or an eager step ran in between. On
+CPU the same step runs eagerly (that is how it is tested against the reference); on CUDA it is
+captured once per bucket and replayed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class _Lanes:
     logp: Tensor  # (B,) its log-probability
     top_v: Tensor  # (B, K) log p of the K most likely tokens (when a lane asks for them)
     top_i: Tensor  # (B, K) their ids
+    bitmask: Tensor  # (B, ceil(V/32)) int32: tokens each lane's output constraint allows
 
 
 class StaticDecoder:
@@ -67,9 +70,13 @@ class StaticDecoder:
         self._true = torch.ones((), dtype=torch.bool, device=dev)  # no host scalar in capture
         self._table_owner: dict[int, int] = {}  # slot -> seq id whose columns are uploaded
         self._lanes: dict[int, _Lanes] = {}
-        self._captured: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self._captured: dict[tuple[int, int, bool, bool], torch.cuda.CUDAGraph] = {}
         self._choice = GREEDY  # set at upload from the lanes' sampling parameters
         self._top = False  # some lane wants top log-probabilities (set at upload)
+        self._masked = False  # some lane has an output constraint (its mask set this step)
+        from parafill.constraints.bitmask import apply_bitmask  # the grammar library, lazily
+
+        self._apply_bitmask = apply_bitmask
         self._pool: Any = None  # one CUDA graph memory pool for every bucket
         self._key: tuple[int, ...] = ()
         self.fresh = False  # device lane state matches the host's sequences
@@ -78,11 +85,14 @@ class StaticDecoder:
         self._fn = torch.compile(self._body, dynamic=False) if compile else self._body
 
     @torch.inference_mode()
-    def step(self, work: list[Seq]) -> tuple[list[int], list[float], list[Top]]:
+    def step(self, work: list[Seq]) -> tuple[list[int], list[float], list[Top]] | None:
         """One decode step for `work` (each feeds exactly one token): the next token of each
-        sequence, its log-probability and (where asked for) the most likely alternatives."""
+        sequence, its log-probability and (where asked for) the most likely alternatives. None
+        (nothing run) when an output constraint allows no token: the eager step reports it."""
         layout = self._layout(work)
         lanes = self._get_lanes(len(layout))
+        if not self._set_mask(lanes, layout):
+            return None
         key = tuple(s.id if s is not None else -1 for s in layout)
         if key != self._key or not self.fresh:
             self._upload(lanes, layout)
@@ -104,6 +114,20 @@ class StaticDecoder:
             [float(logps[lane_of[s.id]]) for s in work],
             tops,
         )
+
+    def _set_mask(self, lanes: _Lanes, layout: list[Seq | None]) -> bool:
+        """Fill the constrained lanes' bitmask rows on the host (one batched call) and copy
+        them to the device; the step applies them only when some lane is constrained."""
+        masked = [(b, s.matcher) for b, s in enumerate(layout) if s is not None and s.matcher]
+        self._masked = bool(masked)
+        if not masked:
+            return True
+        from parafill.constraints import allocate_bitmask, fill_batch
+
+        host = allocate_bitmask(len(layout), self.model.shapes.vocab)
+        ok = fill_batch([m for _, m in masked], host, [b for b, _ in masked])
+        lanes.bitmask.copy_(host, non_blocking=True)
+        return all(ok)
 
     def _layout(self, work: list[Seq]) -> list[Seq | None]:
         if not self.tree:
@@ -131,8 +155,10 @@ class StaticDecoder:
                 torch.zeros(b, k, device=dev),
                 torch.zeros(b, k, dtype=torch.long, device=dev),
             )
+            words = (self.model.shapes.vocab + 31) // 32
+            bitmask = torch.full((b, words), -1, dtype=torch.int32, device=dev)
             self._lanes[b] = _Lanes(
-                state, knobs, rows, qslots, ar, logits, zeros.clone(), logp, top_v, top_i
+                state, knobs, rows, qslots, ar, logits, zeros.clone(), logp, top_v, top_i, bitmask
             )
         return self._lanes[b]
 
@@ -163,7 +189,7 @@ class StaticDecoder:
             else PLAIN
         )
 
-    def _body(self, lanes: _Lanes, choice: int, top: bool) -> None:
+    def _body(self, lanes: _Lanes, choice: int, top: bool, masked: bool) -> None:
         """The captured step. Every shape is fixed by the bucket."""
         slots, pos = lanes.state[SLOT], lanes.state[POSITION]
         cols = self.col_table[slots, pos]  # (B,)
@@ -175,12 +201,16 @@ class StaticDecoder:
         )
         logits = self.model.run(step, self.cache.k, self.cache.v)
         lanes.logits.copy_(logits)
+        chooser = logits
+        if masked:  # the choice is masked; log-probabilities stay the model's own
+            chooser = logits.clone()
+            self._apply_bitmask(chooser, lanes.bitmask)
         if choice == GREEDY:
-            lanes.out.copy_(logits.argmax(dim=-1))
+            lanes.out.copy_(chooser.argmax(dim=-1))
         else:
             st = lanes.state
             temps, top_ps = lanes.knobs[TEMP], lanes.knobs[TOP_P]
-            out = select_rows(logits, temps, top_ps, st[SEED], st[DRAW], choice == NUCLEUS)
+            out = select_rows(chooser, temps, top_ps, st[SEED], st[DRAW], choice == NUCLEUS)
             lanes.out.copy_(out)
         best = logits.gather(1, lanes.out[:, None])[:, 0]
         lse = torch.logsumexp(logits, dim=-1)
@@ -194,15 +224,15 @@ class StaticDecoder:
         lanes.state[DRAW].add_(lanes.state[LIVE])
 
     def _run(self, lanes: _Lanes) -> None:
-        key = (lanes.index.shape[0], self._choice, self._top)
+        key = (lanes.index.shape[0], self._choice, self._top, self._masked)
         if not self.graphs:
-            self._fn(lanes, self._choice, self._top)
+            self._fn(lanes, *key[1:])
             return
         if key not in self._captured:
-            self._captured[key] = self._capture(lanes, self._choice, self._top)
+            self._captured[key] = self._capture(lanes, *key[1:])
         self._captured[key].replay()
 
-    def _capture(self, lanes: _Lanes, choice: int, top: bool) -> torch.cuda.CUDAGraph:
+    def _capture(self, lanes: _Lanes, choice: int, top: bool, masked: bool) -> torch.cuda.CUDAGraph:
         """Warm up and capture on padding lanes only (they touch scratch columns), then put
         the real lane state back."""
         real = lanes.state.clone()
@@ -212,12 +242,12 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._fn(lanes, choice, top)
+                self._fn(lanes, choice, top, masked)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._fn(lanes, choice, top)
+            self._fn(lanes, choice, top, masked)
         lanes.state.copy_(real)
         return graph
