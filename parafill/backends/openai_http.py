@@ -152,8 +152,9 @@ def encode_body(
     if s.repetition_penalty != 1.0:  # vLLM's / SGLang's / llama.cpp server's extra field
         body["repetition_penalty"] = s.repetition_penalty
     if config.logprobs and config.endpoint == "chat":
-        # top_logprobs too, even 0: llama-cpp-python computes none without it
-        body.update(logprobs=True, top_logprobs=s.top_logprobs)
+        # top_logprobs too, at least 1: llama-cpp-python computes none without the field and
+        # llama-server none with 0 (the alternatives are not read)
+        body.update(logprobs=True, top_logprobs=max(s.top_logprobs, 1))
     if s.stop:
         body["stop"] = list(s.stop)
     body.update(constraint_fields(request.constraint, config.constraints, config.endpoint))
