@@ -123,3 +123,22 @@ def test_compare_prints_each_sides_repetition_and_the_shared_guard(guard, says):
 def test_negative_loop_guard_is_refused():
     res = runner.invoke(app, ["run", "hi", "--stop-on-repeat", "-1"])
     assert res.exit_code == 2 and "stop-on-repeat" in res.output
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["run", "hi", "--server", "127.0.0.1:8080"], "http:// or https:// URL"),
+    (["run", "hi", "--server", "http://127.0.0.1:9", "--model", "x.gguf"], "--server-model"),
+    (["ner", "hi", "--server", "http://127.0.0.1:9", "--adapter", "a"], "--server-model"),
+    (["write", "tides", "--server-model", "m"], "needs --server"),
+])
+def test_server_options_are_checked_before_anything_runs(args, says):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and says in res.stderr, res.output
+
+
+@pytest.mark.parametrize("command", [["run", "hi"], ["dag", "hi"], ["reason", "hi"],
+                                     ["write", "tides"], ["ner", "Paris is nice"]])
+def test_an_unreachable_server_is_a_clear_error(command):
+    res = runner.invoke(app, [*command, "--server", "http://127.0.0.1:9"])  # nothing listens
+    assert res.exit_code == 2, res.output
+    assert "did not answer GET /v1/models" in res.stderr and "--server-model" in res.stderr

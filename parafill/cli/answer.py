@@ -1,7 +1,7 @@
-"""Answer a question or run a plan on the local engine and print the result: the machinery
-`run`, `plan`, `dag` and `reason` share (live view on stderr; answer, notes, summary,
-`--compare` and `--json` on stdout). Planners and the router's cost model come from the caller
-and `parafill.api`; nothing here decides how to plan.
+"""Answer a question or run a plan on the local engine (or `--server`) and print the result:
+the machinery `run`, `plan`, `dag` and `reason` share (live view on stderr; answer, notes,
+summary, `--compare` and `--json` on stdout). Planners and the router's cost model come from
+the caller and `parafill.api`; nothing here decides how to plan.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from parafill.api import with_costs
-from parafill.backends.local import LocalBackend
-from parafill.cli.common import EngineOpts, converting, err, out
+from parafill.backends.base import Backend
+from parafill.cli.backend import costed, open_backend, units
+from parafill.cli.common import EngineOpts, err, out
 from parafill.cli.view import RunView, repetition, summary
 from parafill.orchestrator.plan import Plan, RunResult
 from parafill.orchestrator.runner import RunConfig, run_plan
@@ -28,12 +28,12 @@ async def answer(
     """Run `target` (planned by `planner` if a question), and with `direct` too if given."""
     run = RunConfig(filler=opts.filler, stop_on_repeat=opts.stop_on_repeat)
     local = opts.local()
-    async with LocalBackend.open(local, on_convert=converting) as b:
+    async with open_backend(local, opts.server) as b:
         if planner is not None:
-            planner = await with_costs(planner, target, b, local, announce=_measuring)
+            planner = await costed(planner, target, b, local, _measuring)
         result = await _one(target, planner, b, run, show=True)
         baseline = await _one(target, direct, b, run, show=False) if direct else None
-        reps = [repetition(b.tokenizer.encode(r.answer)) for r in (result, baseline) if r]
+        reps = [repetition(units(b, r.answer)) for r in (result, baseline) if r]
     if as_json:
         out.print_json(json.dumps(_as_dict(result, baseline)))
         return
@@ -47,12 +47,18 @@ async def answer(
     out.print(f"[bold]parafill[/bold]: {summary(result)} · 8-gram repetition {reps[0]:.2f}")
     out.print(f"[bold]direct[/bold]:   {summary(baseline)} · 8-gram repetition {reps[1]:.2f}")
     ratio = baseline.seconds / max(result.seconds, 1e-9)
+    out.print(f"speed-up vs direct: {ratio:.2f}× (wall time, same model, {_same(opts)})")
+
+
+def _same(opts: EngineOpts) -> str:
+    if opts.server is not None:  # a server has no loop guard; its tokenizer is not here
+        return "same server; no loop guard; repetition over words"
     guard = f"loop guard {opts.stop_on_repeat} tokens" if opts.stop_on_repeat else "no loop guard"
-    out.print(f"speed-up vs direct: {ratio:.2f}× (wall time, same model, engine and {guard})")
+    return f"engine and {guard}"
 
 
 async def _one(
-    target: str | Plan, planner: Planner | None, backend: LocalBackend, run: RunConfig, show: bool
+    target: str | Plan, planner: Planner | None, backend: Backend, run: RunConfig, show: bool
 ) -> RunResult:
     plan = target if isinstance(target, Plan) else planner.plan(target)  # type: ignore[union-attr]
     hooks = dict(planner.expanders) if planner else {}

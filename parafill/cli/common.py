@@ -1,14 +1,15 @@
 """What every `parafill` command shares: the one pair of consoles (answers to stdout, progress
 and errors to stderr), the options of commands that open the local engine (`--model`, `--mode`,
-`--filler`, `--json`, `--compare`), checked before anything loads, and the error handling that
-turns a failed run into a message and an exit code. No command lives here.
+`--filler`, `--json`, `--compare`) or a server instead (`--server`, `--server-model`,
+`--api-key`), checked before anything loads, and the error handling that turns a failed run
+into a message and an exit code. No command lives here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -51,32 +52,86 @@ GuardOpt = Annotated[
 ]
 
 
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="Run on an OpenAI-compatible server at this URL (llama.cpp's llama-server, vLLM, "
+        "parafill serve, ...) instead of the local engine.",
+    ),
+]
+ServerModelOpt = Annotated[
+    str | None,
+    typer.Option("--server-model", help="Model name to ask --server for (default: its first)."),
+]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Key for --server.")
+]
+
+
+@dataclass(frozen=True)
+class Remote:
+    """An OpenAI-compatible server to run on instead of the local engine (`--server`)."""
+
+    url: str
+    model: str | None = None  # None: the first model the server lists
+    api_key: str | None = None
+
+
+class ServerUnavailable(RuntimeError):
+    """`--server` could not be asked for its models (down, wrong URL, refused key)."""
+
+
 @dataclass(frozen=True)
 class EngineOpts:
-    """What the local backend is opened with, from the command line."""
+    """What the backend is opened with, from the command line: the local engine, or `server`."""
 
     model: str | None = None
     mode: str = "rows"
     filler: str | None = None  # overrides every node's filler
     stop_on_repeat: int = 32  # the loop guard of every node (RunConfig.stop_on_repeat)
+    server: Remote | None = None
 
     def local(self) -> LocalConfig:
         return LocalConfig(model=self.model, mode=self.mode)  # type: ignore[arg-type]
 
 
+def remote(server: str | None, model: str | None, api_key: str | None) -> Remote | None:
+    """The `--server` options (None without --server), or exit 2 with the reason."""
+    if server is None:
+        if model is not None:
+            fail("--server-model needs --server")
+        return None
+    if not server.startswith(("http://", "https://")):
+        fail(f"--server must be an http:// or https:// URL, not {server!r}")
+    return Remote(server, model, api_key)
+
+
 def engine_opts(
-    model: str | None, mode: str, filler: str | None, stop_on_repeat: int = 32
+    model: str | None,
+    mode: str,
+    filler: str | None,
+    stop_on_repeat: int = 32,
+    server: Remote | None = None,
 ) -> EngineOpts:
-    """The options, or exit 2 with the reason (an unknown filler or mode)."""
+    """The options, or exit 2 with the reason (an unknown filler or mode, a local model and a
+    server both)."""
     try:
         if filler is not None:
             check_filler(filler)
         if mode not in ("rows", "tree"):
             raise ValueError(f"--mode must be rows or tree, not {mode!r}")
+        if server is not None and model is not None:
+            raise ValueError("--model is a local model: with --server, use --server-model")
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    return EngineOpts(model, mode, filler, stop_on_repeat)
+        fail(str(exc))
+    return EngineOpts(model, mode, filler, stop_on_repeat, server)
+
+
+def fail(message: str) -> NoReturn:
+    """Exit 2 (a usage error) with `message` on stderr."""
+    err.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(2)
 
 
 def converting(message: str) -> None:
@@ -91,7 +146,7 @@ def guard(fn: Callable[[], object]) -> None:
         fn()
     except Exception as exc:  # the backend's task group wraps what failed under it
         real = real_error(exc)
-        if isinstance(real, ModelNotFound):
+        if isinstance(real, ModelNotFound | ServerUnavailable):
             err.print(f"[red]error:[/red] {real}")
             raise typer.Exit(2) from real
         if isinstance(real, RunFailed):

@@ -28,9 +28,20 @@ import anyio
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from parafill.backends.base import Backend
 from parafill.backends.engine.weights import ModelNotFound
-from parafill.backends.local import LocalBackend, LocalConfig
-from parafill.cli.common import FillerOpt, err
+from parafill.backends.local import LocalConfig
+from parafill.cli.backend import open_backend
+from parafill.cli.common import (
+    ApiKeyOpt,
+    FillerOpt,
+    Remote,
+    ServerModelOpt,
+    ServerOpt,
+    ServerUnavailable,
+    err,
+    remote,
+)
 from parafill.errors import real_error
 from parafill.fillers import check as check_filler
 from parafill.orchestrator.runner import RunConfig, RunFailed
@@ -52,6 +63,7 @@ class Job:
     concurrency: int = 1
     resume: bool = False
     run: RunConfig = RunConfig()  # --filler
+    server: Remote | None = None  # --server: run there instead of on `local`
 
 
 def ner(
@@ -77,11 +89,16 @@ def ner(
         bool, typer.Option("--overwrite", help="--output exists: replace its records.")
     ] = False,
     filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Extract named entities (PaDeLLM-NER: counts, then every mention in parallel)."""
     names = tuple(s.strip() for s in labels.split(",") if s.strip())
     cfg = NerConfig(names, max_mentions=max_mentions, max_nodes=max_nodes)
-    chosen = None if no_adapter else adapter or default_adapter(model)
+    at = remote(server, server_model, api_key)
+    # the LoRA adapter is the local model's; a server runs its own model as it is
+    chosen = None if no_adapter or at else adapter or default_adapter(model)
     try:
         check_config(cfg)
         if mode not in ("parallel", "ar"):
@@ -93,15 +110,18 @@ def ner(
         _check_files(input, output, resume, overwrite)
         if filler is not None:
             check_filler(filler)
+        if at is not None and (model or adapter):
+            raise ValueError("--model / --adapter are local: with --server, use --server-model")
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     local = LocalConfig(model=model, adapter=chosen)
-    job = Job(cfg, mode, local, concurrency, resume, RunConfig(filler=filler))
+    job = Job(cfg, mode, local, concurrency, resume, RunConfig(filler=filler), at)
     try:
         skipped = anyio.run(_main, job, text, input, output)
     except Exception as exc:  # the backend's task group wraps what failed under it
-        if not isinstance(real := real_error(exc), ModelNotFound | ValueError | OSError):
+        known = ModelNotFound | ServerUnavailable | ValueError | OSError
+        if not isinstance(real := real_error(exc), known):
             raise
         err.print(f"[red]error:[/red] {real}")
         raise typer.Exit(2) from real
@@ -111,13 +131,13 @@ def ner(
 
 async def _main(job: Job, text: str | None, src: Path | None, dst: Path | None) -> int:
     if text is not None:
-        async with LocalBackend.open(job.local) as backend:
+        async with open_backend(job.local, job.server, logprobs=True) as backend:
             _print(await extract(text, backend, job.config, job.mode, job.run))
         return 0
     assert src is not None
     with src.open(encoding="utf-8") as fin:  # all of it, before the model loads or --output opens
         lines = fin.readlines()
-    async with LocalBackend.open(job.local) as backend:
+    async with open_backend(job.local, job.server, logprobs=True) as backend:
         done = _finished_lines(dst) if job.resume and dst is not None else set()
         if done:
             err.print(f"{dst}: resuming: {len(done)} documents already done", markup=False)
@@ -186,7 +206,7 @@ def _print(result: NerResult) -> None:
 
 async def _jsonl(
     job: Job,
-    backend: LocalBackend,
+    backend: Backend,
     fin: Iterable[str],
     fout: IO[str],
     name: str,

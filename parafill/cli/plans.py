@@ -2,8 +2,8 @@
 (N branches in parallel, then a vote or a synthesis).
 
 Both reuse `parafill run`'s machinery (`parafill.cli.answer`, `parafill.cli.common`): the
-local backend, the live view, the summary, `--json`, `--compare` and the error handling.
-Nothing here runs a plan itself.
+backend (local or `--server`), the live view, the summary, `--json`, `--compare` and the error
+handling. Nothing here runs a plan itself.
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ import typer
 
 from parafill.cli.answer import answer
 from parafill.cli.common import (
+    ApiKeyOpt,
     CompareOpt,
     FillerOpt,
     JsonOpt,
     ModelOpt,
     ModeOpt,
+    ServerModelOpt,
+    ServerOpt,
     engine_opts,
     err,
     guard,
+    remote,
 )
 from parafill.planners.dag import DagPlanner
 from parafill.planners.reasoning import Mode, ReasoningPlanner
@@ -42,6 +46,9 @@ def dag(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Answer QUESTION with numbered steps that use earlier results ($1, $2); every step runs
     as soon as the steps it uses are done, then a join step writes the answer."""
@@ -49,7 +56,7 @@ def dag(
         max_steps, max_depth, 2, plan_tokens, step_tokens, join_tokens, direct_tokens
     )
     direct = DirectPlanner(direct_tokens) if compare else None
-    opts = engine_opts(model, mode, filler)
+    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -66,6 +73,9 @@ def reason(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Answer QUESTION with N reasoning branches in parallel, then a majority vote over their
     short answers (recorded in the notes) or a synthesis of the drafts."""
@@ -81,7 +91,7 @@ def reason(
         temperature=temperature,
     )  # fmt: skip
     direct = DirectPlanner(direct_tokens) if compare else None
-    opts = engine_opts(model, mode, filler)
+    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 

@@ -15,15 +15,19 @@ import typer
 
 from parafill.cli.answer import answer
 from parafill.cli.common import (
+    ApiKeyOpt,
     CompareOpt,
     FillerOpt,
     GuardOpt,
     JsonOpt,
     ModelOpt,
     ModeOpt,
+    ServerModelOpt,
+    ServerOpt,
     engine_opts,
     err,
     guard,
+    remote,
 )
 from parafill.orchestrator.plan import Plan, check_hooks
 from parafill.planners.router import RouterPlanner
@@ -51,6 +55,9 @@ def run(
     ] = "auto",
     filler: FillerOpt = None,
     stop_on_repeat: GuardOpt = 32,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Answer QUESTION: the router decides whether skeleton-of-thought (outline, then fill
     every point in parallel) pays, or whether to answer directly; the result says why."""
@@ -60,7 +67,8 @@ def run(
     skeleton = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     direct = DirectPlanner(direct_tokens) if compare else None
-    opts = engine_opts(model, mode, filler, stop_on_repeat)
+    at = remote(server, server_model, api_key)
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at)
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -70,9 +78,12 @@ def run_plan_file(
     as_json: JsonOpt = False,
     mode: ModeOpt = "rows",
     filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Run a hand-written JSON plan (nodes with dependencies; see README)."""
-    opts = engine_opts(model, mode, filler)
+    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
     try:
         plan = Plan.from_json(path.read_text())
         check_hooks(plan.nodes, ())  # a plan file runs with no expand hooks

@@ -5,6 +5,7 @@ It consumes runner events only; it never touches the backend or the plan's execu
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -94,8 +95,9 @@ class RunView:
         return table
 
 
-def repetition(ids: list[int], n: int = 8) -> float:
-    """1 - distinct / total n-grams of a token sequence: a looping output scores high."""
+def repetition(ids: Sequence[Hashable], n: int = 8) -> float:
+    """1 - distinct / total n-grams of a token (or word) sequence: a looping output scores
+    high."""
     grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 

@@ -1,8 +1,8 @@
 """`parafill write "topic" --out doc.md`: plan a document, fill its sections in parallel with a
 live view, write the Markdown file and print the run summary.
 
-It only wires the document planner to the local backend and the shared run view; planning and
-assembling live in `parafill.planners.document`.
+It only wires the document planner to the backend (local or `--server`) and the shared run
+view; planning and assembling live in `parafill.planners.document`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,20 @@ import anyio
 import typer
 
 from parafill.backends.engine.weights import ModelNotFound
-from parafill.backends.local import LocalBackend
+from parafill.cli.backend import open_backend
 from parafill.cli.common import (
+    ApiKeyOpt,
     EngineOpts,
     FillerOpt,
     ModelOpt,
     ModeOpt,
-    converting,
+    ServerModelOpt,
+    ServerOpt,
+    ServerUnavailable,
     engine_opts,
     err,
     out,
+    remote,
 )
 from parafill.cli.view import RunView, summary
 from parafill.orchestrator.plan import RunResult
@@ -47,6 +51,9 @@ def write(
     section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
     outline_tokens: Annotated[int, typer.Option(help="Token budget of the outline.")] = 120,
     filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Write a Markdown document on TOPIC: outline, then every section filled in parallel."""
     if out_path is not None and not out_path.parent.is_dir():
@@ -64,10 +71,10 @@ def write(
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    opts = engine_opts(model, mode, filler)
+    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
     try:
         result = anyio.run(_write, topic, planner, opts)
-    except ModelNotFound as exc:
+    except (ModelNotFound, ServerUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     except RunFailed as exc:  # keep what was written: the file gets every finished part
@@ -78,7 +85,7 @@ def write(
 
 
 async def _write(topic: str, planner: DocumentPlanner, opts: EngineOpts) -> RunResult:
-    async with LocalBackend.open(opts.local(), on_convert=converting) as backend:
+    async with open_backend(opts.local(), opts.server) as backend:
         view = RunView.create(err)
         try:
             plan = planner.plan(topic)
