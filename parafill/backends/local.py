@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -35,8 +36,9 @@ from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.limits import Limits
+from parafill.backends.engine.quant import check_format
 from parafill.backends.engine.sampling import GenParams
-from parafill.backends.engine.weights import load
+from parafill.backends.engine.weights import ModelNotFound, default_gguf, load
 from parafill.fillers import FillerError, check, make
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ class LocalConfig(EngineConfig):
     max_positions: int = 4096
     adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
     filler: str = "autoregressive"  # for requests that name none (Request.filler None)
+    # the projections' weight format on the CPU: "fp32" | "bf16" | "int8" | "int4" (quant.py)
+    weights: str = "fp32"
 
     def engine(self) -> EngineConfig:
         return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(EngineConfig)})
@@ -111,12 +115,17 @@ class LocalBackend:
     ) -> AsyncIterator[LocalBackend]:
         cfg = config or LocalConfig()
         filler = check(cfg.filler)  # before the model loads
+        check_format(cfg.weights)
         device = cfg.device if cfg.device != "auto" else _auto_device()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
         notify = on_convert or (lambda _msg: None)
-        backend = cls(build_engine(hf, cfg.engine(), cfg.max_positions, notify), tok, filler)
+        gguf = _gguf_source(cfg.model)
+        build = partial(
+            build_engine, hf, cfg.engine(), cfg.max_positions, notify, cfg.weights, gguf
+        )
+        backend = cls(await anyio.to_thread.run_sync(build), tok, filler)
         async with backend.running():
             yield backend
 
@@ -243,3 +252,14 @@ async def _chunks(recv: AsyncIterator[StepOutput], detok: Detokenizer) -> AsyncI
 
 def _auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gguf_source(model: str | None) -> Path | None:
+    """The GGUF file a model was converted from (its own 4-bit blocks feed int4 weights)."""
+    if model is None:
+        try:
+            return default_gguf()
+        except ModelNotFound:
+            return None
+    path = Path(model)
+    return path if path.suffix == ".gguf" and path.is_file() else None

@@ -11,16 +11,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
+from parafill.backends.engine.gguf_q4 import q4_blocks
 from parafill.backends.engine.kv import BudgetError, tokens_in
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM, supports
 from parafill.backends.engine.params import repeats
+from parafill.backends.engine.quant import check_format, quantize
 from parafill.backends.engine.sampling import (
     GenParams,
     adjust,
@@ -166,13 +169,34 @@ def _per_token(hf_model: Any) -> int:
 
 
 def build_engine(
-    hf_model: Any, config: EngineConfig, max_positions: int, notify: Callable[[str], None]
+    hf_model: Any,
+    config: EngineConfig,
+    max_positions: int,
+    notify: Callable[[str], None],
+    weights: str = "fp32",
+    gguf: Path | None = None,
 ) -> Engine | FallbackEngine:
-    """The compact engine where the architecture is known; the HF fallback (with a notice)
-    otherwise."""
+    """The compact engine where the architecture is known, its projections in the `weights`
+    format (quant.py; int4 from `gguf`'s own Q4 blocks where they match); the HF fallback
+    (with a notice) otherwise."""
+    fmt = check_format(weights)
     if supports(hf_model):
-        return Engine(CompactLM(hf_model, max_positions), config)
+        lm = CompactLM(hf_model, max_positions)
+        blocks = q4_blocks(gguf, lm) if fmt == "int4" and gguf is not None else None
+        report = quantize(lm, fmt, blocks)
+        if fmt != "fp32":
+            kept = f", {report.from_gguf} from the GGUF's own Q4 blocks" if fmt == "int4" else ""
+            notify(
+                f"weights {fmt}: projections {report.bytes_before / 2**20:.0f} MiB → "
+                f"{report.bytes_after / 2**20:.0f} MiB{kept}"
+            )
+        return Engine(lm, config)
     kind = getattr(hf_model.config, "model_type", "?")
+    if fmt != "fp32":
+        raise ValueError(
+            f"weights={fmt!r} needs parafill's compact forward, which does not support model "
+            f"type {kind!r}; use weights='fp32'"
+        )
     notify(
         f"model type {kind!r} is not supported by parafill's compact forward; using the "
         "slower HF fallback (one forward per request per step, no prefix sharing or packing)"

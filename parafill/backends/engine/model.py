@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from parafill.backends.engine.quant import Packed
+
 SUPPORTED = {"llama", "qwen2", "mistral"}
 
 
@@ -24,6 +26,9 @@ def supports(hf_model: Any) -> bool:
         return False
     act = getattr(cfg, "hidden_act", "silu")
     return act == "silu" and not getattr(cfg, "mlp_bias", False)
+
+
+Weight = Tensor | Packed  # a projection's weight: dense, or packed by quant.py
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,13 @@ class _Layer:
     own q/k/v and gate/up parameters are re-pointed at views of them (no second copy)."""
 
     ln1: Tensor
-    qkv: Tensor
+    qkv: Weight
     qkv_bias: Tensor | None
-    o: Tensor
+    o: Weight
     o_bias: Tensor | None
     ln2: Tensor
-    gate_up: Tensor
-    down: Tensor
+    gate_up: Weight
+    down: Weight
 
 
 def _fuse(mods: list[Any], attr: str) -> Tensor | None:
@@ -101,7 +106,7 @@ class CompactLM:
         self.embed: Tensor = base.embed_tokens.weight
         self.layers = [_layer(layer) for layer in base.layers]
         self.norm: Tensor = base.norm.weight
-        self.lm_head: Tensor = hf_model.lm_head.weight
+        self.lm_head: Weight = hf_model.lm_head.weight  # quant.py may pack it (and the layers')
         self.dtype: torch.dtype = self.embed.dtype
         self.device: torch.device = self.embed.device
         self.cos, self.sin = _rotary_table(base.rotary_emb, max_positions, self.embed)
@@ -208,12 +213,15 @@ _ONEDNN = (
 )
 
 
-def _linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+def _linear(x: Tensor, w: Weight, b: Tensor | None = None) -> Tensor:
     """x @ w.T (+ b). On CPU in fp32 oneDNN's kernel streams the weights once for 1..8 rows
     at about the cost of one row, where the default (MKL) costs 1.6-2x more from 2 rows on:
     measured on 2 cores over SmolLM2-135M's 30 layers of projections, 16-18 ms vs 26-50 ms
     for 1-8 rows (and the LM head 2.3 vs 6.9 ms at 1 row). That is what makes verifying
-    drafted tokens nearly free here. Elsewhere, `F.linear`."""
+    drafted tokens nearly free here. Elsewhere, `F.linear`; packed weights, their kernel."""
+    if isinstance(w, Packed):
+        y = w.matmul(x)
+        return y if b is None else y + b
     if _ONEDNN is not None and x.device.type == "cpu" and x.dtype == torch.float32:
         if not torch.is_grad_enabled():
             return _ONEDNN(x, w, b, "none", [], "")  # type: ignore[no-any-return]

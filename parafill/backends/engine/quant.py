@@ -1,0 +1,175 @@
+"""Weight formats for the compact forward's linear layers: fp32, bf16, int8 and int4.
+
+The residual stream, norms, attention and the KV cache stay in the model's dtype; only each
+projection's weights change format, and its input is cast to bf16 for the kernel and its
+output back. Measured on the 2-core x86 CPU (benchmarks/results/quant_kernels_cpu.md, all
+projections of one SmolLM2-135M forward): fp32 through oneDNN 18 ms at 1 row, 29 at 8, 62 at
+64; int8 per channel (`_weight_int8pack_mm`) 5.6 / 10.8 / 81 and int4 per group of 32
+(`_weight_int4pack_mm_for_cpu`) 6.5 / 8.8 / 74 with bf16 activations (with fp32 activations
+both kernels take a reference path 3-100x slower, so activations are bf16); bf16 weights through
+oneDNN 18 / 18 / 37. Quantized weights win at the narrow widths where decoding lives and lose
+from ~32 rows on (the kernels' own cost grows with rows, oneDNN's barely does).
+
+int4 keeps a GGUF's own Q4_0 / Q4_1 values where the model came from one: those blocks are
+w = d*q + m over 32 inputs, which is exactly the kernel's (q - 8) * scale + zero with scale = d,
+zero = m + 8d (`gguf_q4.py`; used only where the blocks reproduce the loaded weights exactly).
+Otherwise int4 quantizes each group of 32 by its min and max (Q4_1's rule) and int8 each
+output channel by its largest magnitude. The LM head of an int4 model is int8 (as llama.cpp
+keeps Q8_0 / Q6_K for it): its 49k rows are a third of SmolLM2's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from parafill.backends.engine.model import CompactLM
+
+Format = Literal["fp32", "bf16", "int8", "int4"]
+FORMATS: tuple[Format, ...] = ("fp32", "bf16", "int8", "int4")
+GROUP = 32  # int4 group size (GGUF's block)
+_ACT = torch.bfloat16  # the quantized kernels' activation dtype
+
+
+def check_format(name: str) -> Format:
+    if name not in FORMATS:
+        raise ValueError(f"unknown weight format {name!r}; choose one of {', '.join(FORMATS)}")
+    return name
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A linear layer's weight in a packed format; `matmul(x)` is x @ W.T in x's dtype."""
+
+    kind: Literal["bf16", "int8", "int4"]
+    data: Tensor  # bf16 (N, K) | int8 (N, K) | uint8 (N, K/2) in the int4 kernel's layout
+    scales: Tensor | None  # int8: (N,) bf16; int4: (K/GROUP, N, 2) bf16 (scale, zero)
+    shape: tuple[int, int]  # (N, K): output and input features
+
+    def matmul(self, x: Tensor) -> Tensor:
+        a = x.to(_ACT)
+        if self.kind == "bf16":
+            y = _bf16_linear(a, self.data)
+        elif self.kind == "int8":
+            assert self.scales is not None
+            y = torch._weight_int8pack_mm(a, self.data, self.scales)
+        else:
+            assert self.scales is not None
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(a, self.data, GROUP, self.scales)
+        return y.to(x.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        extra = self.scales.numel() * self.scales.element_size() if self.scales is not None else 0
+        return self.data.numel() * self.data.element_size() + extra
+
+
+def _bf16_linear(a: Tensor, w: Tensor) -> Tensor:
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is not None and a.device.type == "cpu" and not torch.is_grad_enabled():
+        return op(a, w, None, "none", [], "")  # type: ignore[no-any-return]
+    return torch.nn.functional.linear(a, w)
+
+
+def pack_bf16(w: Tensor) -> Packed:
+    return Packed("bf16", w.detach().to(torch.bfloat16).contiguous(), None, _shape(w))
+
+
+def pack_int8(w: Tensor) -> Packed:
+    """Symmetric per output channel: w ≈ scale[n] * q[n, k], q in -127..127."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return Packed("int8", q.contiguous(), scale.to(_ACT), _shape(w))
+
+
+def pack_int4(w: Tensor) -> Packed:
+    """Asymmetric per group of 32 inputs (Q4_1's rule): w ≈ d * q + m, q in 0..15."""
+    w = w.detach().float()
+    n, k = w.shape
+    if k % GROUP:
+        raise ValueError(f"int4 needs input features divisible by {GROUP}, not {k}")
+    g = w.view(n, k // GROUP, GROUP)
+    low, high = g.amin(-1), g.amax(-1)
+    d = ((high - low) / 15.0).clamp(min=1e-12)
+    q = torch.round((g - low[..., None]) / d[..., None]).clamp(0, 15).to(torch.int32)
+    return pack_int4_blocks(q.view(n, k), d, low)
+
+
+def pack_int4_blocks(q: Tensor, d: Tensor, m: Tensor) -> Packed:
+    """From Q4_1-style blocks: q (N, K) in 0..15, d and m (N, K/32): w = d * q + m."""
+    n, k = q.shape
+    data = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+    # the kernel computes (q - 8) * scale + zero
+    sz = torch.stack([d.float().T, (m.float() + 8.0 * d.float()).T], dim=-1)
+    return Packed("int4", data, sz.to(_ACT).contiguous(), (n, k))
+
+
+def _shape(w: Tensor) -> tuple[int, int]:
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def dequantize(p: Packed) -> Tensor:
+    """The fp32 weight a packed one stands for (tests and quality checks). int4's layout is the
+    kernel's own, so it is read through the kernel (rounded to bf16 on the way out)."""
+    if p.kind == "bf16":
+        return p.data.float()
+    if p.kind == "int8":
+        assert p.scales is not None
+        return p.data.float() * p.scales.float()[:, None]
+    eye = torch.eye(p.shape[1], dtype=_ACT)
+    return p.matmul(eye).float().T.contiguous()
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    format: Format
+    bytes_before: int
+    bytes_after: int
+    from_gguf: int  # projections whose int4 values are the GGUF file's own blocks
+    notes: tuple[str, ...] = ()
+
+
+def quantize(
+    lm: CompactLM, fmt: str, blocks: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None
+) -> QuantReport:
+    """Replace `lm`'s projection weights (and LM head) with `fmt`, in place. `blocks` maps a
+    projection ("layers.3.qkv", ...) to GGUF Q4 blocks (q, d, m) that reproduce its weight
+    exactly (gguf_q4.py); int4 uses them instead of re-quantizing."""
+    fmt = check_format(fmt)
+    if fmt == "fp32":
+        return QuantReport(fmt, 0, 0, 0)
+    if lm.device.type != "cpu":
+        raise ValueError(f"weight format {fmt!r} is for the CPU; this model is on {lm.device}")
+    before = after = used = 0
+    layers = []
+    for i, layer in enumerate(lm.layers):
+        packed: dict[str, Packed] = {}
+        for name in ("qkv", "o", "gate_up", "down"):
+            w = getattr(layer, name)
+            got = (blocks or {}).get(f"layers.{i}.{name}") if fmt == "int4" else None
+            packed[name] = pack_int4_blocks(*got) if got else _pack(fmt, w)
+            used += got is not None
+            before += w.numel() * w.element_size()
+            after += packed[name].nbytes
+        layers.append(
+            replace(
+                layer, qkv=packed["qkv"], o=packed["o"], gate_up=packed["gate_up"],
+                down=packed["down"],
+            )
+        )  # fmt: skip
+    lm.layers = layers
+    head = lm.lm_head
+    assert isinstance(head, Tensor)
+    lm.lm_head = _pack("int8" if fmt == "int4" else fmt, head)
+    before += head.numel() * head.element_size()
+    after += lm.lm_head.nbytes
+    return QuantReport(fmt, before, after, used)
+
+
+def _pack(fmt: Format, w: Tensor) -> Packed:
+    return {"bf16": pack_bf16, "int8": pack_int8, "int4": pack_int4}[fmt](w)
