@@ -97,11 +97,13 @@ def assumed_costs(planner: Planner, backend: Backend) -> Planner:
 
 
 def cost_key(local: LocalConfig) -> str:
-    """What identifies the local engine's step costs: model, packing mode, device kind."""
+    """What identifies the local engine's step costs: model, packing mode, device kind and
+    weight format (fp32 keys carry none, as before formats existed)."""
     device = local.device.split(":")[0]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"{local.model or 'embedded-smollm2'}-{local.mode}-{device}"
+    fmt = "" if local.weights == "fp32" else f"-{local.weights}"
+    return f"{local.model or 'embedded-smollm2'}-{local.mode}-{device}{fmt}"
 
 
 @asynccontextmanager

@@ -1,6 +1,6 @@
 """What every `parafill` command shares: the one pair of consoles (answers to stdout, progress
 and errors to stderr), the options of commands that open the local engine (`--model`, `--mode`,
-`--filler`, `--json`, `--compare`) or a server instead (`--server`, `--server-model`,
+`--weights`, `--filler`, `--json`, `--compare`) or a server instead (`--server`, `--server-model`,
 `--api-key`), checked before anything loads, and the error handling that turns a failed run
 into a message and an exit code. No command lives here.
 """
@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from parafill.backends.engine.quant import check_format
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalConfig
 from parafill.errors import real_error
@@ -29,6 +30,14 @@ ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Local HF model directory or .gguf file.")
 ]
 ModeOpt = Annotated[str, typer.Option("--mode", help="Engine packing: rows | tree.")]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="Weight format of the local engine on the CPU: fp32 (default) | bf16 | int8 | int4 "
+        "(int4 keeps a GGUF's own 4-bit blocks).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 CompareOpt = Annotated[bool, typer.Option(help="Also answer directly; print both times.")]
 FillerOpt = Annotated[
@@ -91,9 +100,11 @@ class EngineOpts:
     filler: str | None = None  # overrides every node's filler
     stop_on_repeat: int = 32  # the loop guard of every node (RunConfig.stop_on_repeat)
     server: Remote | None = None
+    weights: str = "fp32"  # the local engine's projection weights (LocalConfig.weights)
 
     def local(self) -> LocalConfig:
-        return LocalConfig(model=self.model, mode=self.mode)  # type: ignore[arg-type]
+        mode = self.mode  # checked by engine_opts
+        return LocalConfig(model=self.model, mode=mode, weights=self.weights)  # type: ignore[arg-type]
 
 
 def remote(server: str | None, model: str | None, api_key: str | None) -> Remote | None:
@@ -113,19 +124,35 @@ def engine_opts(
     filler: str | None,
     stop_on_repeat: int = 32,
     server: Remote | None = None,
+    weights: str | None = None,
 ) -> EngineOpts:
-    """The options, or exit 2 with the reason (an unknown filler or mode, a local model and a
-    server both)."""
+    """The options, or exit 2 with the reason (an unknown filler, mode or weight format, a local
+    model or weight format and a server both). `weights` None: not given (fp32)."""
     try:
         if filler is not None:
             check_filler(filler)
         if mode not in ("rows", "tree"):
             raise ValueError(f"--mode must be rows or tree, not {mode!r}")
+        fmt = local_weights(weights, server)
         if server is not None and model is not None:
             raise ValueError("--model is a local model: with --server, use --server-model")
     except ValueError as exc:
         fail(str(exc))
-    return EngineOpts(model, mode, filler, stop_on_repeat, server)
+    return EngineOpts(model, mode, filler, stop_on_repeat, server, fmt)
+
+
+def local_weights(weights: str | None, server: Remote | None = None) -> str:
+    """The `--weights` format (fp32 when not given); ValueError for an unknown one, or for one
+    given together with `--server`."""
+    if weights is None:
+        return "fp32"
+    try:
+        fmt = check_format(weights)
+    except ValueError as exc:
+        raise ValueError(f"--weights: {exc}") from exc
+    if server is not None:
+        raise ValueError("--weights applies to the local engine, not to --server")
+    return fmt
 
 
 def fail(message: str) -> NoReturn:

@@ -39,7 +39,9 @@ from parafill.cli.common import (
     ServerModelOpt,
     ServerOpt,
     ServerUnavailable,
+    WeightsOpt,
     err,
+    local_weights,
     remote,
 )
 from parafill.errors import real_error
@@ -77,6 +79,7 @@ def ner(
     model: Annotated[str | None, typer.Option(help="Local HF model dir or .gguf.")] = None,
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
+    weights: WeightsOpt = None,
     max_mentions: Annotated[int, typer.Option(help="Most mentions per label.")] = 4,
     max_nodes: Annotated[int, typer.Option(help="Most plan nodes.")] = 64,
     concurrency: Annotated[
@@ -110,12 +113,13 @@ def ner(
         _check_files(input, output, resume, overwrite)
         if filler is not None:
             check_filler(filler)
+        fmt = local_weights(weights, at)
         if at is not None and (model or adapter):
             raise ValueError("--model / --adapter are local: with --server, use --server-model")
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    local = LocalConfig(model=model, adapter=chosen)
+    local = LocalConfig(model=model, adapter=chosen, weights=fmt)
     job = Job(cfg, mode, local, concurrency, resume, RunConfig(filler=filler), at)
     try:
         skipped = anyio.run(_main, job, text, input, output)

@@ -23,6 +23,7 @@ from parafill.cli.common import (
     ModeOpt,
     ServerModelOpt,
     ServerOpt,
+    WeightsOpt,
     engine_opts,
     err,
     guard,
@@ -45,6 +46,7 @@ def dag(
     join_tokens: int = 160,
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
+    weights: WeightsOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -56,7 +58,8 @@ def dag(
         max_steps, max_depth, 2, plan_tokens, step_tokens, join_tokens, direct_tokens
     )
     direct = DirectPlanner(direct_tokens) if compare else None
-    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
+    at = remote(server, server_model, api_key)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights)
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -72,6 +75,7 @@ def reason(
     join_tokens: int = 192,
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
+    weights: WeightsOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -91,7 +95,8 @@ def reason(
         temperature=temperature,
     )  # fmt: skip
     direct = DirectPlanner(direct_tokens) if compare else None
-    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
+    at = remote(server, server_model, api_key)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights)
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 

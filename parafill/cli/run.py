@@ -24,6 +24,7 @@ from parafill.cli.common import (
     ModeOpt,
     ServerModelOpt,
     ServerOpt,
+    WeightsOpt,
     engine_opts,
     err,
     guard,
@@ -50,6 +51,7 @@ def run(
     skeleton_tokens: int = 128,
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
+    weights: WeightsOpt = None,
     plan: Annotated[
         str, typer.Option("--plan", help="auto (router decides) | always (decompose) | never.")
     ] = "auto",
@@ -68,7 +70,7 @@ def run(
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     direct = DirectPlanner(direct_tokens) if compare else None
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, stop_on_repeat, at)
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights)
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -77,13 +79,15 @@ def run_plan_file(
     model: ModelOpt = None,
     as_json: JsonOpt = False,
     mode: ModeOpt = "rows",
+    weights: WeightsOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
     """Run a hand-written JSON plan (nodes with dependencies; see README)."""
-    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
+    at = remote(server, server_model, api_key)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights)
     try:
         plan = Plan.from_json(path.read_text())
         check_hooks(plan.nodes, ())  # a plan file runs with no expand hooks

@@ -18,7 +18,7 @@ from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
-from parafill.cli.common import converting, err
+from parafill.cli.common import WeightsOpt, converting, err, local_weights
 from parafill.fillers import check as check_filler
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import ServerSettings, create_app
@@ -73,6 +73,7 @@ def serve(
         bool, typer.Option(help="Static decode: torch.compile the step first (slow start).")
     ] = False,
     prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens fed per step.")] = 512,
+    weights: WeightsOpt = None,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible)."""
     if mode not in ("rows", "tree") or decode not in ("auto", "eager", "static"):
@@ -91,6 +92,11 @@ def serve(
     except ValueError as exc:
         err.print(f"[red]error:[/red] --filler: {exc}")
         raise typer.Exit(2) from exc
+    try:
+        fmt = local_weights(weights)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     local = LocalConfig(
         filler=filler,
         model=model,
@@ -101,6 +107,7 @@ def serve(
         decode=decode,  # type: ignore[arg-type]
         compile=compile,
         prefill_chunk=prefill_chunk,
+        weights=fmt,
     )
     settings = ServerSettings(
         model_name=name or served_name(model),

@@ -24,6 +24,7 @@ from parafill.cli.common import (
     ServerModelOpt,
     ServerOpt,
     ServerUnavailable,
+    WeightsOpt,
     engine_opts,
     err,
     out,
@@ -46,6 +47,7 @@ def write(
     ] = None,
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
+    weights: WeightsOpt = None,
     max_sections: Annotated[int, typer.Option(help="Cap on top-level sections.")] = 5,
     max_subsections: Annotated[int, typer.Option(help="Cap on subsections per section.")] = 3,
     section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
@@ -71,7 +73,8 @@ def write(
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    opts = engine_opts(model, mode, filler, server=remote(server, server_model, api_key))
+    at = remote(server, server_model, api_key)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights)
     try:
         result = anyio.run(_write, topic, planner, opts)
     except (ModelNotFound, ServerUnavailable) as exc:

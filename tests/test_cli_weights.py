@@ -1,0 +1,91 @@
+"""`--weights`: the local engine's projection weight format, on every command that opens it."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from parafill import api
+from parafill.backends.engine.weights import ModelNotFound
+from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.cli import app
+from parafill.cli import serve as serve_cli
+
+SMALL = ["--plan", "always", "--max-points", "3", "--point-tokens", "12", "--skeleton-tokens", "40",
+         "--direct-tokens", "16"]
+runner = CliRunner()
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"nodes": [{"id": "a", "prompt": "Say hi.", "max_tokens": 4}]}))
+    return str(path)
+
+
+def commands(plan_file: str) -> list[list[str]]:
+    return [["run", "hi"], ["plan", plan_file], ["dag", "hi"], ["reason", "hi"],
+            ["write", "tides"], ["ner", "Paris is nice"]]
+
+
+def test_run_on_int4_weights_answers_from_the_ggufs_own_blocks():
+    res = runner.invoke(app, ["run", "What are good ways to save money?", "--weights", "int4",
+                              *SMALL])
+    assert res.exit_code == 0, res.output
+    assert "weights int4: projections" in res.stderr and "GGUF's own Q4 blocks" in res.stderr
+    assert "1. " in res.stdout and "[point-1] done:" in res.output
+    assert any(ln.startswith("parafill: nodes") for ln in res.stdout.splitlines()), res.stdout
+
+
+def test_every_local_command_opens_the_engine_with_the_format_given(monkeypatch, plan_file):
+    opened: list[LocalConfig] = []
+
+    def fake_open(cls, config, on_convert=None):
+        opened.append(config)
+        raise ModelNotFound("not loading a model in this test")
+
+    monkeypatch.setattr(LocalBackend, "open", classmethod(fake_open))
+    for i, command in enumerate(commands(plan_file)):
+        fmt = ("fp32", "bf16", "int8", "int4")[i % 4]
+        res = runner.invoke(app, [*command, "--weights", fmt])
+        assert res.exit_code == 2 and "not loading a model" in res.stderr, (command, res.output)
+        assert opened[-1].weights == fmt, command
+        runner.invoke(app, command)
+        assert opened[-1].weights == "fp32", command  # not given: fp32
+    assert len(opened) == 12
+
+
+def test_an_unknown_format_is_refused_before_the_model_loads(monkeypatch, plan_file):
+    monkeypatch.setattr(LocalBackend, "open", None)  # opening it would fail loudly
+    for command in [*commands(plan_file), ["serve"]]:
+        res = runner.invoke(app, [*command, "--weights", "int3"])
+        assert res.exit_code == 2, (command, res.output)
+        assert "unknown weight format 'int3'; choose one of fp32, bf16, int8, int4" in res.stderr
+        assert "Traceback" not in res.output
+
+
+def test_weights_with_a_server_is_refused(plan_file):
+    for command in commands(plan_file):
+        args = [*command, "--weights", "int8", "--server", "http://127.0.0.1:9"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (command, res.output)
+        assert "--weights applies to the local engine" in res.stderr
+        assert "did not answer" not in res.stderr  # refused before the server is asked
+
+
+def test_serve_opens_the_engine_with_the_format_given(monkeypatch):
+    served: list[LocalConfig] = []
+
+    async def fake_serve(local, settings, where):
+        served.append(local)
+
+    monkeypatch.setattr(serve_cli, "_serve", fake_serve)
+    assert runner.invoke(app, ["serve", "--weights", "int8"]).exit_code == 0
+    assert runner.invoke(app, ["serve"]).exit_code == 0
+    assert [c.weights for c in served] == ["int8", "fp32"]
+
+
+def test_router_costs_are_kept_per_weight_format():
+    fp32 = api.cost_key(LocalConfig(device="cpu"))
+    assert fp32 == "embedded-smollm2-rows-cpu"  # the key measured before formats existed
+    assert api.cost_key(LocalConfig(device="cpu", weights="int4")) == f"{fp32}-int4"
