@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from parafill.backends.engine.quant import check_format
+from parafill.backends.engine.quant import WeightFormatError, check_format
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalConfig
 from parafill.errors import real_error
@@ -173,7 +173,7 @@ def guard(fn: Callable[[], object]) -> None:
         fn()
     except Exception as exc:  # the backend's task group wraps what failed under it
         real = real_error(exc)
-        if isinstance(real, ModelNotFound | ServerUnavailable):
+        if isinstance(real, ModelNotFound | ServerUnavailable | WeightFormatError):
             err.print(f"[red]error:[/red] {real}")
             raise typer.Exit(2) from real
         if isinstance(real, RunFailed):

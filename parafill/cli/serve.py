@@ -16,6 +16,7 @@ import uvicorn
 
 from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.limits import Limits
+from parafill.backends.engine.quant import WeightFormatError
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.cli.common import WeightsOpt, converting, err, local_weights
@@ -119,7 +120,7 @@ def serve(
     )
     try:
         anyio.run(_serve, local, settings, (host, port, log_level))
-    except (ModelNotFound, BudgetError) as exc:
+    except (ModelNotFound, BudgetError, WeightFormatError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 

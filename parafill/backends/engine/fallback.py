@@ -23,7 +23,7 @@ from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM, supports
 from parafill.backends.engine.params import repeats
-from parafill.backends.engine.quant import check_format, quantize
+from parafill.backends.engine.quant import WeightFormatError, check_format, quantize
 from parafill.backends.engine.sampling import (
     GenParams,
     adjust,
@@ -193,7 +193,7 @@ def build_engine(
         return Engine(lm, config)
     kind = getattr(hf_model.config, "model_type", "?")
     if fmt != "fp32":
-        raise ValueError(
+        raise WeightFormatError(
             f"weights={fmt!r} needs parafill's compact forward, which does not support model "
             f"type {kind!r}; use weights='fp32'"
         )

@@ -35,9 +35,15 @@ GROUP = 32  # int4 group size (GGUF's block)
 _ACT = torch.bfloat16  # the quantized kernels' activation dtype
 
 
+class WeightFormatError(ValueError):
+    """An unknown weight format, or one the model cannot use (the HF fallback's models)."""
+
+
 def check_format(name: str) -> Format:
     if name not in FORMATS:
-        raise ValueError(f"unknown weight format {name!r}; choose one of {', '.join(FORMATS)}")
+        raise WeightFormatError(
+            f"unknown weight format {name!r}; choose one of {', '.join(FORMATS)}"
+        )
     return name
 
 
