@@ -284,3 +284,17 @@ def test_reference_loop_matches_hf_generate(
             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None,
         )
     assert out[0, len(prompt):].tolist() == smol_ref(prompt, 8)
+
+
+def test_compiled_static_decode_on_cpu_equals_the_reference(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """Was broken: under torch.compile the fp32 projections called oneDNN's private op, which
+    inductor cannot lower, and every request of a compile=True engine ended in an error."""
+    eng, _ = make_engine(llama, mode="rows-static", budget_tokens=256, rows=2, compile=True)
+    prompts = [[1, 5, 9, 12], [3, 4, 200, 17, 6]]
+    ids = [eng.submit(p, greedy(12)) for p in prompts]
+    run = Run()
+    drain(eng, run, ids)
+    assert [run.tokens[i] for i in ids] == [ref(p, 12) for p in prompts]
+    assert eng.decoder is not None and eng.decoder.replays > 0

@@ -223,7 +223,8 @@ def _linear(x: Tensor, w: Weight, b: Tensor | None = None) -> Tensor:
         y = w.matmul(x)
         return y if b is None else y + b
     if _ONEDNN is not None and x.device.type == "cpu" and x.dtype == torch.float32:
-        if not torch.is_grad_enabled():
+        # not under torch.compile: inductor cannot lower this op (every request failed)
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _ONEDNN(x, w, b, "none", [], "")  # type: ignore[no-any-return]
     return F.linear(x, w, b)
 

@@ -77,6 +77,8 @@ class Packed:
 def _bf16_linear(a: Tensor, w: Tensor) -> Tensor:
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if op is not None and a.device.type == "cpu" and not torch.is_grad_enabled():
+        if torch.compiler.is_compiling():  # inductor cannot lower the oneDNN op
+            return torch.nn.functional.linear(a, w)
         return op(a, w, None, "none", [], "")  # type: ignore[no-any-return]
     return torch.nn.functional.linear(a, w)
 
@@ -150,7 +152,9 @@ def quantize(
     if fmt == "fp32":
         return QuantReport(fmt, 0, 0, 0)
     if lm.device.type != "cpu":
-        raise ValueError(f"weight format {fmt!r} is for the CPU; this model is on {lm.device}")
+        raise WeightFormatError(
+            f"weight format {fmt!r} is for the CPU; this model is on {lm.device}"
+        )
     before = after = used = 0
     layers = []
     for i, layer in enumerate(lm.layers):

@@ -1,0 +1,149 @@
+"""parafill serve vs llama.cpp's llama-server on this CPU, side by side, same GGUF, same requests.
+
+    python benchmarks/cpu_peer.py [--weights fp32 int4] [--levels 1 4 8] [--rounds 3]
+    # -> benchmarks/results/cpu_peer_cpu.md
+
+Starts llama-server (built by scripts/build_llama_server.sh; `-np` = the largest level, `-t` =
+--threads) and one `parafill serve` per weight format, all on 127.0.0.1 with the embedded
+SmolLM2-135M-Instruct Q4_1 GGUF. Each round runs every level against every server in turn (the
+others idle): N concurrent streaming chat completions, greedy, --max-tokens each, prompts cycled
+from serve_load.py's eight; tokens/s = completion tokens of all N (usage) / wall time. Medians of
+--rounds. Only one server computes at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import torch
+from openai import AsyncOpenAI
+from serve_load import PROMPTS, free_port
+
+from parafill.backends.engine.weights import default_gguf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "backends"))
+from llama_server import _wait_ready  # noqa: E402  (the tests' readiness probe)
+
+
+def llama_binary() -> str:
+    if env := os.environ.get("PARAFILL_LLAMA_SERVER"):
+        return env
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/build_llama_server.sh")], capture_output=True, text=True
+    )
+    if out.returncode:
+        raise RuntimeError(f"building llama-server failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    _wait_ready(f"http://127.0.0.1:{port}", proc, log, 300)
+    return proc
+
+
+def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
+    slots, ctx = max(args.levels), 512
+    gguf = str(default_gguf())
+    out: dict[str, tuple[int, list[str]]] = {}
+    port = free_port()
+    out["llama-server"] = (port, [
+        llama_binary(), "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
+        "--threads", str(args.threads), "--parallel", str(slots),
+        "--ctx-size", str(ctx * slots)])  # fmt: skip
+    exe = str(Path(sys.executable).parent / "parafill")
+    for w in args.weights:
+        port = free_port()
+        out[f"parafill serve --weights {w}"] = (port, [
+            exe, "serve", "--port", str(port), "--weights", w, "--rows", str(slots),
+            "--budget-tokens", str(ctx * slots), "--max-tokens", str(args.max_tokens)])  # fmt: skip
+    return out
+
+
+async def level(port: int, n: int, max_tokens: int) -> float:
+    """Tokens/s of n concurrent greedy streaming chat completions."""
+    tokens = [0] * n
+    async with AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600
+    ) as client:
+
+        async def one(i: int) -> None:
+            stream = await client.chat.completions.create(
+                model="SmolLM2-135M-Instruct",  # parafill checks it; llama-server does not
+                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                max_tokens=max_tokens,
+                temperature=0.0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    tokens[i] = chunk.usage.completion_tokens
+
+        t0 = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)
+        return sum(tokens) / (anyio.current_time() - t0)
+
+
+async def measure(args: argparse.Namespace) -> str:
+    specs = servers(args)
+    procs = {
+        name: start(cmd, port, Path(f"/tmp/cpu_peer_{i}.log"))
+        for i, (name, (port, cmd)) in enumerate(specs.items())
+    }
+    rates: dict[tuple[str, int], list[float]] = {}
+    try:
+        for port, _ in specs.values():  # warm every server once
+            await level(port, 1, 16)
+        for _ in range(args.rounds):
+            for n in args.levels:
+                for name, (port, _) in specs.items():
+                    rates.setdefault((name, n), []).append(await level(port, n, args.max_tokens))
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(timeout=30)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    lines = [
+        "# parafill serve vs llama.cpp's llama-server (CPU, same GGUF, same requests)", "",
+        f"- hardware: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"llama-server from llama-cpp-python 0.3.36's vendored llama.cpp, `-t {args.threads} "
+        f"-np {max(args.levels)}`; greedy, max_tokens {args.max_tokens}, streaming chat; "
+        f"median of {args.rounds} interleaved rounds; `python benchmarks/cpu_peer.py`", "",
+        "| server | " + " | ".join(f"{n} clients tok/s" for n in args.levels) + " |",
+        "|---|" + "---|" * len(args.levels),
+    ]  # fmt: skip
+    base = "llama-server"
+    for name in specs:
+        cells = [f"{med[name, n]:.0f} ({med[name, n] / med[base, n]:.2f}x)" for n in args.levels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", nargs="+", default=["fp32", "int4"])
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu_peer_cpu.md"))
+    args = ap.parse_args()
+    report = anyio.run(measure, args)
+    print(report)
+    Path(args.out).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
