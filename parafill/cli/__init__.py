@@ -1,4 +1,5 @@
-"""The `parafill` command line: run a question (skeleton-of-thought) or a JSON plan.
+"""The `parafill` command line: run a question (skeleton-of-thought) or a JSON plan, or every
+line of a JSONL file (`parafill batch`).
 
 Progress goes to stderr (a live view on a terminal, plain lines when piped); the answer, the
 summary and `--json` output go to stdout.
@@ -14,10 +15,10 @@ import sys
 
 import typer
 
-from parafill.cli import ner, plans, run, serve, write
+from parafill.cli import batch, ner, plans, run, serve, write
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-for _group in (run, serve, ner, plans, write):  # the order `parafill --help` lists them in
+for _group in (run, serve, ner, plans, write, batch):  # the order `parafill --help` lists them in
     _group.register(app)
 
 

@@ -1,11 +1,13 @@
 """Running a JSONL file from the command line, for `parafill batch` and `parafill ner --input`:
 check the input and the output before the model loads, open the backend (local or
 `--server`) only when something is left to run, run `parafill.jobs`, turn refusals into exit
-2 and failed documents into exit 1. The options both commands share live here too.
+2 and failed documents into exit 1. The file options of every `parafill batch` subcommand
+(and of `parafill ner --input`) live here too.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -17,10 +19,11 @@ from rich.markup import escape
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalConfig
 from parafill.cli.backend import open_backend
-from parafill.cli.common import Remote, ServerUnavailable, err
+from parafill.cli.common import EngineOpts, Remote, ServerUnavailable, err, fail, out
 from parafill.errors import real_error
 from parafill.jobs import BatchConfig, Pipeline, Summary, load_job, run_job
-from parafill.jobs.progress import Report
+from parafill.jobs.progress import Report, progress_for
+from parafill.orchestrator.runner import RunConfig
 
 OutputOpt = Annotated[Path | None, typer.Option("--output", help="JSONL to write.")]
 ResumeOpt = Annotated[
@@ -30,6 +33,63 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="--output exists: replace its records.")
 ]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Documents in flight at once.", min=1)]
+InputOpt = Annotated[Path, typer.Option("--input", help="JSONL: one document per line.")]
+RetryOpt = Annotated[
+    bool, typer.Option("--retry-failed", help="With --resume: run error records' ids again.")
+]
+OrderedOpt = Annotated[bool, typer.Option("--ordered", help="Write records in input order.")]
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", help="Seconds per document (then an error record).")
+]
+MaxCharsOpt = Annotated[
+    int | None, typer.Option("--max-chars", help="A longer input line is an error record.")
+]
+
+
+@dataclass(frozen=True)
+class Files:
+    """The file options every subcommand takes."""
+
+    src: Path
+    dst: Path | None
+    config: BatchConfig
+    as_json: bool
+
+
+def files(  # the options every `parafill batch` subcommand takes
+    src: Path,
+    dst: Path | None,
+    resume: bool,
+    overwrite: bool,
+    retry_failed: bool,
+    ordered: bool,
+    concurrency: int,
+    timeout: float | None,
+    max_chars: int | None,
+    as_json: bool,
+) -> Files:
+    if retry_failed and not resume:
+        fail("--retry-failed needs --resume")
+    if timeout is not None and timeout <= 0:
+        fail("--timeout must be more than 0 seconds")
+    cfg = BatchConfig(concurrency, ordered, timeout, max_chars, resume, overwrite, retry_failed)
+    return Files(src, dst, cfg, as_json)
+
+
+def go(f: Files, pipeline: Pipeline, local: LocalConfig, server: Remote | None) -> None:
+    """Run the file; the summary; exit 1 when a document failed."""
+    run = FileRun(f.src, f.dst, f.config, local, server, logprobs=server is not None)
+    summary = run_file(run, pipeline, progress_for(err))
+    if f.as_json:
+        out.print_json(json.dumps(summary.as_dict()))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def engine(opts: EngineOpts) -> tuple[RunConfig, LocalConfig, Remote | None]:
+    """What the pipeline runs with, the local engine's config, the server (if any)."""
+    run = RunConfig(filler=opts.filler, stop_on_repeat=opts.stop_on_repeat)
+    return run, opts.local(), opts.server
 
 
 @dataclass(frozen=True)

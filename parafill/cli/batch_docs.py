@@ -1,0 +1,171 @@
+"""`parafill batch write | plan | ner`: the document pipelines of `parafill batch` (a topic, a
+plan, a text per line), each with the options of the command it batches; and the `batch`
+command group itself, which parafill.cli.batch adds the question pipelines to.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from parafill.backends.local import LocalConfig
+from parafill.cli.common import (
+    ApiKeyOpt,
+    FillerOpt,
+    JsonOpt,
+    ModelOpt,
+    ModeOpt,
+    ServerModelOpt,
+    ServerOpt,
+    WeightsOpt,
+    engine_opts,
+    fail,
+    local_weights,
+    remote,
+)
+from parafill.cli.jobs import (
+    ConcurrencyOpt,
+    InputOpt,
+    MaxCharsOpt,
+    OrderedOpt,
+    OutputOpt,
+    OverwriteOpt,
+    ResumeOpt,
+    RetryOpt,
+    TimeoutOpt,
+    engine,
+    files,
+    go,
+)
+from parafill.fillers import check as check_filler
+from parafill.jobs import Documents, Entities, Plans
+from parafill.orchestrator.runner import RunConfig
+from parafill.planners.document import DocumentPlanner, OutlineLimits
+from parafill.planners.ner import NerConfig, check_config, default_adapter
+from parafill.planners.ner_data import WNUT_LABELS
+
+group = typer.Typer(
+    no_args_is_help=True,
+    help="Run every line of a JSONL file through one pipeline (resumable; see each PIPELINE).",
+)
+
+
+@group.command("write")
+def batch_write(
+    input: InputOpt,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    retry_failed: RetryOpt = False,
+    ordered: OrderedOpt = False,
+    concurrency: ConcurrencyOpt = 8,
+    timeout: TimeoutOpt = None,
+    max_chars: MaxCharsOpt = None,
+    as_json: JsonOpt = False,
+    max_sections: Annotated[int, typer.Option(help="Cap on top-level sections.")] = 5,
+    max_subsections: Annotated[int, typer.Option(help="Cap on subsections per section.")] = 3,
+    section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
+    outline_tokens: Annotated[int, typer.Option(help="Token budget of the outline.")] = 120,
+    model: ModelOpt = None,
+    mode: ModeOpt = "rows",
+    weights: WeightsOpt = None,
+    filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Each line's "topic" as a Markdown document, as `parafill write` writes it (the record's
+    "answer")."""
+    f = files(input, output, resume, overwrite, retry_failed, ordered, concurrency, timeout,
+              max_chars, as_json)  # fmt: skip
+    try:
+        limits = OutlineLimits(max_sections=max_sections, max_subsections=max_subsections)
+        planner = DocumentPlanner(limits, outline_tokens=outline_tokens,
+                                  section_tokens=section_tokens,
+                                  summary_tokens=max(8, section_tokens // 4),
+                                  frame_tokens=section_tokens)  # fmt: skip
+    except ValueError as exc:
+        fail(str(exc))
+    at = remote(server, server_model, api_key)
+    run, local, server_ = engine(engine_opts(model, mode, filler, server=at, weights=weights))
+    go(f, Documents(planner, run), local, server_)
+
+
+@group.command("plan")
+def batch_plan(
+    input: InputOpt,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    retry_failed: RetryOpt = False,
+    ordered: OrderedOpt = False,
+    concurrency: ConcurrencyOpt = 8,
+    timeout: TimeoutOpt = None,
+    max_chars: MaxCharsOpt = None,
+    as_json: JsonOpt = False,
+    model: ModelOpt = None,
+    mode: ModeOpt = "rows",
+    weights: WeightsOpt = None,
+    filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Each line a plan in JSON, as `parafill plan` takes a file (or an object whose "plan" is
+    one), with an optional "id"."""
+    f = files(input, output, resume, overwrite, retry_failed, ordered, concurrency, timeout,
+              max_chars, as_json)  # fmt: skip
+    at = remote(server, server_model, api_key)
+    run, local, server_ = engine(engine_opts(model, mode, filler, server=at, weights=weights))
+    go(f, Plans(run), local, server_)
+
+
+@group.command("ner")
+def batch_ner(
+    input: InputOpt,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    retry_failed: RetryOpt = False,
+    ordered: OrderedOpt = False,
+    concurrency: ConcurrencyOpt = 8,
+    timeout: TimeoutOpt = None,
+    max_chars: MaxCharsOpt = None,
+    as_json: JsonOpt = False,
+    labels: Annotated[str, typer.Option(help="Comma-separated entity types.")] = ",".join(
+        WNUT_LABELS
+    ),
+    mode: Annotated[str, typer.Option(help="parallel (PaDeLLM) | ar (one output).")] = "parallel",
+    max_mentions: Annotated[int, typer.Option(help="Most mentions per label.")] = 4,
+    max_nodes: Annotated[int, typer.Option(help="Most plan nodes.")] = 64,
+    model: Annotated[str | None, typer.Option(help="Local HF model dir or .gguf.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
+    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
+    weights: WeightsOpt = None,
+    filler: FillerOpt = None,
+    server: ServerOpt = None,
+    server_model: ServerModelOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Each line's "text" (and optional "labels", a list or comma-separated) as `parafill ner`
+    extracts entities; a line's labels replace --labels for that line."""
+    f = files(input, output, resume, overwrite, retry_failed, ordered, concurrency, timeout,
+              max_chars, as_json)  # fmt: skip
+    names = tuple(s.strip() for s in labels.split(",") if s.strip())
+    cfg = NerConfig(names, max_mentions=max_mentions, max_nodes=max_nodes)
+    at = remote(server, server_model, api_key)
+    try:
+        check_config(cfg)
+        if mode not in ("parallel", "ar"):
+            raise ValueError(f"unknown mode {mode!r}: use parallel or ar")
+        if filler is not None:
+            check_filler(filler)
+        fmt = local_weights(weights, at)
+        if at is not None and (model or adapter):
+            raise ValueError("--model / --adapter are local: with --server, use --server-model")
+    except ValueError as exc:
+        fail(str(exc))
+    chosen = None if no_adapter or at else adapter or default_adapter(model)
+    local = LocalConfig(model=model, adapter=chosen, weights=fmt)
+    go(f, Entities(cfg, mode, RunConfig(filler=filler)), local, at)
