@@ -130,6 +130,9 @@ class BarProgress:
     def __call__(self, ev: JobEvent) -> None:
         if isinstance(ev, Started):
             self.tally = Tally(ev.name, ev.total - ev.skipped)
+            if ev.skipped:
+                self.console.print(f"{ev.name}: resuming: {ev.skipped} documents already done",
+                                   markup=False, highlight=False)  # fmt: skip
             self.bar.update(self.task, total=self.tally.total)
             self.bar.start_task(self.task)
             self.bar.start()
@@ -143,7 +146,7 @@ class BarProgress:
                             failed=t.failed)  # fmt: skip
         else:
             self.bar.stop()
-            self.console.print(_final(self.tally.name, ev.summary), markup=False)
+            self.console.print(_final(self.tally.name, ev.summary), markup=False, highlight=False)
 
 
 def _final(name: str, s: Summary) -> str:
