@@ -206,26 +206,33 @@ class DagPlanner:
     constrained: bool = True  # the steps' format as a grammar (backends that apply one)
 
     def plan(self, question: str) -> Plan:
-        node = Node(
-            "plan",
+        return Plan((self._plan_node(question),), answer=())
+
+    def _plan_node(self, question: str, kept: Sequence[Step] = ()) -> Node:
+        """The planning node, or (`kept` given) its continuation after those steps: the model
+        repeated a step, so the steps before the repeat are prefilled and repeats refused."""
+        listing = "".join(f"{s.index}. {s.text}\n" for s in kept)
+        return Node(
+            "plan" if not kept else "plan-more",
             PLAN_PROMPT.format(question=question),
             max_tokens=self.plan_tokens,
             system=PLAN_SYSTEM,
             expand="dag",
-            prefix="1.",  # start the list: small models otherwise answer in prose
+            prefix=f"{listing}{len(kept) + 1}.",  # start the list: else small models write prose
             stop=("\n\n", "Question:"),  # the list ends at the first blank line
             args=(("question", question),),  # bound here: the hook never parses the prompt
-            constraint=self._constraint(question),
+            constraint=self._constraint(question, kept),
         )
-        return Plan((node,), answer=())
 
-    def _constraint(self, question: str) -> Constraint | None:
+    def _constraint(self, question: str, kept: Sequence[Step] = ()) -> Constraint | None:
         """Numbered steps, references to earlier steps only (the question's own `$n` amounts
-        are text, as in `_expand`), not the example's own steps."""
+        are text, as in `_expand`), not the example's own steps nor a repeat of `kept`."""
         if not self.constrained:
             return None
         literal = re.findall(r"\$\d+", question)
-        return steps_constraint(self.max_steps, self.min_steps, sorted(_EXAMPLE_STEPS), literal)
+        banned = sorted({*_EXAMPLE_STEPS, *(s.text for s in kept)})
+        first = len(kept) + 1
+        return steps_constraint(self.max_steps, self.min_steps, banned, literal, first)
 
     @property
     def expanders(self) -> Mapping[str, Expander]:
@@ -243,6 +250,13 @@ class DagPlanner:
             )
             _check_usable(steps, self.min_steps)
         except PlanError as exc:
+            kept = _before_repeat(node.prefix + text, frozenset(literal))
+            if kept and node.id == "plan" and node.constraint is not None:
+                # a small model repeats a step: ask once more with repeats refused (the hook
+                # sees no constraint where the backend could not apply one)
+                more = self._plan_node(question, kept)
+                note = f"dag plan repeated a step ({exc}); continued with repeats refused"
+                return Growth((more,), None, note=note)
             answer = direct_node(question, self.direct_tokens, "direct")
             return Growth(
                 (answer,), ("direct",), note=f"dag plan rejected ({exc}); answered directly"
@@ -259,6 +273,15 @@ _EXAMPLE_STEPS = frozenset(
     for line in PLAN_SYSTEM.splitlines()
     if line[:1].isdigit() and "$" not in line
 )
+
+
+def _before_repeat(text: str, literal: frozenset[str]) -> list[Step]:
+    """The steps before the first one that repeats an earlier step (none if nothing repeats)."""
+    steps = _read_steps(text, literal)
+    for pos, s in enumerate(steps):
+        if any(t.text.lower() == s.text.lower() for t in steps[:pos]):
+            return steps[:pos]
+    return []
 
 
 def _check_usable(steps: Sequence[Step], min_steps: int) -> None:

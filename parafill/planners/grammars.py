@@ -81,17 +81,23 @@ def step_body(k: int, literal: Iterable[str] = ()) -> str:
 
 
 def steps_constraint(
-    max_steps: int, min_steps: int = 2, banned: Iterable[str] = (), literal: Iterable[str] = ()
+    max_steps: int,
+    min_steps: int = 2,
+    banned: Iterable[str] = (),
+    literal: Iterable[str] = (),
+    first: int = 1,
 ) -> Constraint:
-    """min..max numbered steps (after the prefilled "1.") whose references name earlier steps
-    only; no step's text is one of `banned` (case-insensitive: the few-shot example's steps)."""
-    parts = ['" " S1'] + [f'"\\n{k}. " S{k}' for k in range(2, max_steps + 1)]
+    """Numbered steps first..max (after the prefilled "first.", at least min_steps in all,
+    counting the first-1 already written) whose references name earlier steps only; no step's
+    text is one of `banned` (case-insensitive: the few-shot example's steps, earlier steps)."""
+    parts = [f'" " S{first}'] + [f'"\\n{k}. " S{k}' for k in range(first + 1, max_steps + 1)]
     unless = _unless(quote(b) for b in banned)
     literal = tuple(literal)
-    terms = [f"S{k}: /{step_body(k, literal)}/{unless}" for k in range(1, max_steps + 1)]
+    terms = [f"S{k}: /{step_body(k, literal)}/{unless}" for k in range(first, max_steps + 1)]
+    least = max(1, min_steps - first + 1)
     from parafill.constraints.spec import grammar
 
-    return grammar("\n".join([f"start: {chain(parts, min_steps, True)} {_END}", *terms]))
+    return grammar("\n".join([f"start: {chain(parts, least, True)} {_END}", *terms]))
 
 
 def _unless(alternatives: Iterable[str]) -> str:

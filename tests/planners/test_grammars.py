@@ -99,6 +99,17 @@ def test_dag_grammar_allows_references_to_earlier_steps_only(accepts) -> None:  
     assert [s.refs for s in steps] == [(), (1,)]
 
 
+def test_dag_continuation_refuses_earlier_steps_and_keeps_references_earlier(accepts) -> None:  # type: ignore[no-untyped-def]
+    planner = DagPlanner(max_steps=4)
+    kept = parse_steps("1. Find the price of A.\n2. Find the price of B.")
+    c = planner._plan_node("Q?", kept).constraint
+    assert c is not None
+    for text in [" Add $1 and $2.", " Add $1 and $2.\n4. Double $3."]:
+        assert accepts(c, text), text
+    for text in [" Find the price of B.", " find the price of a.", " Use $3.", " A\n4. B\n5. C"]:
+        assert not accepts(c, text), text
+
+
 def test_outline_grammar_refuses_framing_and_topic_titles(accepts) -> None:  # type: ignore[no-untyped-def]
     planner = DocumentPlanner()
     c = _node(planner, "How bees make honey").constraint
