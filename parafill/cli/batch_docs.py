@@ -39,7 +39,7 @@ from parafill.cli.jobs import (
     go,
 )
 from parafill.fillers import check as check_filler
-from parafill.jobs import Documents, Entities, Plans
+from parafill.jobs import Documents, Entities, Plans, RayConfig
 from parafill.orchestrator.runner import RunConfig
 from parafill.planners.document import DocumentPlanner, OutlineLimits
 from parafill.planners.ner import NerConfig, check_config, default_adapter
@@ -49,6 +49,29 @@ group = typer.Typer(
     no_args_is_help=True,
     help="Run every line of a JSONL file through one pipeline (resumable; see each PIPELINE).",
 )
+
+
+@group.callback()
+def on_ray(
+    ctx: typer.Context,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Run on Ray (parafill[ray]): 'local', or a cluster address."),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(help="Actors, each with its backend.", min=1)] = 1,
+    ray_cpus_per_actor: Annotated[float, typer.Option(help="CPUs Ray gives each actor.")] = 1.0,
+    ray_gpus_per_actor: Annotated[float, typer.Option(help="GPUs Ray gives each actor.")] = 0.0,
+    ray_num_cpus: Annotated[
+        int | None, typer.Option(help="--ray local: Ray's CPU count (default max(4, cores)).")
+    ] = None,
+    ray_batch_size: Annotated[
+        int, typer.Option(help="Documents per actor call, run at once.", min=1)
+    ] = 4,
+) -> None:
+    """`parafill batch [--ray ADDRESS ...] PIPELINE ...`: the Ray options come before PIPELINE."""
+    if ray is not None:
+        ctx.obj = RayConfig(ray, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor,
+                            ray_num_cpus, ray_batch_size)  # fmt: skip
 
 
 @group.command("write")

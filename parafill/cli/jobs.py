@@ -8,11 +8,14 @@ check the input and the output before the model loads, open the backend (local o
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import anyio
+import click
 import typer
 from rich.markup import escape
 
@@ -21,8 +24,9 @@ from parafill.backends.local import LocalConfig
 from parafill.cli.backend import open_backend
 from parafill.cli.common import EngineOpts, Remote, ServerUnavailable, err, fail, out
 from parafill.errors import real_error
-from parafill.jobs import BatchConfig, Pipeline, Summary, load_job, run_job
+from parafill.jobs import BatchConfig, Pipeline, RayConfig, Summary, load_job, ray_batch, run_job
 from parafill.jobs.progress import Report, progress_for
+from parafill.jobs.ray_runner import without_announce
 from parafill.orchestrator.runner import RunConfig
 
 OutputOpt = Annotated[Path | None, typer.Option("--output", help="JSONL to write.")]
@@ -77,9 +81,15 @@ def files(  # the options every `parafill batch` subcommand takes
 
 
 def go(f: Files, pipeline: Pipeline, local: LocalConfig, server: Remote | None) -> None:
-    """Run the file; the summary; exit 1 when a document failed."""
+    """Run the file (on Ray when `parafill batch --ray` said so); the summary; exit 1 when a
+    document failed."""
     run = FileRun(f.src, f.dst, f.config, local, server, logprobs=server is not None)
-    summary = run_file(run, pipeline, progress_for(err))
+    ctx = click.get_current_context(silent=True)
+    on_ray = ctx.obj if ctx is not None and isinstance(ctx.obj, RayConfig) else None
+    if on_ray is None:
+        summary = run_file(run, pipeline, progress_for(err))
+    else:
+        summary = _refusals(partial(run_on_ray, run, pipeline, on_ray, progress_for(err)))
     if f.as_json:
         out.print_json(json.dumps(summary.as_dict()))
     if not summary.ok:
@@ -107,14 +117,29 @@ class FileRun:
 def run_file(run: FileRun, pipeline: Pipeline, report: Report) -> Summary:
     """The job's summary; exit 2 for what stops it from starting (duplicate ids, an output
     that would erase work, an unreadable input, no model or server)."""
+    return _refusals(partial(anyio.run, _run, run, pipeline, report))
+
+
+def _refusals(job: Callable[[], Summary]) -> Summary:
     try:
-        return anyio.run(_run, run, pipeline, report)
+        return job()
     except Exception as exc:  # the backend's task group wraps what failed under it
-        known = ModelNotFound | ServerUnavailable | ValueError | OSError
+        known = ModelNotFound | ServerUnavailable | ValueError | OSError | ImportError
         if not isinstance(real := real_error(exc), known):
             raise
         err.print(f"[red]error:[/red] {escape(str(real))}")
         raise typer.Exit(2) from real
+
+
+def run_on_ray(run: FileRun, pipeline: Pipeline, config: RayConfig, report: Report) -> Summary:
+    """The job on Ray: each actor opens the backend `run` names (ImportError without Ray)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("--ray needs Ray: pip install 'parafill[ray]'") from exc
+    opener = partial(open_backend, run.local, run.server, logprobs=run.logprobs)
+    return ray_batch(without_announce(pipeline), run.src, run.dst, run.config, config,
+                     opener=opener, report=report)  # fmt: skip
 
 
 async def _run(run: FileRun, pipeline: Pipeline, report: Report) -> Summary:

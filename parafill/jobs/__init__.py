@@ -1,11 +1,13 @@
 """Resumable JSONL batch jobs for every pipeline: `run_batch` (async) and `run_batch_sync`.
 
-One machine only; the records, the resume rule and the pipelines are what a distributed runner
-would reuse. The `parafill batch` commands and `parafill ner --input` call this.
+On one machine, or on a Ray cluster with `ray_batch` (the extra `parafill[ray]`), with the same
+records, resume rule and pipelines. The `parafill batch` commands and `parafill ner --input`
+call this.
 """
 
 from parafill.jobs.pipelines import Documents, Entities, Output, Pipeline, Plans, Questions
 from parafill.jobs.progress import DocDone, Finished, JobEvent, Started, Summary
+from parafill.jobs.ray_runner import RayConfig, ray_batch
 from parafill.jobs.records import InputError
 from parafill.jobs.runner import BatchConfig, Job, load_job, run_batch, run_batch_sync, run_job
 
@@ -22,9 +24,11 @@ __all__ = [
     "Pipeline",
     "Plans",
     "Questions",
+    "RayConfig",
     "Started",
     "Summary",
     "load_job",
+    "ray_batch",
     "run_batch",
     "run_batch_sync",
     "run_job",

@@ -154,15 +154,24 @@ async def _document(
 ) -> None:
     async with send:
         try:
-            out = await _run(doc, pipeline, backend, config)
-            record = {"id": doc.id, "line": doc.line, **out.fields}
-            done = _Done(index, doc, record, out.tokens, None)
-        except _Failed as exc:
-            record = {"id": doc.id, "line": doc.line, "error": exc.reason, "error_kind": exc.kind}
-            done = _Done(index, doc, record, 0, exc.reason)
+            record, tokens, error = await run_document(doc, pipeline, backend, config)
         finally:
             room.release()
-        await send.send(done)
+        await send.send(_Done(index, doc, record, tokens, error))
+
+
+async def run_document(
+    doc: Doc, pipeline: Pipeline, backend: Backend, config: BatchConfig
+) -> tuple[dict[str, object], int, str | None]:
+    """One document's record, its tokens and its error (None for a record with an answer);
+    what is not the document's fault (a bug, the engine gone) is raised."""
+    try:
+        out = await _run(doc, pipeline, backend, config)
+    except _Failed as exc:
+        failed: dict[str, object] = {"id": doc.id, "line": doc.line, "error": exc.reason,
+                                     "error_kind": exc.kind}  # fmt: skip
+        return failed, 0, exc.reason
+    return {"id": doc.id, "line": doc.line, **out.fields}, out.tokens, None
 
 
 class _Failed(Exception):
