@@ -74,6 +74,7 @@ class StaticDecoder:
         self._choice = GREEDY  # set at upload from the lanes' sampling parameters
         self._top = False  # some lane wants top log-probabilities (set at upload)
         self._masked = False  # some lane has an output constraint (its mask set this step)
+        self._host_masks: dict[int, Tensor] = {}  # lanes -> host bitmask buffer
         from parafill.constraints.bitmask import apply_bitmask  # the grammar library, lazily
 
         self._apply_bitmask = apply_bitmask
@@ -124,7 +125,14 @@ class StaticDecoder:
             return True
         from parafill.constraints import allocate_bitmask, fill_batch
 
-        host = allocate_bitmask(len(layout), self.model.shapes.vocab)
+        host = self._host_masks.get(len(layout))
+        if host is None:  # one (pinned on CUDA) host buffer per bucket, reused every step
+            host = self._host_masks[len(layout)] = allocate_bitmask(
+                len(layout), self.model.shapes.vocab
+            )
+        else:
+            # the last step's copy from it finished at that step's host sync (its tokens read)
+            host.fill_(-1)  # every lane allowed everything until its matcher fills its row
         ok = fill_batch([m for _, m in masked], host, [b for b, _ in masked])
         lanes.bitmask.copy_(host, non_blocking=True)
         return all(ok)
