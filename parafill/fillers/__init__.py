@@ -1,4 +1,5 @@
-"""Fillers by name: `autoregressive` (the reference: no drafts), `ngram`, `jacobi`.
+"""Fillers by name: `autoregressive` (the reference: no drafts), `ngram`, `jacobi`, and the
+model drafters `self` (the target with layers skipped) and `draft` (a second model).
 
 `make(name, sources)` gives a fresh proposer for one sequence (None for the reference);
 `check(name)` refuses unknown names with the known ones listed.
@@ -8,9 +9,16 @@ from __future__ import annotations
 
 from parafill.fillers.base import Draft, Factory, Outcome, Proposer, Sources
 from parafill.fillers.jacobi import Jacobi
+from parafill.fillers.model import ModelDrafts, model_drafts, self_drafts
 from parafill.fillers.ngram import NGram
 
-FILLERS: dict[str, Factory | None] = {"autoregressive": None, "ngram": NGram, "jacobi": Jacobi}
+FILLERS: dict[str, Factory | None] = {
+    "autoregressive": None,
+    "ngram": NGram,
+    "jacobi": Jacobi,
+    "self": self_drafts,
+    "draft": model_drafts,
+}
 
 
 class FillerError(ValueError):
@@ -30,4 +38,14 @@ def make(name: str, sources: Sources | None = None) -> Proposer | None:
     return None if factory is None else factory(sources or Sources())
 
 
-__all__ = ["FILLERS", "Draft", "FillerError", "Outcome", "Proposer", "Sources", "check", "make"]
+__all__ = [
+    "FILLERS",
+    "Draft",
+    "FillerError",
+    "ModelDrafts",
+    "Outcome",
+    "Proposer",
+    "Sources",
+    "check",
+    "make",
+]

@@ -7,7 +7,7 @@ beyond its public step()/submit()/cancel() and the forward it calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -109,9 +109,16 @@ class RecordingLM(CompactLM):
         super().__init__(hf, max_positions)
         self.steps: list[StepInput] = []
 
-    def forward(self, step: StepInput, k_cache: Tensor, v_cache: Tensor) -> Tensor:
-        self.steps.append(step)
-        return super().forward(step, k_cache, v_cache)
+    def forward(
+        self,
+        step: StepInput,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        layers: Sequence[int] | None = None,
+    ) -> Tensor:
+        if layers is None:  # the target's own steps (a self-drafter's are not recorded)
+            self.steps.append(step)
+        return super().forward(step, k_cache, v_cache, layers)
 
     @property
     def fed(self) -> int:

@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING
 from parafill.backends.engine.schedule import Seq, lineage, main_line
 from parafill.backends.engine.spec import Arms, Shape, SpecPolicy
 from parafill.fillers.base import Draft
+from parafill.fillers.model import ModelDrafts
 
 if TYPE_CHECKING:
     from parafill.backends.engine.engine import EngineConfig
+    from parafill.backends.engine.modeldraft import ModelDrafter
 
 BACKOFF = 16  # the most steps a sequence goes without asking its proposer after refusals
+MODEL_K = 8  # the most tokens a model drafter drafts per step (one forward each)
 Alloc = Callable[[int, int], "tuple[int, list[int]] | None"]  # (n, row) -> (row, columns)
 Release = Callable[[int, list[int]], None]  # (row, columns)
+Models = Callable[[str, Seq], "ModelDrafter | None"]  # (filler kind, a sequence) -> drafter
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,16 @@ class Drafter:
     """Each step: ask every decoding sequence's proposer, weigh the offers against the
     measured step costs (`SpecPolicy`), and set the drafts and their KV columns."""
 
-    def __init__(self, config: EngineConfig, vocab: int, alloc: Alloc, release: Release) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        vocab: int,
+        alloc: Alloc,
+        release: Release,
+        models: Models | None = None,
+    ) -> None:
         self.config, self.vocab, self.alloc, self.release = config, vocab, alloc, release
+        self.models = models
         self.policy = SpecPolicy()
         self.arms = Arms()
 
@@ -119,6 +131,7 @@ class Drafter:
             if s.scratch:
                 self.release(s.row, s.scratch)
             s.draft, s.parents, s.draft_cols, s.scratch, s.nodes = [], [], [], [], []
+            s.draft_q = None
 
     def propose(self, work: list[Seq]) -> None:
         """Draft for each decoding sequence with a proposer, as many tokens as the measured
@@ -127,6 +140,7 @@ class Drafter:
         width = self.width(work)
         if self.config.speculate == "auto" and width is not None and not self.arms.allow(width):
             return  # measured: at this width, steps without drafts are faster
+        self._model_drafts(decoding)
         offers: list[tuple[Seq, Offer]] = []
         for s in decoding:
             room = s.params.max_tokens - len(s.generated) - 1
@@ -156,9 +170,40 @@ class Drafter:
             if k:
                 s.idle = 0
                 self._set_draft(s, o.cut(k))
+                p = s.proposer
+                if (
+                    isinstance(p, ModelDrafts)
+                    and p.q is not None
+                    and not any(a != j - 1 for j, a in enumerate(s.parents))
+                ):  # a sampled model draft (a chain): verified by rejection sampling
+                    s.draft_q = p.q[: len(s.draft)]
             else:  # back off: 1, 3, 7, 15 steps without asking (a proposer costs host time)
                 s.idle += 1
                 s.wait = min(2**s.idle, BACKOFF) - 1
+
+    def _model_drafts(self, decoding: list[Seq]) -> None:
+        """Run each model drafter once for all the sequences that use it (batched forwards);
+        their proposers hand the result on. A drafter that fails costs those sequences
+        their drafts, nothing more."""
+        wants: dict[str, list[tuple[Seq, int]]] = {}
+        for s in decoding:
+            room = s.params.max_tokens - len(s.generated) - 1
+            if isinstance(s.proposer, ModelDrafts) and s.wait == 0 and room > 0:
+                wants.setdefault(s.proposer.kind, []).append((s, min(s.k, room, MODEL_K)))
+        for kind, items in wants.items():
+            try:
+                drafter = self.models(kind, items[0][0]) if self.models else None
+                got = drafter.draft(items) if drafter is not None else None
+            except Exception:
+                got = None
+            for i, (s, _) in enumerate(items):
+                p = s.proposer
+                assert isinstance(p, ModelDrafts)
+                if got is None:
+                    s.proposer = None
+                elif got[i].tokens:
+                    p.pending = Draft(tuple(got[i].tokens), tuple(got[i].confidence))
+                    p.q = got[i].q
 
     def _set_draft(self, s: Seq, o: Offer) -> None:
         """Drafts on the first-child chain write the sequence's own next columns; side

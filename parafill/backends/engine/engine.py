@@ -29,6 +29,7 @@ from parafill.backends.engine.kv import (
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.modeldraft import ModelDrafter, make_drafter
 from parafill.backends.engine.sampling import (
     GenParams,
     Top,
@@ -41,6 +42,7 @@ from parafill.backends.engine.spec import Shape
 from parafill.backends.engine.step import build_step
 from parafill.backends.engine.verify import Window, decide, settle
 from parafill.fillers.base import Outcome, Proposer
+from parafill.fillers.model import ModelDrafts
 
 if TYPE_CHECKING:
     from parafill.constraints import Compiled
@@ -66,6 +68,9 @@ class EngineConfig:
     # verify drafted tokens of sequences submitted with a proposer: "auto" where the measured
     # step cost says it pays, "always" whenever a proposer drafts, "off" never
     speculate: Literal["auto", "always", "off"] = "auto"
+    # the layers the `self` filler's drafter runs (the others skipped); None: calibrated on
+    # first use (selfspec.py) and cached on disk per model
+    self_layers: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,23 @@ class StepOutput:
 
 
 class Engine:
-    def __init__(self, model: CompactLM, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, model: CompactLM, config: EngineConfig | None = None, draft: CompactLM | None = None
+    ) -> None:
+        """`draft`: a second model for the `draft` filler (same vocabulary); its KV cache is
+        laid out like the target's and counted in `budget_bytes`."""
         self.model = model
         self.config = cfg = config or EngineConfig()
+        if draft is not None and draft.shapes.vocab != model.shapes.vocab:
+            raise ValueError(
+                f"the draft model's vocabulary ({draft.shapes.vocab}) differs from the "
+                f"target's ({model.shapes.vocab}): a drafter must share the target's tokenizer"
+            )
+        self.draft_model = draft
         if cfg.budget_bytes is not None:
             per_token = bytes_per_token(model.shapes, model.dtype)
+            if draft is not None:
+                per_token += bytes_per_token(draft.shapes, draft.dtype)
             rows = cfg.rows if cfg.mode == "rows" else 1
             cfg = replace(cfg, budget_tokens=tokens_in(cfg.budget_bytes, per_token, rows))
             self.config = cfg
@@ -108,7 +125,11 @@ class Engine:
         self.reused = 0  # prompt tokens taken from the prefix cache instead of prefilled
         self.steps = 0
         self.drafted = self.accepted = 0  # over all sequences (drafts verified / kept)
-        self.drafter = Drafter(cfg, model.shapes.vocab, self.cache.alloc, self.cache.release)
+        self.drafter = Drafter(
+            cfg, model.shapes.vocab, self.cache.alloc, self.cache.release, self._model_drafter
+        )
+        self.model_drafters: dict[str, ModelDrafter] = {}
+        self.calibration: list[int] | None = None  # text the self-drafter is calibrated on
         self.policy = self.drafter.policy
         self._inbox: Inbox[Seq] = Inbox()
 
@@ -141,6 +162,11 @@ class Engine:
                 f"request needs {need} positions but the model is set up for "
                 f"{len(self.model.cos)}; raise max_positions or lower max_tokens"
             )
+        if isinstance(proposer, ModelDrafts) and proposer.kind == "draft" and not self.draft_model:
+            raise ValueError(
+                "filler 'draft' needs a draft model: start with --draft-model PATH "
+                "(LocalConfig(draft_model=...))"
+            )
         seed = resolve_seed(params)
         matcher = constraint.matcher() if constraint is not None else None
         return self._inbox.put(
@@ -156,6 +182,17 @@ class Engine:
 
     def wake(self) -> None:
         self._inbox.wake()
+
+    def _model_drafter(self, kind: str, seq: Seq) -> ModelDrafter | None:
+        """The batched drafter for a model filler, made on first use (the `self` one
+        calibrated then, on `calibration` or else this sequence's prompt)."""
+        if kind not in self.model_drafters:
+            text = self.calibration or seq.prompt
+            made = make_drafter(kind, self, self.config.self_layers, text)
+            if made is None:
+                return None
+            self.model_drafters[kind] = made
+        return self.model_drafters[kind]
 
     # ---- one step ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ tested against. Architectures it does not know are refused (`supports`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,12 +113,25 @@ class CompactLM:
         self.cos, self.sin = _rotary_table(base.rotary_emb, max_positions, self.embed)
 
     @torch.inference_mode()
-    def forward(self, step: StepInput, k_cache: Tensor, v_cache: Tensor) -> Tensor:
+    def forward(
+        self,
+        step: StepInput,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        layers: Sequence[int] | None = None,
+    ) -> Tensor:
         """Writes the new tokens' K/V into the caches (layers, R, Hkv, L, D) and returns
-        logits (M, vocab) for `step.logits_at`."""
-        return self.run(step, k_cache, v_cache)
+        logits (M, vocab) for `step.logits_at`. `layers`: run only these (in order; the
+        others pass the hidden state through and write nothing), as a self-drafter does."""
+        return self.run(step, k_cache, v_cache, layers)
 
-    def run(self, step: StepInput, k_cache: Tensor, v_cache: Tensor) -> Tensor:
+    def run(
+        self,
+        step: StepInput,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        layers: Sequence[int] | None = None,
+    ) -> Tensor:
         """`forward` without its inference-mode wrapper (for torch.compile and graph capture)."""
         x = F.embedding(step.tokens, self.embed)  # (N, d)
         cos, sin = self.cos[step.positions], self.sin[step.positions]  # (N, D)
@@ -129,7 +143,8 @@ class CompactLM:
         folded = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
         additive = torch.where(folded, 0.0, float("-inf")).to(x.dtype)
         mask = F.pad(additive, (0, -length % 16))[..., :length]
-        for i, layer in enumerate(self.layers):
+        for i in range(len(self.layers)) if layers is None else layers:
+            layer = self.layers[i]
             h = _rms(x, layer.ln1, self.shapes.eps)
             x = x + self._attention(i, layer, h, cos, sin, (step, mask), k_cache, v_cache)
             h = _rms(x, layer.ln2, self.shapes.eps)

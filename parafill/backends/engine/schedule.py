@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parafill.backends.engine.params import GenParams
 from parafill.fillers.base import Proposer
@@ -42,6 +42,7 @@ class Seq:
     draft_cols: list[int] = field(default_factory=list)  # per draft, the KV column it writes
     scratch: list[int] = field(default_factory=list)  # columns borrowed for side branches
     nodes: list[int] = field(default_factory=list)  # per draft, its index in the proposal
+    draft_q: Any = None  # (drafts, vocab): a model drafter's distributions where it sampled
     k: int = 4  # current draft length (adapted to acceptance)
     rate: float = 0.6  # running acceptance rate of its drafts
     expect: float = 0.0  # drafts of this step expected to be kept (their chances say)

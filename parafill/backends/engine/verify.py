@@ -10,7 +10,8 @@ follows, at every node, the child equal to that node's choice (the choice is wha
 decoding would emit there, so any number of candidates per node stays exact). For a draft
 that is one fixed token (n-gram, Jacobi) this
 is exact rejection sampling: the draft is kept with probability p(draft), and a rejection
-leaves p with the draft removed.
+leaves p with the draft removed. A draft a model sampled from its distribution q is kept
+with min(1, p / q) instead (reject.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from parafill.backends.engine.params import repeats
+from parafill.backends.engine.reject import reject
 from parafill.backends.engine.sampling import (
     Top,
     adjust,
@@ -73,6 +75,15 @@ def decide(logits: Tensor, sampled: list[tuple[Seq, int]]) -> list[Window]:
     if any(seq.matcher is not None for seq, _ in sampled):
         chooser, dead = _constrain(logits, chooser, sampled)
     tokens = pick(chooser, params, seeds, draws)
+    at = 0
+    for seq, n in sampled:  # a model's sampled draft: kept by rejection sampling against q
+        if seq.draft_q is not None and n > 1 and seq.params.temperature > 0:
+            start, drafts = len(seq.generated), seq.draft[: n - 1]
+            rows = chooser[at : at + n]
+            tokens[at : at + n] = reject(
+                rows, seq.params, seq.seed, start, drafts, seq.draft_q, tokens[at : at + n]
+            )
+        at += n
     logps = chosen_logprobs(logits, tokens)
     tops = top_logprobs(logits, [p.top_logprobs for p in params])
     out, at = [], 0

@@ -1,0 +1,266 @@
+"""Drafting with a model, batched over every sequence that asks for it.
+
+Two drafters share this code. **Self-speculation** (`self`): the target with some of its
+layers skipped drafts for itself; it reads the target's own KV cache (exact K/V for the
+verified prefix) and its drafted tokens write the kept layers' K/V into the columns the
+verify step writes next, so nothing is stored twice. **A second model** (`draft`): a
+smaller model sharing the target's tokenizer, with a KV cache of its own laid out like the
+target's (same rows and columns, its own layers and heads) and its own record of which
+columns it has written: a sequence first feeds what the drafter has not seen (its prompt on
+first use, a kept draft it never fed), within the step's prefill budget, and the columns of
+rejected drafts are dropped again.
+
+A step drafts k tokens with k forwards of the drafter, one token per sequence per forward,
+every drafting sequence in the same forward, laid out as the target lays out its own step
+(batch rows or one packed row). The drafter's token is its argmax at temperature 0 (then the
+verify step keeps exactly what plain decoding would emit) or a seeded draw from its own
+distribution q, which goes with the draft for rejection sampling. A sequence stops drafting
+once the drafter's running confidence in its chain drops below `floor`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from parafill.backends.engine.model import CompactLM, StepInput
+from parafill.backends.engine.sampling import uniforms
+from parafill.backends.engine.schedule import Seq
+from parafill.backends.engine.selfspec import layers_for
+from parafill.backends.engine.step import _mask, _pairs
+
+if TYPE_CHECKING:
+    from parafill.backends.engine.engine import Engine
+
+DRAFT_STREAM = 0x2545F491  # the drafter's draws use the request's seed xor this
+
+
+@dataclass(frozen=True)
+class ModelDraft:
+    """What the drafter proposes for one sequence: tokens, its chance for each (its own
+    probability of the token), and at temperature > 0 its distribution q per token."""
+
+    tokens: list[int]
+    confidence: list[float]
+    q: Tensor | None = None  # (len(tokens), vocab) where the draft was sampled
+
+
+@dataclass
+class _Seen:
+    """Tokens whose K/V a drafter with its own cache holds for a sequence, by position;
+    `have[:base]` is known to equal the sequence's tokens."""
+
+    have: list[int] = field(default_factory=list)
+    base: int = 0
+
+
+@dataclass
+class _Feed:
+    seq: Seq
+    positions: list[int]
+    tokens: list[int]
+    k: int  # drafts still wanted (0: only catches up this step)
+    out: list[int] = field(default_factory=list)
+    fed: list[int] = field(default_factory=list)  # every token fed, from positions[0] on
+    conf: list[float] = field(default_factory=list)
+    q: list[Tensor] = field(default_factory=list)
+    chance: float = 1.0
+
+
+class ModelDrafter:
+    """Drafts for many sequences at once with `model` (the target itself when `own` is
+    False: `layers` are the layers it keeps, `vis` the target's visibility; a second model
+    with its own cache `k`/`v` when `own` is True)."""
+
+    def __init__(
+        self,
+        model: CompactLM,
+        caches: tuple[Tensor, Tensor],
+        vis: Tensor,
+        own: bool,
+        layers: Sequence[int] | None = None,
+        chunk: int = 512,
+        floor: float = 0.05,
+    ) -> None:
+        self.model, self.k, self.v = model, caches[0], caches[1]
+        self.own, self.layers, self.chunk, self.floor = own, layers, chunk, floor
+        # a second model's own visibility per slot; self-speculation reads the target's
+        self.vis = torch.zeros_like(vis) if own else vis
+        self.seen: weakref.WeakKeyDictionary[Seq, _Seen] = weakref.WeakKeyDictionary()
+        self.owner: dict[int, int] = {}  # slot -> id() of the sequence its visibility is for
+        self.forwards = 0
+
+    @torch.inference_mode()
+    def draft(self, wants: Sequence[tuple[Seq, int]]) -> list[ModelDraft]:
+        """Up to k tokens for each (sequence, k); a sequence still catching up gets none."""
+        feeds = self._first_feeds(wants)
+        marked: list[tuple[Seq, list[int]]] = []
+        try:
+            live = [f for f in feeds if f.positions]
+            while live:
+                self._forward(live)
+                marked += [(f.seq, [f.seq.cols[p] for p in f.positions]) for f in live]
+                live = self._next_feeds(live)
+        finally:
+            if not self.own:  # the target's visibility: drafted columns were borrowed
+                for seq, cols in marked:
+                    self.vis[seq.slot, torch.tensor(cols, device=self.vis.device)] = False
+        if self.own:
+            for f in feeds:
+                self._remember(f)
+        return [ModelDraft(f.out, f.conf, torch.stack(f.q) if f.q else None) for f in feeds]
+
+    def _first_feeds(self, wants: Sequence[tuple[Seq, int]]) -> list[_Feed]:
+        """Per sequence, the positions its first forward feeds: the last token (and, with an
+        own cache, everything before it the drafter has not written, within the budget)."""
+        budget = self.chunk
+        feeds = []
+        for seq, k in wants:
+            start = self._sync(seq) if self.own else seq.fed
+            last = seq.known - 1
+            if last - start > budget:  # catch up part of the way; draft next step
+                end, k = start + max(budget, 0), 0
+            else:
+                end = last + 1
+            budget -= end - start - 1
+            span = list(range(start, end))
+            feeds.append(_Feed(seq, span, [seq.token(p) for p in span], k))
+        return feeds
+
+    def _sync(self, seq: Seq) -> int:
+        """How many positions the drafter's own cache holds for `seq`, its columns past
+        that made invisible again (a rejected draft, or a slot now used by another)."""
+        seen = self.seen.get(seq)
+        if seen is None or self.owner.get(seq.slot) != id(seq):
+            seen = self.seen[seq] = _Seen()
+            self.owner[seq.slot] = id(seq)
+            self.vis[seq.slot] = False
+        valid = seen.base
+        known = seq.known
+        while valid < len(seen.have) and valid < known and seen.have[valid] == seq.token(valid):
+            valid += 1
+        stale = seq.cols[valid : len(seen.have)]
+        if stale:
+            self.vis[seq.slot, torch.tensor(stale, device=self.vis.device)] = False
+        del seen.have[valid:]
+        return valid
+
+    def _remember(self, f: _Feed) -> None:
+        """What the drafter's cache now holds: the positions it fed, in order from where
+        `_sync` left it (drafts past the known tokens are checked again next step)."""
+        seen = self.seen[f.seq]
+        seen.have += f.fed
+        seen.base = min(len(seen.have), f.seq.known)
+
+    def _forward(self, feeds: list[_Feed]) -> None:
+        """One forward feeding each sequence's positions; sample where a draft is wanted."""
+        step, sampling = self._inputs(feeds)
+        logits = self.model.forward(step, self.k, self.v, self.layers)
+        self.forwards += 1
+        dev = self.vis.device
+        for f in feeds:
+            f.fed += f.tokens
+            self.vis[f.seq.slot, torch.tensor([f.seq.cols[p] for p in f.positions], device=dev)] = (
+                True
+            )
+        if sampling:
+            self._choose(logits, sampling)
+
+    def _inputs(self, feeds: list[_Feed]) -> tuple[StepInput, list[_Feed]]:
+        tokens: list[int] = []
+        pos: list[int] = []
+        rows: list[int] = []
+        cols: list[int] = []
+        qslots: list[int] = []
+        owner: list[int] = []
+        order: list[int] = []
+        logits_at: list[int] = []
+        per_row: dict[int, int] = {}
+        sampling = []
+        for i, f in enumerate(feeds):
+            n, s = len(f.positions), f.seq
+            tokens += f.tokens
+            pos += f.positions
+            rows += [s.row] * n
+            cols += [s.cols[p] for p in f.positions]
+            start = per_row.get(s.row, 0)
+            qslots += range(start, start + n)
+            per_row[s.row] = start + n
+            owner += [i] * n
+            order += range(n)
+            if f.k > len(f.out):
+                sampling.append(f)
+                logits_at.append(len(tokens) - 1)
+        shape = (max(rows) + 1, max(per_row.values()), max(f.seq.max_col for f in feeds) + 1)
+        dev = self.vis.device
+        pair = _pairs(owner, order, [], dev)
+        plain = [(f.seq, len(f.positions)) for f in feeds]
+        mask = _mask(plain, self.vis, owner, pair, cols, shape, rows, qslots)
+
+        def t(xs: list[int]) -> Tensor:
+            return torch.tensor(xs, dtype=torch.long, device=self.model.device)
+
+        step = StepInput(t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at))
+        return step, sampling
+
+    def _choose(self, logits: Tensor, feeds: list[_Feed]) -> None:
+        """Each sequence's next draft: argmax, or a seeded draw from q at temperature > 0."""
+        temps = [f.seq.params.temperature for f in feeds]
+        dev = logits.device
+        t = torch.tensor([x if x > 0 else 1.0 for x in temps], device=dev)
+        probs = torch.softmax(logits.float() / t[:, None], dim=-1)
+        tok = probs.argmax(dim=-1)
+        hot = [i for i, x in enumerate(temps) if x > 0]
+        if hot:
+            idx = torch.tensor(hot, device=dev)
+            seeds = torch.tensor([feeds[i].seq.seed ^ DRAFT_STREAM for i in hot], device=dev)
+            draws = torch.tensor(
+                [len(feeds[i].seq.generated) + len(feeds[i].out) for i in hot], device=dev
+            )
+            u = uniforms(seeds, draws)
+            cum = probs[idx].cumsum(dim=-1)
+            pick = (cum < (u * cum[:, -1])[:, None]).sum(dim=-1)
+            tok[idx] = torch.minimum(pick, torch.tensor(probs.shape[-1] - 1, device=dev))
+        chosen = probs.gather(1, tok[:, None])[:, 0].tolist()
+        for i, (f, tk, c) in enumerate(zip(feeds, tok.tolist(), chosen, strict=True)):
+            f.out.append(int(tk))
+            f.conf.append(float(c))
+            f.chance *= float(c)
+            if temps[i] > 0:
+                f.q.append(probs[i])
+
+    def _next_feeds(self, live: list[_Feed]) -> list[_Feed]:
+        """Sequences that go on drafting feed their newest draft next."""
+        nxt = []
+        for f in live:
+            if not f.out or len(f.out) >= f.k or f.chance < self.floor:
+                continue
+            p = f.seq.known - 1 + len(f.out)
+            f.positions, f.tokens = [p], [f.out[-1]]
+            nxt.append(f)
+        return nxt
+
+
+def make_drafter(
+    kind: str, engine: Engine, layers: Sequence[int] | None, text: Sequence[int]
+) -> ModelDrafter | None:
+    """The drafter for filler `kind` of `engine`: `self` runs `layers` of the target (None:
+    calibrated on `text`, cached per model) over its cache; `draft` the engine's draft model
+    over a cache of its own, as many rows and columns as the target's. None: no such model."""
+    chunk = engine.config.prefill_chunk
+    if kind == "self":
+        layers = layers_for(engine.model, text) if layers is None else layers
+        caches = (engine.cache.k, engine.cache.v)
+        return ModelDrafter(engine.model, caches, engine.vis, False, layers, chunk)
+    model = engine.draft_model
+    if kind != "draft" or model is None:
+        return None
+    d = model.shapes
+    size = (d.layers, engine.cache.spec.rows, d.kv_heads, engine.cache.width, d.head_dim)
+    k = torch.zeros(size, dtype=model.dtype, device=model.device)
+    return ModelDrafter(model, (k, torch.zeros_like(k)), engine.vis, True, None, chunk)
