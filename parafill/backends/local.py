@@ -58,9 +58,35 @@ class LocalConfig(EngineConfig):
     filler: str = "autoregressive"  # for requests that name none (Request.filler None)
     # the projections' weight format on the CPU: "fp32" | "bf16" | "int8" | "int4" (quant.py)
     weights: str = "fp32"
+    # a second, smaller model (HF directory or .gguf) with the same tokenizer, for the `draft`
+    # filler; loaded in the same device, dtype and weight format
+    draft_model: str | None = None
 
     def engine(self) -> EngineConfig:
         return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(EngineConfig)})
+
+
+CALIBRATION = (
+    Message("user", "Explain how a city water system works, from the reservoir to the tap."),
+    Message(
+        "assistant",
+        "A city water system moves water through several stages before it reaches your tap.\n\n"
+        "1. **Source**: Water is collected from a reservoir, a river or wells. Reservoirs store "
+        "rain and snowmelt behind a dam, so the supply stays steady in dry months.\n"
+        "2. **Treatment**: At the treatment plant, the water is screened to remove leaves and "
+        "debris. Chemicals are added so that small particles clump together and settle to the "
+        "bottom. The water then passes through filters of sand and gravel, and it is "
+        "disinfected with chlorine or ultraviolet light to kill bacteria and viruses.\n"
+        "3. **Storage**: Clean water is pumped into storage tanks and water towers. Because "
+        "the towers are high, gravity gives the water enough pressure to flow through the "
+        "pipes.\n"
+        "4. **Distribution**: A network of large mains and smaller pipes carries the water "
+        "under the streets to homes, schools and businesses. Valves and pumps keep the "
+        "pressure even, and workers test the water regularly to make sure it is safe.\n\n"
+        "In short, the system collects, cleans, stores and delivers water, and it is checked "
+        "at every stage so that it is safe to drink.",
+    ),
+)  # what the `self` filler's layer calibration reads (selfspec.py): a typical chat answer
 
 
 class Detokenizer:
@@ -120,12 +146,24 @@ class LocalBackend:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
+        draft = None
+        if cfg.draft_model is not None:
+            load_draft = partial(load, cfg.draft_model, device, dtype, on_convert)
+            draft_hf, draft_tok = await anyio.to_thread.run_sync(load_draft)
+            if draft_tok.get_vocab() != tok.get_vocab():
+                raise ValueError(
+                    f"the draft model {cfg.draft_model!r} has another tokenizer than the "
+                    "target: a drafter must share the target's vocabulary"
+                )
+            draft = (draft_hf, _gguf_source(cfg.draft_model))
         notify = on_convert or (lambda _msg: None)
         gguf = _gguf_source(cfg.model)
         build = partial(
-            build_engine, hf, cfg.engine(), cfg.max_positions, notify, cfg.weights, gguf
+            build_engine, hf, cfg.engine(), cfg.max_positions, notify, cfg.weights, gguf, draft
         )
         backend = cls(await anyio.to_thread.run_sync(build), tok, filler)
+        if isinstance(backend.engine, Engine):  # the text the `self` drafter calibrates on
+            backend.engine.calibration = backend.encode(CALIBRATION)
         async with backend.running():
             yield backend
 

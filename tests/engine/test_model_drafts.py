@@ -15,9 +15,17 @@ import torch
 from engine_ref import Chat, RefCache, Run, Smol, drain, greedy, hf_logits, make_engine, step, tiny
 
 from parafill.backends.engine.engine import Engine, EngineConfig
-from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.model import CompactLM, StepInput
 from parafill.backends.engine.sampling import GenParams
-from parafill.backends.engine.selfspec import agreement, calibrate, layers_for, matches, speedup
+from parafill.backends.engine.selfspec import (
+    _scratch,
+    agreement,
+    calibrate,
+    influence,
+    layers_for,
+    matches,
+    speedup,
+)
 from parafill.fillers import make
 
 MODES = ["rows", "tree", "rows-static", "tree-static"]
@@ -59,15 +67,16 @@ def _check(
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("setup", ["self", "self-all", "draft", "draft-same"])
+@pytest.mark.parametrize("setup", ["self", "self-int4", "self-all", "draft", "draft-same"])
 def test_greedy_model_drafts_equal_plain_decoding(
     setup: str, mode: str, llama: torch.nn.Module, ref: RefCache
 ) -> None:
     prompts, lengths = _prompts(torch.Generator().manual_seed(5)), [17, 9, 24, 13, 30, 6, 21]
-    layers = {"self": (0, 2), "self-all": (0, 1, 2)}.get(setup)
+    layers = {"self": (0, 2), "self-int4": (0, 1, 2), "self-all": (0, 1, 2)}.get(setup)
+    weights = "auto" if setup == "self-int4" else "target"  # auto: an int4 copy drafts
     eng, _ = make_engine(
         llama, mode=mode, budget_tokens=1024, rows=8, prefill_chunk=24, speculate="always",
-        self_layers=layers,
+        self_layers=layers, self_weights=weights,
     )  # fmt: skip
     if setup.startswith("draft"):
         other = llama if setup == "draft-same" else tiny("llama", seed=3)
@@ -175,7 +184,7 @@ def test_calibration_measures_what_drafting_sees(llama: torch.nn.Module) -> None
     partial = agreement(lm, text, [0, 2])
     assert 0.0 < partial < 1.0
     # a self-drafter's first draft after a sequence is kept exactly where `matches` says
-    cfg = EngineConfig(speculate="always", self_layers=(0, 2), retain=False)
+    cfg = EngineConfig(speculate="always", self_layers=(0, 2), retain=False, self_weights="target")
     eng = Engine(CompactLM(llama, 512), cfg)
     outcomes = set()
     for t in range(40, 52):
@@ -187,8 +196,22 @@ def test_calibration_measures_what_drafting_sees(llama: torch.nn.Module) -> None
         eng.accepted = eng.drafted = 0
         outcomes.add(want)
     assert outcomes == {True, False}
-    layers = calibrate(lm, text)
-    assert list(layers) == sorted(set(layers)) and 1 <= len(layers) <= 3
+    # a free drafter: the fewest layers skipped (the most agreement) wins; a dear one: none
+    trace: list[torch.Tensor] = []
+    ids = torch.tensor(text)
+    lm.run(_causal(ids), *_scratch(lm, 64), None, trace)
+    least = min(range(3), key=lambda i: influence(trace)[i])
+    free = calibrate(lm, text, cost=lambda kept: 0.0)
+    assert free == tuple(i for i in range(3) if i != least)
+    assert calibrate(lm, text, cost=lambda kept: 5.0) == ()
+
+
+def _causal(ids: torch.Tensor) -> StepInput:
+    n = len(ids)
+    at = torch.arange(n)
+    mask = torch.zeros(1, 1, n, 2 * n, dtype=torch.bool)
+    mask[0, 0, :, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+    return StepInput(ids, at, torch.zeros_like(at), at, at, mask, at)
 
 
 def test_calibrated_layers_are_cached_per_model(
@@ -205,6 +228,6 @@ def test_calibrated_layers_are_cached_per_model(
 
 
 def test_speedup_model() -> None:
-    assert speedup(0.0, 0.5) == 1.0
+    assert speedup(0.0, 0.5) == 1 / 1.5
     assert speedup(1.0, 0.0, k_max=4) == 5.0
     assert 1.0 < speedup(0.8, 0.5) < speedup(0.9, 0.5)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from torch import Tensor
 
 from parafill.backends.engine.drafts import Drafter
 from parafill.backends.engine.graphs import StaticDecoder
@@ -71,6 +72,10 @@ class EngineConfig:
     # the layers the `self` filler's drafter runs (the others skipped); None: calibrated on
     # first use (selfspec.py) and cached on disk per model
     self_layers: tuple[int, ...] | None = None
+    # the `self` drafter's weights: "auto" = int4 on the CPU for an fp32 target (the GGUF's
+    # own 4-bit blocks where it came from one), the target's own elsewhere; "target": always
+    # the target's own (only skipping layers makes it cheaper)
+    self_weights: Literal["auto", "target"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,9 @@ class Engine:
         self.drafter = Drafter(
             cfg, model.shapes.vocab, self.cache.alloc, self.cache.release, self._model_drafter
         )
-        self.model_drafters: dict[str, ModelDrafter] = {}
+        self.model_drafters: dict[str, ModelDrafter | None] = {}  # None: drafting does not pay
+        # the GGUF's own Q4 blocks for the self-drafter's int4 weights (selfspec.py), if any
+        self.self_blocks: Callable[[], dict[str, tuple[Tensor, Tensor, Tensor]]] | None = None
         self.calibration: list[int] | None = None  # text the self-drafter is calibrated on
         self.policy = self.drafter.policy
         self._inbox: Inbox[Seq] = Inbox()
@@ -188,10 +195,7 @@ class Engine:
         calibrated then, on `calibration` or else this sequence's prompt)."""
         if kind not in self.model_drafters:
             text = self.calibration or seq.prompt
-            made = make_drafter(kind, self, self.config.self_layers, text)
-            if made is None:
-                return None
-            self.model_drafters[kind] = made
+            self.model_drafters[kind] = make_drafter(kind, self, self.config.self_layers, text)
         return self.model_drafters[kind]
 
     # ---- one step ------------------------------------------------------------------------

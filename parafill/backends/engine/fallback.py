@@ -168,6 +168,21 @@ def _per_token(hf_model: Any) -> int:
     return int(2 * cfg.num_hidden_layers * kv_heads * head_dim * elem)
 
 
+def _compact(
+    hf_model: Any, max_positions: int, fmt: str, gguf: Path | None, notify: Callable[[str], None]
+) -> CompactLM:
+    lm = CompactLM(hf_model, max_positions)
+    blocks = q4_blocks(gguf, lm) if fmt == "int4" and gguf is not None else None
+    report = quantize(lm, fmt, blocks)
+    if fmt != "fp32":
+        kept = f", {report.from_gguf} from the GGUF's own Q4 blocks" if fmt == "int4" else ""
+        notify(
+            f"weights {fmt}: projections {report.bytes_before / 2**20:.0f} MiB → "
+            f"{report.bytes_after / 2**20:.0f} MiB{kept}"
+        )
+    return lm
+
+
 def build_engine(
     hf_model: Any,
     config: EngineConfig,
@@ -175,23 +190,29 @@ def build_engine(
     notify: Callable[[str], None],
     weights: str = "fp32",
     gguf: Path | None = None,
+    draft: tuple[Any, Path | None] | None = None,
 ) -> Engine | FallbackEngine:
     """The compact engine where the architecture is known, its projections in the `weights`
-    format (quant.py; int4 from `gguf`'s own Q4 blocks where they match); the HF fallback
-    (with a notice) otherwise."""
+    format (quant.py; int4 from `gguf`'s own Q4 blocks where they match), with `draft` (an HF
+    model and its GGUF) as the `draft` filler's model; the HF fallback (with a notice)
+    otherwise."""
     fmt = check_format(weights)
     if supports(hf_model):
-        lm = CompactLM(hf_model, max_positions)
-        blocks = q4_blocks(gguf, lm) if fmt == "int4" and gguf is not None else None
-        report = quantize(lm, fmt, blocks)
-        if fmt != "fp32":
-            kept = f", {report.from_gguf} from the GGUF's own Q4 blocks" if fmt == "int4" else ""
-            notify(
-                f"weights {fmt}: projections {report.bytes_before / 2**20:.0f} MiB → "
-                f"{report.bytes_after / 2**20:.0f} MiB{kept}"
-            )
-        return Engine(lm, config)
+        lm = _compact(hf_model, max_positions, fmt, gguf, notify)
+        second = None
+        if draft is not None:
+            if not supports(draft[0]):
+                kind = getattr(draft[0].config, "model_type", "?")
+                raise ValueError(f"a draft model needs parafill's compact forward, not {kind!r}")
+            second = _compact(draft[0], max_positions, fmt, draft[1], notify)
+        engine = Engine(lm, config, second)
+        if fmt == "fp32" and gguf is not None and lm.device.type == "cpu":
+            # the self-drafter's int4 weights: the GGUF's own 4-bit blocks (made on first use)
+            engine.self_blocks = lambda: q4_blocks(gguf, lm)
+        return engine
     kind = getattr(hf_model.config, "model_type", "?")
+    if draft is not None:
+        raise ValueError(f"the draft filler needs parafill's compact forward, not {kind!r}")
     if fmt != "fp32":
         raise WeightFormatError(
             f"weights={fmt!r} needs parafill's compact forward, which does not support model "

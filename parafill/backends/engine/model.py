@@ -131,8 +131,10 @@ class CompactLM:
         k_cache: Tensor,
         v_cache: Tensor,
         layers: Sequence[int] | None = None,
+        trace: list[Tensor] | None = None,
     ) -> Tensor:
-        """`forward` without its inference-mode wrapper (for torch.compile and graph capture)."""
+        """`forward` without its inference-mode wrapper (for torch.compile and graph capture).
+        `trace` receives the hidden state before the first layer and after each one."""
         x = F.embedding(step.tokens, self.embed)  # (N, d)
         cos, sin = self.cos[step.positions], self.sin[step.positions]  # (N, D)
         group = self.shapes.heads // self.shapes.kv_heads
@@ -143,6 +145,8 @@ class CompactLM:
         folded = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
         additive = torch.where(folded, 0.0, float("-inf")).to(x.dtype)
         mask = F.pad(additive, (0, -length % 16))[..., :length]
+        if trace is not None:
+            trace.append(x)
         for i in range(len(self.layers)) if layers is None else layers:
             layer = self.layers[i]
             h = _rms(x, layer.ln1, self.shapes.eps)
@@ -151,6 +155,8 @@ class CompactLM:
             gu = _linear(h, layer.gate_up)
             half = gu.shape[-1] // 2
             x = x + _linear(F.silu(gu[:, :half]) * gu[:, half:], layer.down)
+            if trace is not None:
+                trace.append(x)
         x = _rms(x[step.logits_at], self.norm, self.shapes.eps)
         return _linear(x, self.lm_head).float()
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from parafill.backends.engine.model import CompactLM, StepInput
 from parafill.backends.engine.sampling import uniforms
 from parafill.backends.engine.schedule import Seq
-from parafill.backends.engine.selfspec import layers_for
+from parafill.backends.engine.selfspec import drafter_model, layers_for
 from parafill.backends.engine.step import _mask, _pairs
 
 if TYPE_CHECKING:
@@ -249,14 +249,22 @@ class ModelDrafter:
 def make_drafter(
     kind: str, engine: Engine, layers: Sequence[int] | None, text: Sequence[int]
 ) -> ModelDrafter | None:
-    """The drafter for filler `kind` of `engine`: `self` runs `layers` of the target (None:
-    calibrated on `text`, cached per model) over its cache; `draft` the engine's draft model
-    over a cache of its own, as many rows and columns as the target's. None: no such model."""
+    """The drafter for filler `kind` of `engine`. `self`: the target's weights (packed int4
+    on the CPU, from the GGUF's blocks where `engine.self_blocks` gives them) running
+    `layers` (None: calibrated on `text`, cached per model) over the target's cache; None
+    where no layer set pays (then the filler decodes one token per step). `draft`: the
+    engine's draft model over a cache of its own, as many rows and columns as the target's."""
     chunk = engine.config.prefill_chunk
     if kind == "self":
-        layers = layers_for(engine.model, text) if layers is None else layers
+        drafter = engine.model
+        if engine.config.self_weights == "auto":
+            blocks = engine.self_blocks() if engine.self_blocks else None
+            drafter = drafter_model(engine.model, blocks)
+        layers = layers_for(engine.model, text, drafter) if layers is None else layers
+        if not layers:
+            return None
         caches = (engine.cache.k, engine.cache.v)
-        return ModelDrafter(engine.model, caches, engine.vis, False, layers, chunk)
+        return ModelDrafter(drafter, caches, engine.vis, False, layers, chunk)
     model = engine.draft_model
     if kind != "draft" or model is None:
         return None
