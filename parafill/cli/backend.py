@@ -16,7 +16,7 @@ from parafill.backends.base import Backend
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig
 from parafill.backends.openai_probe import probe
-from parafill.cli.common import Remote, ServerUnavailable, converting
+from parafill.cli.common import EngineRefused, Remote, ServerUnavailable, converting
 from parafill.orchestrator.plan import Plan
 from parafill.planners.base import Planner
 
@@ -26,10 +26,18 @@ async def open_backend(
     local: LocalConfig, server: Remote | None, *, logprobs: bool = False
 ) -> AsyncIterator[Backend]:
     """The local engine opened with `local`, or the `server` (`logprobs`: ask it for each
-    token's log-probability, which NER's dedupe uses)."""
+    token's log-probability, which NER's dedupe uses). EngineRefused: the engine would not
+    open with `local` (a draft model with another tokenizer, ...)."""
     if server is None:
-        async with LocalBackend.open(local, on_convert=converting) as engine:
-            yield engine
+        opened = False
+        try:
+            async with LocalBackend.open(local, on_convert=converting) as engine:
+                opened = True
+                yield engine
+        except ValueError as exc:  # refused while opening (not a failure of the run)
+            if opened:
+                raise
+            raise EngineRefused(str(exc)) from exc
         return
     config = await remote_config(server, logprobs=logprobs)
     async with OpenAIBackend(config) as remote:

@@ -15,12 +15,14 @@ import typer
 from parafill.cli.batch_docs import group
 from parafill.cli.common import (
     ApiKeyOpt,
+    DraftModelOpt,
     EngineOpts,
     FillerOpt,
     GuardOpt,
     JsonOpt,
     ModelOpt,
     ModeOpt,
+    SelfLayersOpt,
     ServerModelOpt,
     ServerOpt,
     WeightsOpt,
@@ -80,6 +82,8 @@ def batch_run(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     stop_on_repeat: GuardOpt = 32,
     server: ServerOpt = None,
@@ -95,7 +99,8 @@ def batch_run(
     skeleton = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     at = remote(server, server_model, api_key)
-    _questions(f, planner, engine_opts(model, mode, filler, stop_on_repeat, at, weights))
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers)
+    _questions(f, planner, opts)
 
 
 @group.command("sot")
@@ -117,6 +122,8 @@ def batch_sot(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     stop_on_repeat: GuardOpt = 32,
     server: ServerOpt = None,
@@ -128,7 +135,8 @@ def batch_sot(
               max_chars, as_json)  # fmt: skip
     planner = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
     at = remote(server, server_model, api_key)
-    _questions(f, planner, engine_opts(model, mode, filler, stop_on_repeat, at, weights))
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers)
+    _questions(f, planner, opts)
 
 
 @group.command("dag")
@@ -152,6 +160,8 @@ def batch_dag(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -164,7 +174,9 @@ def batch_dag(
         max_steps, max_depth, 2, plan_tokens, step_tokens, join_tokens, direct_tokens
     )
     at = remote(server, server_model, api_key)
-    _questions(f, planner, engine_opts(model, mode, filler, server=at, weights=weights))
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+    _questions(f, planner, opts)
 
 
 @group.command("reason")
@@ -187,6 +199,8 @@ def batch_reason(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -204,7 +218,9 @@ def batch_reason(
     planner = ReasoningPlanner(branches, how, branch_tokens=branch_tokens,
                                join_tokens=join_tokens, temperature=temperature)  # fmt: skip
     at = remote(server, server_model, api_key)
-    _questions(f, planner, engine_opts(model, mode, filler, server=at, weights=weights))
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+    _questions(f, planner, opts)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,15 +12,18 @@ import typer
 from parafill.backends.local import LocalConfig
 from parafill.cli.common import (
     ApiKeyOpt,
+    DraftModelOpt,
     FillerOpt,
     JsonOpt,
     ModelOpt,
     ModeOpt,
+    SelfLayersOpt,
     ServerModelOpt,
     ServerOpt,
     WeightsOpt,
     engine_opts,
     fail,
+    local_drafting,
     local_weights,
     remote,
 )
@@ -93,6 +96,8 @@ def batch_write(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -111,7 +116,9 @@ def batch_write(
     except ValueError as exc:
         fail(str(exc))
     at = remote(server, server_model, api_key)
-    run, local, server_ = engine(engine_opts(model, mode, filler, server=at, weights=weights))
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+    run, local, server_ = engine(opts)
     go(f, Documents(planner, run), local, server_)
 
 
@@ -130,6 +137,8 @@ def batch_plan(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -140,7 +149,9 @@ def batch_plan(
     f = files(input, output, resume, overwrite, retry_failed, ordered, concurrency, timeout,
               max_chars, as_json)  # fmt: skip
     at = remote(server, server_model, api_key)
-    run, local, server_ = engine(engine_opts(model, mode, filler, server=at, weights=weights))
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+    run, local, server_ = engine(opts)
     go(f, Plans(run), local, server_)
 
 
@@ -166,6 +177,8 @@ def batch_ner(
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -185,10 +198,13 @@ def batch_ner(
         if filler is not None:
             check_filler(filler)
         fmt = local_weights(weights, at)
+        drafter, layers = local_drafting(draft_model, self_layers, filler, at)
         if at is not None and (model or adapter):
             raise ValueError("--model / --adapter are local: with --server, use --server-model")
     except ValueError as exc:
         fail(str(exc))
     chosen = None if no_adapter or at else adapter or default_adapter(model)
-    local = LocalConfig(model=model, adapter=chosen, weights=fmt)
+    local = LocalConfig(
+        model=model, adapter=chosen, weights=fmt, draft_model=drafter, self_layers=layers
+    )
     go(f, Entities(cfg, mode, RunConfig(filler=filler)), local, at)

@@ -1,14 +1,15 @@
 """What every `parafill` command shares: the one pair of consoles (answers to stdout, progress
 and errors to stderr), the options of commands that open the local engine (`--model`, `--mode`,
-`--weights`, `--filler`, `--json`, `--compare`) or a server instead (`--server`, `--server-model`,
-`--api-key`), checked before anything loads, and the error handling that turns a failed run
-into a message and an exit code. No command lives here.
+`--weights`, `--filler`, `--draft-model`, `--self-layers`, `--json`, `--compare`) or a server
+instead (`--server`, `--server-model`, `--api-key`), checked before anything loads, and the
+error handling that turns a failed run into a message and an exit code. No command lives here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -44,8 +45,25 @@ FillerOpt = Annotated[
     str | None,
     typer.Option(
         "--filler",
-        help="How every node decodes: autoregressive | ngram | jacobi "
-        "(default: each node's own, chosen by the planner).",
+        help="How every node decodes: autoregressive | ngram | jacobi | self | draft "
+        "(default: each node's own, chosen by the planner). self: the model drafts for itself "
+        "with layers skipped (--self-layers); draft: --draft-model drafts.",
+    ),
+]
+DraftModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--draft-model",
+        help="A smaller local model (HF directory or .gguf) with the same tokenizer, for "
+        "--filler draft (or nodes and requests that name it).",
+    ),
+]
+SelfLayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--self-layers",
+        help="Layers the self filler drafts with, comma-separated (e.g. 0,2,4,29); the "
+        "others are skipped (default: calibrated on first use and cached).",
     ),
 ]
 
@@ -91,6 +109,11 @@ class ServerUnavailable(RuntimeError):
     """`--server` could not be asked for its models (down, wrong URL, refused key)."""
 
 
+class EngineRefused(ValueError):
+    """The local engine would not open with these settings (a draft model with another
+    tokenizer than the model's, ...): a usage error, not a crash."""
+
+
 @dataclass(frozen=True)
 class EngineOpts:
     """What the backend is opened with, from the command line: the local engine, or `server`."""
@@ -101,10 +124,18 @@ class EngineOpts:
     stop_on_repeat: int = 32  # the loop guard of every node (RunConfig.stop_on_repeat)
     server: Remote | None = None
     weights: str = "fp32"  # the local engine's projection weights (LocalConfig.weights)
+    draft_model: str | None = None  # the `draft` filler's model (LocalConfig.draft_model)
+    self_layers: tuple[int, ...] | None = None  # the `self` filler's layers; None: calibrate
 
     def local(self) -> LocalConfig:
         mode = self.mode  # checked by engine_opts
-        return LocalConfig(model=self.model, mode=mode, weights=self.weights)  # type: ignore[arg-type]
+        return LocalConfig(
+            model=self.model,
+            mode=mode,  # type: ignore[arg-type]
+            weights=self.weights,
+            draft_model=self.draft_model,
+            self_layers=self.self_layers,
+        )
 
 
 def remote(server: str | None, model: str | None, api_key: str | None) -> Remote | None:
@@ -125,20 +156,24 @@ def engine_opts(
     stop_on_repeat: int = 32,
     server: Remote | None = None,
     weights: str | None = None,
+    draft_model: str | None = None,
+    self_layers: str | None = None,
 ) -> EngineOpts:
     """The options, or exit 2 with the reason (an unknown filler, mode or weight format, a local
-    model or weight format and a server both). `weights` None: not given (fp32)."""
+    model or weight format and a server both, a bad --self-layers, a --draft-model that is not
+    there or missing for --filler draft). `weights` None: not given (fp32)."""
     try:
         if filler is not None:
             check_filler(filler)
         if mode not in ("rows", "tree"):
             raise ValueError(f"--mode must be rows or tree, not {mode!r}")
         fmt = local_weights(weights, server)
+        drafter, layers = local_drafting(draft_model, self_layers, filler, server)
         if server is not None and model is not None:
             raise ValueError("--model is a local model: with --server, use --server-model")
     except ValueError as exc:
         fail(str(exc))
-    return EngineOpts(model, mode, filler, stop_on_repeat, server, fmt)
+    return EngineOpts(model, mode, filler, stop_on_repeat, server, fmt, drafter, layers)
 
 
 def local_weights(weights: str | None, server: Remote | None = None) -> str:
@@ -155,6 +190,44 @@ def local_weights(weights: str | None, server: Remote | None = None) -> str:
     return fmt
 
 
+def local_drafting(
+    draft_model: str | None,
+    self_layers: str | None,
+    filler: str | None,
+    server: Remote | None = None,
+) -> tuple[str | None, tuple[int, ...] | None]:
+    """The `--draft-model` path and the `--self-layers` indices (None: not given); ValueError
+    for either given with `--server`, a draft model that does not exist, layers that are not
+    distinct non-negative integers, or `filler` draft without a draft model."""
+    for flag, given in (("--draft-model", draft_model), ("--self-layers", self_layers)):
+        if given is not None and server is not None:
+            raise ValueError(f"{flag} applies to the local engine, not to --server")
+    if draft_model is not None and not Path(draft_model).exists():
+        raise ValueError(f"--draft-model {draft_model!r}: no such file or directory")
+    if filler == "draft" and draft_model is None and server is None:
+        raise ValueError("--filler draft needs a draft model: add --draft-model PATH")
+    return draft_model, None if self_layers is None else parse_layers(self_layers)
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """`--self-layers` "0,2,4": the layer indices, sorted (the layers run in model order);
+    ValueError unless they are distinct non-negative integers, at least one."""
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise ValueError("--self-layers needs at least one layer index, e.g. 0,2,4")
+    try:
+        layers = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(
+            f"--self-layers must be comma-separated layer indices (integers), not {text!r}"
+        ) from None
+    if bad := [n for n in layers if n < 0]:
+        raise ValueError(f"--self-layers: layer indices start at 0, not {bad[0]}")
+    if dupes := sorted({n for n in layers if layers.count(n) > 1}):
+        raise ValueError(f"--self-layers names layer {dupes[0]} more than once")
+    return tuple(sorted(layers))
+
+
 def fail(message: str) -> NoReturn:
     """Exit 2 (a usage error) with `message` on stderr."""
     err.print(f"[red]error:[/red] {escape(message)}")
@@ -167,13 +240,13 @@ def converting(message: str) -> None:
 
 
 def guard(fn: Callable[[], object]) -> None:
-    """Run `fn`; a missing model or an invalid plan exits 2, a failed node exits 1 after
+    """Run `fn`; a missing or refused model or an invalid plan exits 2, a failed node exits 1 after
     printing the nodes that finished and what they answered."""
     try:
         fn()
     except Exception as exc:  # the backend's task group wraps what failed under it
         real = real_error(exc)
-        if isinstance(real, ModelNotFound | ServerUnavailable | WeightFormatError):
+        if isinstance(real, ModelNotFound | ServerUnavailable | WeightFormatError | EngineRefused):
             err.print(f"[red]error:[/red] {real}")
             raise typer.Exit(2) from real
         if isinstance(real, RunFailed):

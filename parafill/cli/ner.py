@@ -26,13 +26,16 @@ from parafill.backends.local import LocalConfig
 from parafill.cli.backend import open_backend
 from parafill.cli.common import (
     ApiKeyOpt,
+    DraftModelOpt,
     FillerOpt,
     Remote,
+    SelfLayersOpt,
     ServerModelOpt,
     ServerOpt,
     ServerUnavailable,
     WeightsOpt,
     err,
+    local_drafting,
     local_weights,
     remote,
 )
@@ -58,6 +61,8 @@ def ner(
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     max_mentions: Annotated[int, typer.Option(help="Most mentions per label.")] = 4,
     max_nodes: Annotated[int, typer.Option(help="Most plan nodes.")] = 64,
     concurrency: Annotated[
@@ -85,6 +90,7 @@ def ner(
         if filler is not None:
             check_filler(filler)
         fmt = local_weights(weights, at)
+        drafter, layers = local_drafting(draft_model, self_layers, filler, at)
         if at is not None and (model or adapter):
             raise ValueError("--model / --adapter are local: with --server, use --server-model")
         if input is not None:  # refused here too, so a bad --output never waits for a model
@@ -92,7 +98,9 @@ def ner(
     except ValueError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    local = LocalConfig(model=model, adapter=chosen, weights=fmt)
+    local = LocalConfig(
+        model=model, adapter=chosen, weights=fmt, draft_model=drafter, self_layers=layers
+    )
     pipeline = Entities(cfg, mode, RunConfig(filler=filler))
     if text is not None:
         _one_text(text, pipeline, local, at)

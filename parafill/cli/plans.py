@@ -17,10 +17,12 @@ from parafill.cli.answer import answer
 from parafill.cli.common import (
     ApiKeyOpt,
     CompareOpt,
+    DraftModelOpt,
     FillerOpt,
     JsonOpt,
     ModelOpt,
     ModeOpt,
+    SelfLayersOpt,
     ServerModelOpt,
     ServerOpt,
     WeightsOpt,
@@ -47,6 +49,8 @@ def dag(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -59,7 +63,8 @@ def dag(
     )
     direct = DirectPlanner(direct_tokens) if compare else None
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, server=at, weights=weights)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -76,6 +81,8 @@ def reason(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -96,7 +103,8 @@ def reason(
     )  # fmt: skip
     direct = DirectPlanner(direct_tokens) if compare else None
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, server=at, weights=weights)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 

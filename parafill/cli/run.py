@@ -17,11 +17,13 @@ from parafill.cli.answer import answer
 from parafill.cli.common import (
     ApiKeyOpt,
     CompareOpt,
+    DraftModelOpt,
     FillerOpt,
     GuardOpt,
     JsonOpt,
     ModelOpt,
     ModeOpt,
+    SelfLayersOpt,
     ServerModelOpt,
     ServerOpt,
     WeightsOpt,
@@ -52,6 +54,8 @@ def run(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     plan: Annotated[
         str, typer.Option("--plan", help="auto (router decides) | always (decompose) | never.")
     ] = "auto",
@@ -70,7 +74,7 @@ def run(
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     direct = DirectPlanner(direct_tokens) if compare else None
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights)
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers)
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -80,6 +84,8 @@ def run_plan_file(
     as_json: JsonOpt = False,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
     server: ServerOpt = None,
     server_model: ServerModelOpt = None,
@@ -87,7 +93,8 @@ def run_plan_file(
 ) -> None:
     """Run a hand-written JSON plan (nodes with dependencies; see README)."""
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, server=at, weights=weights)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
     try:
         plan = Plan.from_json(path.read_text())
         check_hooks(plan.nodes, ())  # a plan file runs with no expand hooks

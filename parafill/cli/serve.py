@@ -13,13 +13,23 @@ from typing import Annotated
 import anyio
 import typer
 import uvicorn
+from rich.markup import escape
 
 from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.quant import WeightFormatError
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
-from parafill.cli.common import WeightsOpt, converting, err, local_weights
+from parafill.cli.common import (
+    DraftModelOpt,
+    EngineRefused,
+    SelfLayersOpt,
+    WeightsOpt,
+    converting,
+    err,
+    local_drafting,
+    local_weights,
+)
 from parafill.fillers import check as check_filler
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import ServerSettings, create_app
@@ -60,7 +70,7 @@ def serve(
         str,
         typer.Option(
             help="How requests decode unless they say (field 'filler'): "
-            "autoregressive | ngram | jacobi."
+            "autoregressive | ngram | jacobi | self | draft (draft: needs --draft-model)."
         ),
     ] = "autoregressive",
     max_body_size: Annotated[
@@ -75,6 +85,8 @@ def serve(
     ] = False,
     prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens fed per step.")] = 512,
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible)."""
     if mode not in ("rows", "tree") or decode not in ("auto", "eager", "static"):
@@ -95,8 +107,9 @@ def serve(
         raise typer.Exit(2) from exc
     try:
         fmt = local_weights(weights)
+        drafter, layers = local_drafting(draft_model, self_layers, filler)
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     local = LocalConfig(
         filler=filler,
@@ -109,6 +122,8 @@ def serve(
         compile=compile,
         prefill_chunk=prefill_chunk,
         weights=fmt,
+        draft_model=drafter,
+        self_layers=layers,
     )
     settings = ServerSettings(
         model_name=name or served_name(model),
@@ -120,8 +135,8 @@ def serve(
     )
     try:
         anyio.run(_serve, local, settings, (host, port, log_level))
-    except (ModelNotFound, BudgetError, WeightFormatError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (ModelNotFound, BudgetError, WeightFormatError, EngineRefused) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
@@ -139,14 +154,21 @@ def _size(flag: str, text: str) -> int:
 
 async def _serve(local: LocalConfig, settings: ServerSettings, where: tuple[str, int, str]) -> None:
     host, port, log_level = where
-    async with LocalBackend.open(local, on_convert=converting) as b:
-        uv = uvicorn.Config(create_app(b, settings), host=host, port=port, log_level=log_level)
-        key = " (API key required)" if settings.api_key else ""
-        err.print(
-            f"parafill serve: {settings.model_name!r} and 'parafill-sot' on "
-            f"http://{host}:{port}/v1{key}; {_kv(b.limits)}"
-        )
-        await uvicorn.Server(uv).serve()
+    opened = False
+    try:
+        async with LocalBackend.open(local, on_convert=converting) as b:
+            opened = True
+            uv = uvicorn.Config(create_app(b, settings), host=host, port=port, log_level=log_level)
+            key = " (API key required)" if settings.api_key else ""
+            err.print(
+                f"parafill serve: {settings.model_name!r} and 'parafill-sot' on "
+                f"http://{host}:{port}/v1{key}; {_kv(b.limits)}"
+            )
+            await uvicorn.Server(uv).serve()
+    except ValueError as exc:  # refused while opening (a draft model with another tokenizer)
+        if opened:
+            raise
+        raise EngineRefused(str(exc)) from exc
 
 
 def _kv(lim: Limits) -> str:

@@ -17,10 +17,13 @@ from parafill.backends.engine.weights import ModelNotFound
 from parafill.cli.backend import open_backend
 from parafill.cli.common import (
     ApiKeyOpt,
+    DraftModelOpt,
     EngineOpts,
+    EngineRefused,
     FillerOpt,
     ModelOpt,
     ModeOpt,
+    SelfLayersOpt,
     ServerModelOpt,
     ServerOpt,
     ServerUnavailable,
@@ -48,6 +51,8 @@ def write(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    draft_model: DraftModelOpt = None,
+    self_layers: SelfLayersOpt = None,
     max_sections: Annotated[int, typer.Option(help="Cap on top-level sections.")] = 5,
     max_subsections: Annotated[int, typer.Option(help="Cap on subsections per section.")] = 3,
     section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
@@ -74,10 +79,11 @@ def write(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, server=at, weights=weights)
+    opts = engine_opts(model, mode, filler, server=at, weights=weights,
+                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
     try:
         result = anyio.run(_write, topic, planner, opts)
-    except (ModelNotFound, ServerUnavailable) as exc:
+    except (ModelNotFound, ServerUnavailable, EngineRefused) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     except RunFailed as exc:  # keep what was written: the file gets every finished part
