@@ -18,7 +18,7 @@ from torch import Tensor
 
 from parafill.diffusion.loader import Spec
 from parafill.diffusion.model import KV, Queries
-from parafill.diffusion.unmask import choose
+from parafill.diffusion.unmask import confidence, select
 
 CACHE_MODES = ("none", "prefix", "dual")
 _LOGICAL = ("x", "masked", "plen", "limit", "hi", "bs", "committed", "floor", "shared")
@@ -96,6 +96,7 @@ class Batch:
         self.kseg, self.kvalid = self.kpos.clone(), self.kpos.bool()
         self.kv = KV.empty(spec, 0, self.pwidth, like)
         self.index: list[int] = []
+        self._asked: tuple[Tensor, ...] = (long, long)  # masked block positions asked for
         self.eos = torch.tensor(rules.eos, dtype=torch.long, device=dev)
 
     @property
@@ -187,11 +188,16 @@ class Batch:
         return Queries(tokens, positions, cols, self._mask(positions, qseg), *out)
 
     def _outputs(self, a: Tensor, n: Tensor, slot0: Tensor) -> tuple[Tensor, Tensor]:
-        """(row, slot) of the logits that predict each position of each row's block."""
+        """(row, slot) of the logits that predict the still-masked positions of each row's
+        block (the output head and softmax over the vocabulary are the costly part of a
+        step on a CPU; decided positions need neither)."""
         b = self.rules.block
-        wanted = self.bs[:, None] + torch.arange(b, device=a.device) - int(self.rules.token_shift)
-        offset = torch.minimum((wanted - a[:, None]).clamp(min=0), (n - 1)[:, None])
-        return self.grp[:, None].expand(-1, b).reshape(-1), (slot0[:, None] + offset).reshape(-1)
+        idx = self.bs[:, None] + torch.arange(b, device=a.device)  # (L, b)
+        self._asked = self.masked.gather(1, idx).nonzero(as_tuple=True)  # (rows, offsets)
+        r, j = self._asked
+        wanted = self.bs[r] + j - int(self.rules.token_shift)
+        offset = torch.minimum((wanted - a[r]).clamp(min=0), n[r] - 1)
+        return self.grp[r], slot0[r] + offset
 
     def _mask(self, positions: Tensor, qseg: Tensor) -> Tensor:
         """(G, 1, T, K) bool over the K = used key columns (the scratch column excluded)."""
@@ -206,13 +212,17 @@ class Batch:
         return allowed.where(qseg[..., None] >= 0, first)[:, None]
 
     def apply(self, logits: Tensor) -> Tensor:
-        """Reveal tokens from the logits (R * b, V); advance finished blocks. Returns (L,)
-        bool: rows that are done (their first `limit` positions decoded, or an EOS with
-        nothing undecided before it)."""
+        """Reveal tokens from the logits of the last `queries()` (one per masked position of
+        each row's block); advance finished blocks. Returns (L,) bool: rows that are done
+        (their first `limit` positions decoded, or an EOS with nothing undecided before it)."""
         b = self.rules.block
         idx = self.bs[:, None] + torch.arange(b, device=self.bs.device)  # (L, b)
         was = self.masked.gather(1, idx)
-        pred, reveal = choose(logits.view(self.rows, b, -1), was, *self._rule())
+        conf_m, pred_m = confidence(logits)
+        conf = torch.zeros(was.shape, dtype=conf_m.dtype, device=was.device)
+        pred = torch.zeros_like(idx)
+        conf[self._asked], pred[self._asked] = conf_m, pred_m
+        reveal = select(conf, was, *self._rule())
         self.x.scatter_(1, idx, pred.where(reveal, self.x.gather(1, idx)))
         left = was & ~reveal
         self.masked.scatter_(1, idx, left)

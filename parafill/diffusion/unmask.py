@@ -17,8 +17,18 @@ def choose(
     logits: Tensor, masked: Tensor, threshold: float, factor: float | None
 ) -> tuple[Tensor, Tensor]:
     """logits (R, b, V), masked (R, b) -> (argmax tokens (R, b), reveal (R, b) bool)."""
-    probs = torch.softmax(logits.double(), -1)  # float64 as Fast-dLLM computes confidences
-    conf, pred = probs.max(-1)  # (R, b)
+    conf, pred = confidence(logits)
+    return pred, select(conf, masked, threshold, factor)
+
+
+def confidence(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(top probability, argmax) over the last axis; float64 as Fast-dLLM computes it."""
+    conf, pred = torch.softmax(logits.double(), -1).max(-1)
+    return conf, pred
+
+
+def select(conf: Tensor, masked: Tensor, threshold: float, factor: float | None) -> Tensor:
+    """conf (R, b) top probabilities, masked (R, b) -> the positions to reveal (R, b)."""
     conf = torch.where(masked, conf, float("-inf"))
     if factor is not None:
         reveal = _factor(conf, factor)
@@ -28,7 +38,8 @@ def choose(
         reveal = torch.zeros_like(masked)
     best = conf.argmax(-1, keepdim=True)  # first index among equals
     reveal = reveal.scatter(1, best, True)
-    return pred, reveal & masked
+    out: Tensor = reveal & masked
+    return out
 
 
 def _factor(conf: Tensor, factor: float) -> Tensor:
