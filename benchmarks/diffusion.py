@@ -195,8 +195,7 @@ def real_model(args: argparse.Namespace) -> None:
         prompt = tok(args.prompt)["input_ids"]
     except (OSError, ValueError):
         tok, prompt = None, list(range(10, 42))
-    lines = table({Path(args.model).name: model}, argparse.Namespace(**{**vars(args), "rows": 1}))
-    del lines
+    table({Path(args.model).name: model}, argparse.Namespace(**{**vars(args), "rows": 1}))
     out = model.generate([prompt], args.max_tokens, threshold=0.9, cache="dual")
     text = tok.decode(list(out.results[0].tokens)) if tok is not None else out.results[0].tokens
     print(f"sample (threshold 0.9, dual cache): {text!r}")
