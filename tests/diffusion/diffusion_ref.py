@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 VOCAB = 96
 MASK = 95
 EOS = 2
+KVs = list[tuple[torch.Tensor, torch.Tensor]]
+Stale = tuple[KVs, tuple[int, int]]
 
 
 def make_qwen_bd(path: Path, seed: int = 0, bd_size: int = 8, head_scale: float = 1.0) -> Path:
@@ -148,8 +150,14 @@ class Reference:
         bias = self.t.get(name + ".bias")
         return y if bias is None else y + bias
 
-    def logits(self, tokens: list[int], allowed: torch.Tensor) -> torch.Tensor:
-        """(T, V) logits; allowed[q, k] says whether query q may attend key k."""
+    def logits(
+        self, tokens: list[int], allowed: torch.Tensor, stale: Stale | None = None
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(T, V) logits and every layer's (rotated keys, values), each (T, d_kv).
+        allowed[q, k]: may query q attend key k. With `stale` = (keys and values of an earlier
+        forward, positions [a, z)), keys and values outside [a, z) are the earlier ones: that
+        is what a KV cache reused from that forward feeds the attention (Fast-dLLM's prefix
+        and dual caches); only the logits inside [a, z) mean anything then."""
         layers, heads, kv_heads, eps, theta = self._dims()
         emb = "model.transformer.wte.weight" if self.llada else "model.embed_tokens.weight"
         x = self.t[emb][torch.tensor(tokens)]
@@ -163,16 +171,22 @@ class Reference:
             rot = torch.cat([-v[:, hd // 2 :], v[:, : hd // 2]], -1)
             return v * cos + rot * sin
 
+        kvs = []
         for i in range(layers):
             nm = self._names(i)
             h = self._rms(x, self.t[nm["ln1"] + ".weight"], eps)
             q, k, v = self._lin(h, nm["q"]), self._lin(h, nm["k"]), self._lin(h, nm["v"])
+            k = torch.cat([rope(k[:, j * hd : (j + 1) * hd]) for j in range(kv_heads)], -1)
+            if stale is not None:
+                (old, (a, z)), outside = stale, torch.ones(n, dtype=torch.bool)
+                outside[a:z] = False
+                k, v = k.where(~outside[:, None], old[i][0]), v.where(~outside[:, None], old[i][1])
+            kvs.append((k, v))
             outs = []
             for head in range(heads):
                 kvh = head // (heads // kv_heads)
                 qh = rope(q[:, head * hd : (head + 1) * hd])
-                kh = rope(k[:, kvh * hd : (kvh + 1) * hd])
-                vh = v[:, kvh * hd : (kvh + 1) * hd]
+                kh, vh = k[:, kvh * hd : (kvh + 1) * hd], v[:, kvh * hd : (kvh + 1) * hd]
                 score = (qh @ kh.T) / math.sqrt(hd)
                 score = score.masked_fill(~allowed, float("-inf"))
                 outs.append(torch.softmax(score, -1) @ vh)
@@ -182,14 +196,22 @@ class Reference:
             x = x + self._lin(gate * torch.sigmoid(gate) * up, nm["down"])
         norm = "model.transformer.ln_f.weight" if self.llada else "model.norm.weight"
         head_name = "model.transformer.ff_out.weight" if self.llada else "lm_head.weight"
-        return self._rms(x, self.t[norm], eps) @ self.t[head_name].T
+        return self._rms(x, self.t[norm], eps) @ self.t[head_name].T, kvs
 
 
 def reference_generate(
-    ref: Reference, prompt: list[int], max_tokens: int, block: int, eos: tuple[int, ...] = ()
+    ref: Reference,
+    prompt: list[int],
+    max_tokens: int,
+    block: int,
+    eos: tuple[int, ...] = (),
+    cache: str = "none",
 ) -> tuple[list[int], int]:
     """LLaDA's low-confidence remasking, one token per step, semi-autoregressive blocks, the
     whole sequence recomputed every step. Returns (tokens up to EOS, forward passes).
+    cache="prefix" / "dual" (Fast-dLLM): a block's first step is a full forward whose keys
+    and values are kept; its later steps recompute only the block and everything after it
+    (prefix) or the block alone (dual), reading the kept keys and values elsewhere.
 
     Block diffusion (Fast_dLLM_v2): blocks sit at absolute positions k*block, attention is
     bidirectional inside a block and causal across blocks, and the logits at position i
@@ -203,9 +225,14 @@ def reference_generate(
     x = list(prompt) + [MASK] * (starts[-1] + block - n)
     decided = [True] * n + [False] * (len(x) - n)
     forwards = 0
+    allowed = _allowed(len(x), block, ref.llada)
     for start in starts:
+        kept: KVs | None = None
         while not all(decided[start : start + block]):
-            logits = ref.logits(x, _allowed(len(x), block, ref.llada))
+            end = len(x) if cache == "prefix" else start + block
+            stale = None if kept is None or cache == "none" else (kept, (start, end))
+            logits, kvs = ref.logits(x, allowed, stale)
+            kept = kvs if kept is None else kept
             forwards += 1
             best, best_conf, best_tok = -1, -1.0, -1
             for p in range(start, start + block):
