@@ -1,7 +1,16 @@
-"""Fillers side by side: autoregressive vs ngram vs jacobi on the same engine and model.
+"""Fillers side by side: autoregressive vs ngram vs jacobi vs the model drafters (self,
+draft) on the same engine and model.
 
     python benchmarks/fillers.py [--widths 1 8 32] [--max-tokens 128] [--n 8]
-                                 [--fillers autoregressive ngram jacobi] [--mode rows|tree]
+                                 [--fillers autoregressive ngram jacobi self] [--mode rows|tree]
+    python benchmarks/fillers.py --model TARGET.gguf --draft-model DRAFT.gguf \
+                                 --fillers autoregressive draft self --workloads writing
+                                 (the Qwen2.5-Coder pair: python scripts/fetch_qwen_pair.py)
+
+`self`: the target's own weights packed int4 drafting for it (layers calibrated once before
+timing, on the vendored calibration answer; printed). `draft`: the --draft-model. The
+"drafter forwards" column counts the drafters' forwards (k per drafting step), which the
+target's "forwards" do not include.
 
 The embedded SmolLM2-135M-Instruct, fp32, greedy, EOS honoured (every filler writes exactly
 the same tokens: checked here, the run fails otherwise). Workloads:
@@ -34,9 +43,12 @@ from pathlib import Path
 import torch
 
 from parafill.backends.engine.engine import Engine, EngineConfig
+from parafill.backends.engine.gguf_q4 import q4_blocks
 from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.sampling import GenParams
-from parafill.backends.engine.weights import load
+from parafill.backends.engine.selfspec import drafter_model, layers_for
+from parafill.backends.engine.weights import default_gguf, load
+from parafill.backends.local import CALIBRATION
 from parafill.cli.view import repetition
 from parafill.fillers import make
 from parafill.planners.ner_prompts import SYSTEM as NER_SYSTEM
@@ -107,18 +119,26 @@ def run(eng: Engine, prompts: list[list[int]], filler: str, a) -> tuple[float, l
     return time.perf_counter() - t0, [out[i] for i in ids]
 
 
+def engine(model, cfg: EngineConfig, a) -> Engine:
+    eng = Engine(model, cfg, a.draft_lm)
+    eng.self_model = a.self_model
+    return eng
+
+
 def measure(model, prompts: list[list[int]], width: int, a) -> dict[str, dict]:
     todo = [prompts[i % len(prompts)] for i in range(max(len(prompts), 2 * width))]
     res = {}
     cfg = EngineConfig(mode=a.mode, budget_tokens=width * 1024 + 64, rows=width,
-                       max_seqs=width, retain=False, speculate=a.speculate)
+                       max_seqs=width, retain=False, speculate=a.speculate,
+                       self_layers=a.self_layers)
     # untimed warm-up: the first run at a width meets every step shape for the first time
     # (oneDNN builds a kernel per shape), which would count against whichever filler runs first
-    run(Engine(model, cfg), todo, a.fillers[0], a)
+    run(engine(model, cfg, a), todo, a.fillers[0], a)
     for filler in a.fillers:
-        eng = Engine(model, cfg)
+        eng = engine(model, cfg, a)
         secs, outs = run(eng, todo, filler, a)
-        res[filler] = {"secs": secs, "outs": outs, "steps": eng.steps,
+        side = sum(d.forwards for d in eng.model_drafters.values() if d is not None)
+        res[filler] = {"secs": secs, "outs": outs, "steps": eng.steps, "side": side,
                        "drafted": eng.drafted, "accepted": eng.accepted}
     return res
 
@@ -134,7 +154,8 @@ def report(name: str, width: int, res: dict[str, dict]) -> list[str]:
         reps = [repetition(o) for o in r["outs"]]
         loops = sum(x > 0.4 for x in reps)
         lines.append(
-            f"| {name} | {width} | {filler} | {toks} | {r['steps']} | {toks / max(1, r['steps']):.2f} "
+            f"| {name} | {width} | {filler} | {toks} | {r['steps']} | {r['side']} "
+            f"| {toks / max(1, r['steps']):.2f} "
             f"| {r['accepted']}/{r['drafted']} | {r['secs']:.1f} | {ref['secs'] / r['secs']:.2f}x "
             f"| {sum(reps) / len(reps):.2f} | {loops}/{len(reps)} |"
         )
@@ -179,6 +200,19 @@ def sot(a) -> None:
                   f"{fps} | {totals[ref][0] / secs:.2f}x |", flush=True)
 
 
+def self_drafter(model: CompactLM, tok, a):
+    """The self-drafter's int4 weights and calibrated layers, made before any timing."""
+    if "self" not in a.fillers:
+        return None, None
+    gguf = Path(a.model) if a.model and a.model.endswith(".gguf") else None
+    gguf = gguf or (default_gguf() if a.model is None else None)
+    drafter = drafter_model(model, q4_blocks(gguf, model) if gguf else None)
+    msgs = [{"role": m.role, "content": m.content} for m in CALIBRATION]
+    ids = tok.apply_chat_template(msgs)
+    ids = list(ids if isinstance(ids, list) else ids["input_ids"])
+    return drafter, layers_for(model, ids, drafter)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--widths", type=int, nargs="+", default=[1, 8, 32])
@@ -189,16 +223,24 @@ def main() -> None:
     p.add_argument("--mode", default="rows")
     p.add_argument("--speculate", default="auto")
     p.add_argument("--sot", type=int, default=0, help="also: N skeleton-of-thought requests")
+    p.add_argument("--model", default=None, help="target (default: the embedded SmolLM2)")
+    p.add_argument("--draft-model", default=None, help="the `draft` filler's model")
     a = p.parse_args()
-    hf, tok = load(None)
+    hf, tok = load(a.model)
     a.eos = frozenset({tok.eos_token_id})
     model = CompactLM(hf, 4096)
+    a.draft_lm = CompactLM(load(a.draft_model)[0], 4096) if a.draft_model else None
+    a.self_model, a.self_layers = self_drafter(model, tok, a)
     loads = workloads(tok, a.n)
-    print(f"# fillers on {hardware()}; SmolLM2-135M fp32, greedy, max_tokens {a.max_tokens}, "
+    name = Path(a.model).stem if a.model else "SmolLM2-135M"
+    extra = f", draft {Path(a.draft_model).stem}" if a.draft_model else ""
+    print(f"# fillers on {hardware()}; {name} fp32{extra}, greedy, max_tokens {a.max_tokens}, "
           f"mode {a.mode}, speculate {a.speculate}")
-    print("| workload | width | filler | tokens | forwards | tokens/forward | kept/drafted "
-          "| wall s | speed-up | 8-gram rep | loops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    if "self" in a.fillers:
+        print(f"self-drafter: int4 copy, layers {a.self_layers}")
+    print("| workload | width | filler | tokens | forwards | drafter forwards | tokens/forward "
+          "| kept/drafted | wall s | speed-up | 8-gram rep | loops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.workloads:
         for width in a.widths:
             for line in report(name, width, measure(model, loads[name], width, a)):

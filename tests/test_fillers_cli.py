@@ -20,7 +20,7 @@ from parafill.cli import app
 from parafill.cli.common import EngineOpts
 from parafill.orchestrator.plan import Plan, PlanError
 
-KNOWN = "autoregressive, ngram, jacobi"
+KNOWN = "autoregressive, ngram, jacobi, self, draft"
 SENTENCE = (
     "The old lighthouse keeper climbed the spiral stairs every evening to light the great "
     "lamp for the ships."

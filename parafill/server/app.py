@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from parafill.backends.base import BackendError, Sampling
+from parafill.backends.engine.engine import Engine
 from parafill.backends.local import LocalBackend
 from parafill.constraints.spec import Constraint, ConstraintError, json_object, json_schema
 from parafill.errors import real_error
@@ -209,6 +210,14 @@ def _job(
         repetition_penalty=req.repetition_penalty,
         stop_on_repeat=req.stop_on_repeat,
     )
+    engine = backend.engine
+    if req.filler == "draft" and isinstance(engine, Engine) and engine.draft_model is None:
+        raise APIError(
+            400,
+            "filler 'draft' needs a draft model: start the server with --draft-model PATH",
+            param="filler",
+            code="invalid_value",
+        )
     job = Job.new(kind, req.model, ids, s, req.include_usage, logprobs, req.n)
     return replace(job, filler=req.filler, constraint=_constraint(backend, req))
 

@@ -165,6 +165,14 @@ def test_draft_filler_without_a_draft_model_is_refused(llama: torch.nn.Module) -
     assert not eng.waiting
 
 
+@pytest.mark.parametrize("layers", [(0, 3), (-1,), (1, 1)])
+def test_self_layers_outside_the_model_are_refused(
+    llama: torch.nn.Module, layers: tuple[int, ...]
+) -> None:
+    with pytest.raises(ValueError, match="distinct layer indices"):
+        Engine(CompactLM(llama, 512), EngineConfig(self_layers=layers))
+
+
 def test_a_draft_model_with_another_vocabulary_is_refused(llama: torch.nn.Module) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 

@@ -20,7 +20,7 @@ import parafill.backends.local as local_module
 from parafill.cli import app
 from parafill.fillers import Proposer
 
-KNOWN = "(known: autoregressive, ngram, jacobi)"
+KNOWN = "(known: autoregressive, ngram, jacobi, self, draft)"
 SENTENCE = (
     "The old lighthouse keeper climbed the spiral stairs every evening to light the great "
     "lamp for the ships."
@@ -100,7 +100,11 @@ def test_filler_field_applies_to_every_choice(client: OpenAI, made: list[str]) -
 def test_unknown_filler_is_a_400_and_the_server_serves_on(
     client: OpenAI, made: list[str], kind: str, stream: bool
 ) -> None:
-    for bad, why in (("magic", f"unknown filler 'magic' {KNOWN}"), (5, "valid string")):
+    for bad, why in (
+        ("magic", f"unknown filler 'magic' {KNOWN}"),
+        (5, "valid string"),
+        ("draft", "needs a draft model"),  # this server was started without --draft-model
+    ):
         with pytest.raises(openai.BadRequestError) as info:
             _text(client, kind, stream, filler=bad)
         assert info.value.status_code == 400

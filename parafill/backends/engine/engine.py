@@ -106,6 +106,12 @@ class Engine:
                 f"target's ({model.shapes.vocab}): a drafter must share the target's tokenizer"
             )
         self.draft_model = draft
+        layers = cfg.self_layers or ()
+        if any(not 0 <= i < model.shapes.layers for i in layers) or len(set(layers)) < len(layers):
+            raise ValueError(
+                f"self_layers {list(layers)} must be distinct layer indices of this model "
+                f"(0..{model.shapes.layers - 1})"
+            )
         if cfg.budget_bytes is not None:
             per_token = bytes_per_token(model.shapes, model.dtype)
             if draft is not None:
@@ -134,6 +140,7 @@ class Engine:
             cfg, model.shapes.vocab, self.cache.alloc, self.cache.release, self._model_drafter
         )
         self.model_drafters: dict[str, ModelDrafter | None] = {}  # None: drafting does not pay
+        self.self_model: CompactLM | None = None  # the self-drafter's weights, once made
         # the GGUF's own Q4 blocks for the self-drafter's int4 weights (selfspec.py), if any
         self.self_blocks: Callable[[], dict[str, tuple[Tensor, Tensor, Tensor]]] | None = None
         self.calibration: list[int] | None = None  # text the self-drafter is calibrated on

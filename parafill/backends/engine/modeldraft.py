@@ -249,17 +249,18 @@ class ModelDrafter:
 def make_drafter(
     kind: str, engine: Engine, layers: Sequence[int] | None, text: Sequence[int]
 ) -> ModelDrafter | None:
-    """The drafter for filler `kind` of `engine`. `self`: the target's weights (packed int4
-    on the CPU, from the GGUF's blocks where `engine.self_blocks` gives them) running
+    """The drafter for filler `kind` of `engine`. `self`: `engine.self_model`, else the
+    target's weights (packed int4 on the CPU, from the GGUF's blocks where
+    `engine.self_blocks` gives them) running
     `layers` (None: calibrated on `text`, cached per model) over the target's cache; None
     where no layer set pays (then the filler decodes one token per step). `draft`: the
     engine's draft model over a cache of its own, as many rows and columns as the target's."""
     chunk = engine.config.prefill_chunk
     if kind == "self":
-        drafter = engine.model
-        if engine.config.self_weights == "auto":
+        drafter = engine.self_model or engine.model
+        if engine.config.self_weights == "auto" and engine.self_model is None:
             blocks = engine.self_blocks() if engine.self_blocks else None
-            drafter = drafter_model(engine.model, blocks)
+            drafter = engine.self_model = drafter_model(engine.model, blocks)
         layers = layers_for(engine.model, text, drafter) if layers is None else layers
         if not layers:
             return None
