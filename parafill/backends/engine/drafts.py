@@ -140,7 +140,7 @@ class Drafter:
         width = self.width(work)
         if self.config.speculate == "auto" and width is not None and not self.arms.allow(width):
             return  # measured: at this width, steps without drafts are faster
-        self._model_drafts(decoding)
+        self._model_drafts(work, decoding)
         offers: list[tuple[Seq, Offer]] = []
         for s in decoding:
             room = s.params.max_tokens - len(s.generated) - 1
@@ -181,10 +181,11 @@ class Drafter:
                 s.idle += 1
                 s.wait = min(2**s.idle, BACKOFF) - 1
 
-    def _model_drafts(self, decoding: list[Seq]) -> None:
+    def _model_drafts(self, work: list[Seq], decoding: list[Seq]) -> None:
         """Run each model drafter once for all the sequences that use it (batched forwards);
         their proposers hand the result on. A drafter that fails costs those sequences
-        their drafts, nothing more."""
+        their drafts, nothing more. A chain goes on while its chance of being kept exceeds
+        a drafter forward's time over the step's (measured)."""
         wants: dict[str, list[tuple[Seq, int]]] = {}
         for s in decoding:
             room = s.params.max_tokens - len(s.generated) - 1
@@ -193,6 +194,10 @@ class Drafter:
         for kind, items in wants.items():
             try:
                 drafter = self.models(kind, items[0][0]) if self.models else None
+                if drafter is not None:
+                    base = self.policy.cost(self._shape(work, len(decoding))[0])
+                    if base and drafter.seconds:
+                        drafter.floor = min(0.9, drafter.seconds / base)
                 got = drafter.draft(items) if drafter is not None else None
             except Exception:
                 got = None
