@@ -42,6 +42,7 @@ class Spec:
     block_causal: bool  # True: block-diffusion attention; False: fully bidirectional
     token_shift: bool  # True: the logits at position i predict the token at i + 1
     block: int  # the block size the model was trained with (its default decode block)
+    context: int | None = None  # positions the model was trained for (config.json), if stated
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ def _eos(cfg: dict[str, Any]) -> tuple[int, ...]:
     return tuple(int(e) for e in eos) if isinstance(eos, list) else (int(eos),)
 
 
+def _int(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float) and value > 0 else None
+
+
 def _require(cfg: dict[str, Any], key: str, wanted: object, default: object) -> None:
     got = cfg.get(key, default)
     if got != wanted:
@@ -152,6 +157,7 @@ def _qwen2_spec(cfg: dict[str, Any]) -> Spec:
         block_causal=True,
         token_shift=True,
         block=int(cfg.get("bd_size", 32)),
+        context=_int(cfg.get("max_position_embeddings")),
     )
 
 
@@ -182,6 +188,7 @@ def _llada_spec(cfg: dict[str, Any]) -> Spec:
         block_causal=False,
         token_shift=False,
         block=32,
+        context=_int(cfg.get("max_sequence_length")),
     )
 
 

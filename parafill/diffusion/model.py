@@ -33,6 +33,13 @@ class KV:
         """The rows in `keep` (a retirement)."""
         return KV(self.k[:, keep], self.v[:, keep])
 
+    def widen(self, width: int) -> KV:
+        """The same rows with zero columns appended up to `width` (an admission of a longer
+        row)."""
+        shape = (*self.k.shape[:3], width - self.k.shape[3], self.k.shape[4])
+        pad = self.k.new_zeros(shape)
+        return KV(torch.cat([self.k, pad], 3), torch.cat([self.v, pad], 3))
+
     def extend(self, other: KV) -> KV:
         """These rows followed by `other`'s (an admission)."""
         return KV(torch.cat([self.k, other.k], 1), torch.cat([self.v, other.v], 1))

@@ -126,6 +126,25 @@ class Batch:
         self.kvalid = torch.cat([self.kvalid, kvalid[None]])
         self.kv = self.kv.extend(KV.empty(self.spec, 1, self.pwidth, self.like))
 
+    def widen(self, widths: tuple[int, int]) -> None:
+        """Make room for rows up to (logical, packed) widths (an admission that needs more
+        columns than the batch was built for). New columns are masked-out keys and undecided
+        nothing: rows in flight see no difference. The old scratch column becomes an unused,
+        invalid column; the scratch column moves to the new end."""
+        width, pwidth = widths[0], widths[1] + 1
+        if width > self.width:
+            grow = width - self.width
+            self.x = torch.cat([self.x, self.x.new_full((self.rows, grow), self.rules.mask_id)], 1)
+            self.masked = torch.cat([self.masked, self.masked.new_zeros(self.rows, grow)], 1)
+            self.width = width
+        if pwidth > self.pwidth:
+            grow, g = pwidth - self.pwidth, self.groups
+            self.kpos = torch.cat([self.kpos, self.kpos.new_zeros(g, grow)], 1)
+            self.kseg = torch.cat([self.kseg, self.kseg.new_zeros(g, grow)], 1)
+            self.kvalid = torch.cat([self.kvalid, self.kvalid.new_zeros(g, grow)], 1)
+            self.kv = self.kv.widen(pwidth)
+            self.pwidth = pwidth
+
     def _append_row(self, req: Request, where: tuple[int, int, int, int, int, int]) -> None:
         bs, hi, floor, shift, seg, g = where
         n = len(req.prompt)

@@ -24,13 +24,20 @@ KVs = list[tuple[torch.Tensor, torch.Tensor]]
 Stale = tuple[KVs, tuple[int, int]]
 
 
-def make_qwen_bd(path: Path, seed: int = 0, bd_size: int = 8, head_scale: float = 1.0) -> Path:
-    """A Fast_dLLM_v2-shaped checkpoint: transformers' Qwen2 weights, Fast-dLLM's config keys."""
+def make_qwen_bd(
+    path: Path,
+    seed: int = 0,
+    bd_size: int = 8,
+    head_scale: float = 1.0,
+    vocab: tuple[int, int, int] = (VOCAB, MASK, EOS),
+) -> Path:
+    """A Fast_dLLM_v2-shaped checkpoint: transformers' Qwen2 weights, Fast-dLLM's config keys.
+    `vocab`: (rows of the embedding and head, mask token id, EOS id)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=VOCAB,
+        vocab_size=vocab[0],
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -56,8 +63,8 @@ def make_qwen_bd(path: Path, seed: int = 0, bd_size: int = 8, head_scale: float 
         architectures=["Fast_dLLM_QwenForCausalLM"],
         model_type="Fast_dLLM_Qwen",
         bd_size=bd_size,
-        mask_token_id=MASK,
-        eos_token_id=EOS,
+        mask_token_id=vocab[1],
+        eos_token_id=vocab[2],
     )
     (path / "config.json").write_text(json.dumps(config))
     return path
