@@ -30,6 +30,7 @@ from parafill.backends.base import (
 from parafill.backends.engine.weights import ModelNotFound, resolve
 from parafill.diffusion import DiffusionLM, load
 from parafill.diffusion.backend import DiffusionBackend
+from parafill.diffusion.model import Forward
 from parafill.orchestrator.plan import Growth, Node, Plan
 from parafill.orchestrator.runner import run_plan
 from parafill.planners.skeleton import SkeletonPlanner
@@ -217,13 +218,37 @@ async def test_stop_strings_cut_the_text(backend: DiffusionBackend) -> None:
 
 
 async def test_a_cancelled_stream_leaves_the_batch(backend: DiffusionBackend) -> None:
-    with anyio.move_on_after(0.05):
-        await complete(backend, _req(QUESTIONS[0], 200))
+    before = backend.forward_passes
+    with anyio.move_on_after(0.02):
+        await complete(backend, _req(QUESTIONS[0], 400))  # at least 50 forwards (blocks of 8)
     with anyio.fail_after(10):
         while not backend.idle:
-            await anyio.sleep(0.01)
+            await anyio.sleep(0.005)
+    assert backend.forward_passes - before < 50  # its row left the batch when it was cancelled
     text, _, finish = await complete(backend, _req(QUESTIONS[1], 4))
     assert finish is not None
+
+
+async def test_a_failed_forward_fails_its_batch_only(
+    model: DiffusionLM, tokenizer: PreTrainedTokenizerBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = DiffusionBackend(model, tokenizer, block=BLOCK)
+    real = Forward.__call__
+    calls = {"n": 0}
+
+    def flaky(self, q, kv):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("device lost")
+        return real(self, q, kv)
+
+    monkeypatch.setattr(Forward, "__call__", flaky)
+    async with b.running():
+        got = await _together(b, [_req(q) for q in QUESTIONS[:3]])
+        assert all(isinstance(g, BackendError) and "device lost" in str(g) for g in got), got
+        assert b.idle
+        chunks = await _chunks(b, _req(QUESTIONS[0]))  # the backend still serves
+        assert chunks[0].finish_reason is not None
 
 
 async def test_skeleton_plan_runs_on_the_diffusion_backend(
