@@ -115,7 +115,7 @@ def test_one_stall_does_not_swamp_the_fit() -> None:
 def test_arms_stop_drafting_where_measured_steps_without_drafts_are_faster() -> None:
     from parafill.backends.engine.spec import Arms
 
-    arms = Arms(probe=4, least=3)
+    arms = Arms(probe=4, least=3, warm=4)
     allowed = []
     for _ in range(60):
         ok = arms.allow(32)
@@ -130,7 +130,7 @@ def test_arms_stop_drafting_where_measured_steps_without_drafts_are_faster() -> 
 def test_arms_keep_drafting_where_it_is_faster_and_probe_plain_steps() -> None:
     from parafill.backends.engine.spec import Arms
 
-    arms = Arms(probe=4, least=3)
+    arms = Arms(probe=4, least=3, warm=4)
     allowed = []
     for _ in range(60):
         ok = arms.allow(1)

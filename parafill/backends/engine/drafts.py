@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parafill.backends.engine.schedule import Seq, lineage, main_line
 from parafill.backends.engine.spec import Arms, Shape, SpecPolicy
@@ -112,6 +112,7 @@ class Drafter:
     ) -> None:
         self.config, self.vocab, self.alloc, self.release = config, vocab, alloc, release
         self.models = models
+        self.ran = False  # a model drafter ran this step
         self.policy = SpecPolicy()
         self.arms = Arms()
 
@@ -124,7 +125,8 @@ class Drafter:
 
     def settle(self, work: list[Seq], width: int | None, tokens: int, seconds: float) -> None:
         """After the step: record its throughput, give back borrowed columns, clear drafts."""
-        drafted = any(s.draft for s in work)
+        drafted = any(s.draft for s in work) or self.ran  # a drafter's forwards count too
+        self.ran = False
         if width is not None and self.config.speculate == "auto":
             self.arms.record(width, drafted, tokens, seconds)
         for s in work:
@@ -187,20 +189,24 @@ class Drafter:
         their drafts, nothing more. A chain goes on while its chance of being kept exceeds
         a drafter forward's time over the step's (measured)."""
         wants: dict[str, list[tuple[Seq, int]]] = {}
+        if self.config.speculate == "auto" and self.arms.losing(Arms.width(len(decoding))):
+            return  # a step that also prefills: drafter forwards lose at this decode width
         for s in decoding:
             room = s.params.max_tokens - len(s.generated) - 1
             if isinstance(s.proposer, ModelDrafts) and s.wait == 0 and room > 0:
                 wants.setdefault(s.proposer.kind, []).append((s, min(s.k, room, MODEL_K)))
         for kind, items in wants.items():
+            drafter = None
             try:
                 drafter = self.models(kind, items[0][0]) if self.models else None
-                if drafter is not None:
-                    base = self.policy.cost(self._shape(work, len(decoding))[0])
-                    if base and drafter.seconds:
-                        drafter.floor = min(0.9, drafter.seconds / base)
-                got = drafter.draft(items) if drafter is not None else None
+                if drafter is not None and self.config.speculate == "auto":
+                    items = self._worth(work, decoding, items, drafter)
+                got = drafter.draft(items) if drafter is not None and items else None
+                self.ran = self.ran or got is not None
             except Exception:
                 got = None
+            if drafter is not None and not items:
+                continue
             for i, (s, _) in enumerate(items):
                 p = s.proposer
                 assert isinstance(p, ModelDrafts)
@@ -209,6 +215,24 @@ class Drafter:
                 elif got[i].tokens:
                     p.pending = Draft(tuple(got[i].tokens), tuple(got[i].confidence))
                     p.q = got[i].q
+
+    def _worth(
+        self, work: list[Seq], decoding: list[Seq], items: list[tuple[Seq, int]], drafter: Any
+    ) -> list[tuple[Seq, int]]:
+        """How deep the drafter should go, from the measured costs of steps and of its own
+        forwards at this width (none: no draft this step); its chains also stop where their
+        chance of being kept is below a drafter forward's time over the step's."""
+        shape, rows = self._shape(work, len(decoding))
+        forward = drafter.seconds_at(len(items))
+        # a sequence not drafted for yet is valued at its step-mates' rate (optimistic alone)
+        tried = [s.rate for s, _ in items if s.drafted]
+        fresh = sum(tried) / len(tried) if tried else 0.9
+        rates = [s.rate if s.drafted else fresh for s, _ in items]
+        depth = self.policy.depth(shape, rows, len(decoding), rates, forward, MODEL_K)
+        base = self.policy.cost(shape)
+        if base and forward:
+            drafter.floor = min(0.9, forward / base)
+        return [(s, min(k, depth)) for s, k in items] if depth else []
 
     def _set_draft(self, s: Seq, o: Offer) -> None:
         """Drafts on the first-child chain write the sequence's own next columns; side

@@ -97,7 +97,7 @@ class ModelDrafter:
         self.seen: weakref.WeakKeyDictionary[Seq, _Seen] = weakref.WeakKeyDictionary()
         self.owner: dict[int, int] = {}  # slot -> id() of the sequence its visibility is for
         self.forwards = 0
-        self.seconds = 0.0  # running mean time of one drafter forward (0: not measured)
+        self.seconds: dict[int, float] = {}  # per width (power of two), one forward's time
 
     @torch.inference_mode()
     def draft(self, wants: Sequence[tuple[Seq, int]]) -> list[ModelDraft]:
@@ -176,8 +176,13 @@ class ModelDrafter:
         if sampling:
             self._choose(logits, sampling)  # reads the logits: the forward is done
         if len(step.tokens) == len(feeds):  # decode-shaped (no catch-up): time it
-            took = time.perf_counter() - t0
-            self.seconds = took if not self.seconds else self.seconds + 0.1 * (took - self.seconds)
+            took, key = time.perf_counter() - t0, _bucket(len(feeds))
+            old = self.seconds.get(key)
+            self.seconds[key] = took if old is None else old + 0.1 * (took - old)
+
+    def seconds_at(self, n: int) -> float:
+        """A forward's measured time for n sequences (0.0: not measured at that width)."""
+        return self.seconds.get(_bucket(n), 0.0)
 
     def _inputs(self, feeds: list[_Feed]) -> tuple[StepInput, list[_Feed]]:
         tokens: list[int] = []
@@ -252,6 +257,10 @@ class ModelDrafter:
             f.positions, f.tokens = [p], [f.out[-1]]
             nxt.append(f)
         return nxt
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def make_drafter(

@@ -161,6 +161,30 @@ class SpecPolicy:
             ks[i] += 1
         return ks
 
+    def depth(
+        self, step: Shape, rows: int, out: int, rates: list[float], forward: float, most: int
+    ) -> int:
+        """Tokens a model drafter should draft for each of these sequences this step, one
+        drafter forward (`forward` seconds) per token: the depth with the highest expected
+        tokens out per second of the whole step, drafter time included; 0 where none beats
+        the step without drafts by `margin`; `most` while costs are not measured yet.
+        `rates`: each sequence's running acceptance rate. Arguments as in `allocate`."""
+        base = self.cost(step)
+        if base is None or forward <= 0:
+            return most
+        best, best_rate, gain = 0, self.margin * out / max(base, 1e-9), float(out)
+        run = [1.0] * len(rates)
+        widest = step.slots // rows if rows else 0
+        for d in range(1, most + 1):
+            for i, r in enumerate(rates):
+                run[i] *= self.trust * r
+                gain += run[i]
+            slots = rows * max(widest, d + 1) if rows else step.slots + d * len(rates)
+            t = self.cost(Shape(step.tokens + d * len(rates), slots, step.length))
+            if t is not None and gain / (t + d * forward) > best_rate:
+                best, best_rate = d, gain / (t + d * forward)
+        return best
+
     def next_k(self, k: int, drafted: int, accepted: int) -> int:
         """Grow the draft length on full acceptance, shrink it to what was kept otherwise."""
         if drafted and accepted == drafted:
@@ -184,6 +208,7 @@ class Arms:
 
     probe: int = 16
     least: int = 6  # steps of each kind before the comparison counts
+    warm: int = 4  # while warming up, every warm-th step runs plain
     rates: dict[tuple[int, bool], float] = field(default_factory=dict)
     seen: dict[tuple[int, bool], int] = field(default_factory=dict)
     steps: dict[int, int] = field(default_factory=dict)
@@ -192,9 +217,16 @@ class Arms:
         """Whether this step may draft (the policy still chooses how much)."""
         n = self.steps[width] = self.steps.get(width, 0) + 1
         if min(self.seen.get((width, True), 0), self.seen.get((width, False), 0)) < self.least:
-            return n % self.probe != 0 or self.seen.get((width, False), 0) >= self.least
+            # warming up: every `warm`-th step plain until plain steps have been timed enough
+            return n % self.warm != 0 or self.seen.get((width, False), 0) >= self.least
         better = self.rates[(width, True)] >= self.rates[(width, False)]
         return better != (n % self.probe == 0)
+
+    def losing(self, width: int) -> bool:
+        """Whether drafting is measured slower than plain steps at this width."""
+        if min(self.seen.get((width, True), 0), self.seen.get((width, False), 0)) < self.least:
+            return False
+        return self.rates[(width, True)] < self.rates[(width, False)]
 
     def record(self, width: int, drafted: bool, tokens: int, seconds: float) -> None:
         if seconds <= 0:
