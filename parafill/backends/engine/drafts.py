@@ -113,6 +113,7 @@ class Drafter:
         self.config, self.vocab, self.alloc, self.release = config, vocab, alloc, release
         self.models = models
         self.ran = False  # a model drafter ran this step
+        self.skipped = 0  # steps in a row the drafting check sent model drafters away
         self.policy = SpecPolicy()
         self.arms = Arms()
 
@@ -232,6 +233,9 @@ class Drafter:
         base = self.policy.cost(shape)
         if base and forward:
             drafter.floor = min(0.9, forward / base)
+        self.skipped = 0 if depth else self.skipped + 1
+        if self.skipped >= BACKOFF:  # now and then a short draft, so the rates stay current
+            depth, self.skipped = 2, 0
         return [(s, min(k, depth)) for s, k in items] if depth else []
 
     def _set_draft(self, s: Seq, o: Offer) -> None:
