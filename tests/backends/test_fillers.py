@@ -25,7 +25,7 @@ from parafill.orchestrator.runner import run_plan
 
 pytestmark = pytest.mark.anyio
 
-KNOWN = "known: autoregressive, ngram, jacobi"
+KNOWN = "known: autoregressive, ngram, jacobi, self, draft"
 SENTENCE = (
     "The old lighthouse keeper climbed the spiral stairs every evening to light the great "
     "lamp for the ships."
