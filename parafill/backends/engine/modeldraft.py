@@ -103,17 +103,15 @@ class ModelDrafter:
     def draft(self, wants: Sequence[tuple[Seq, int]]) -> list[ModelDraft]:
         """Up to k tokens for each (sequence, k); a sequence still catching up gets none."""
         feeds = self._first_feeds(wants)
-        marked: list[tuple[Seq, list[int]]] = []
+        marked: tuple[list[int], list[int]] = ([], [])  # (slots, columns) made visible
         try:
             live = [f for f in feeds if f.positions]
             while live:
-                self._forward(live)
-                marked += [(f.seq, [f.seq.cols[p] for p in f.positions]) for f in live]
+                self._forward(live, marked)
                 live = self._next_feeds(live)
         finally:
-            if not self.own:  # the target's visibility: drafted columns were borrowed
-                for seq, cols in marked:
-                    self.vis[seq.slot, torch.tensor(cols, device=self.vis.device)] = False
+            if not self.own and marked[0]:  # the target's visibility: columns were borrowed
+                self._mark(marked, False)
         if self.own:
             for f in feeds:
                 self._remember(f)
@@ -161,18 +159,25 @@ class ModelDrafter:
         seen.have += f.fed
         seen.base = min(len(seen.have), f.seq.known)
 
-    def _forward(self, feeds: list[_Feed]) -> None:
-        """One forward feeding each sequence's positions; sample where a draft is wanted."""
+    def _mark(self, at: tuple[list[int], list[int]], value: bool) -> None:
+        dev = self.vis.device
+        self.vis[torch.tensor(at[0], device=dev), torch.tensor(at[1], device=dev)] = value
+
+    def _forward(self, feeds: list[_Feed], marked: tuple[list[int], list[int]]) -> None:
+        """One forward feeding each sequence's positions; sample where a draft is wanted.
+        The columns written become visible (one index write); `marked` collects them."""
         t0 = time.perf_counter()
         step, sampling = self._inputs(feeds)
         logits = self.model.forward(step, self.k, self.v, self.layers)
         self.forwards += 1
-        dev = self.vis.device
+        now: tuple[list[int], list[int]] = ([], [])
         for f in feeds:
             f.fed += f.tokens
-            self.vis[f.seq.slot, torch.tensor([f.seq.cols[p] for p in f.positions], device=dev)] = (
-                True
-            )
+            now[0].extend([f.seq.slot] * len(f.positions))
+            now[1].extend(f.seq.cols[p] for p in f.positions)
+        self._mark(now, True)
+        marked[0].extend(now[0])
+        marked[1].extend(now[1])
         if sampling:
             self._choose(logits, sampling)  # reads the logits: the forward is done
         if len(step.tokens) == len(feeds):  # decode-shaped (no catch-up): time it
