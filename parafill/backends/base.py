@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from parafill.backends.engine.params import Decoding
 
@@ -126,3 +126,18 @@ async def complete(backend: Backend, request: Request) -> tuple[str, int, Finish
 
 def render_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def chat_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a chat through the tokenizer's chat template (a final assistant message
+    is continued, not closed); "role: content" lines where the tokenizer has no template."""
+    msgs = render_messages(messages)
+    if getattr(tokenizer, "chat_template", None):
+        cont = msgs[-1]["role"] == "assistant"  # continue a prefilled answer
+        out: Any = tokenizer.apply_chat_template(
+            msgs, add_generation_prompt=not cont, continue_final_message=cont
+        )
+        ids = out if isinstance(out, list) else out["input_ids"]  # BatchEncoding
+        return [int(i) for i in ids]
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
+    return list(tokenizer.encode(text))

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import torch
@@ -30,8 +30,8 @@ from parafill.backends.base import (
     Message,
     Request,
     Sampling,
+    chat_ids,
 )
-from parafill.backends.base import render_messages as _render
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError
@@ -197,16 +197,9 @@ class LocalBackend:
         return self.engine.steps
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
-        msgs = _render(messages)
-        if getattr(self.tokenizer, "chat_template", None):
-            cont = msgs[-1]["role"] == "assistant"  # continue a prefilled answer
-            out: Any = self.tokenizer.apply_chat_template(
-                msgs, add_generation_prompt=not cont, continue_final_message=cont
-            )
-            ids = out if isinstance(out, list) else out["input_ids"]  # BatchEncoding
-            return [int(i) for i in ids]
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
-        return list(self.tokenizer.encode(text))
+        """Token ids of a chat (the tokenizer's chat template; a final assistant message is
+        continued, not closed)."""
+        return chat_ids(self.tokenizer, messages)
 
     def stream(self, request: Request) -> AsyncIterator[Chunk]:
         ids = self.encode(request.messages)

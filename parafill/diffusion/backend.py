@@ -18,7 +18,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import torch
@@ -34,7 +33,7 @@ from parafill.backends.base import (
     Message,
     Request,
     Sampling,
-    render_messages,
+    chat_ids,
 )
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.params import repeats
@@ -156,16 +155,7 @@ class DiffusionBackend:
     def encode(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of a chat (the tokenizer's chat template; a final assistant message is
         continued, not closed)."""
-        msgs = render_messages(messages)
-        if getattr(self.tokenizer, "chat_template", None):
-            cont = msgs[-1]["role"] == "assistant"
-            out: Any = self.tokenizer.apply_chat_template(
-                msgs, add_generation_prompt=not cont, continue_final_message=cont
-            )
-            ids = out if isinstance(out, list) else out["input_ids"]  # BatchEncoding
-            return [int(i) for i in ids]
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
-        return list(self.tokenizer.encode(text))
+        return chat_ids(self.tokenizer, messages)
 
     def stream(self, request: Request) -> AsyncIterator[Chunk]:
         if request.constraint is not None:
