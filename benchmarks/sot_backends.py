@@ -1,13 +1,16 @@
 """Skeleton-of-thought through a llama.cpp server vs asking it directly, vs parafill's own engine.
 
-    python benchmarks/sot_backends.py [--limit 20] [--direct-tokens 256] [--note "idle machine"]
+    python benchmarks/sot_backends.py [--server llama-server] [--slots 8] [--weights int4]
+    # -> benchmarks/results/sot_llama_server_cpu.md (--server llama-cpp-python:
+    #    benchmarks/results/sot_backends_cpu.md)
 
 Questions: the first --limit of benchmarks/data/mt_bench_first20.jsonl (MT-bench, Apache-2.0).
-Per question, in one run and back to back: (1) parafill SoT over `python -m llama_cpp.server`
-(embedded SmolLM2 Q4_1 GGUF, started on 127.0.0.1 as the tests do) through OpenAIBackend,
-(2) the same server answering directly, (3) SoT on parafill's LocalBackend (SmolLM2 fp32),
-(4) LocalBackend answering directly. Greedy throughout. Note: llama-cpp-python's server runs
-one request at a time (a global lock; no parallel slots), so SoT's points queue there.
+Per question, in one run and back to back: (1) parafill SoT over the server (embedded SmolLM2
+Q4_1 GGUF, started on 127.0.0.1 as the tests do) through OpenAIBackend, (2) the same server
+answering directly, (3) SoT on parafill's LocalBackend (SmolLM2 in --weights), (4) LocalBackend
+answering directly. Greedy throughout. llama.cpp's `llama-server` runs --slots requests at once
+(SoT's points in parallel slots), continues the prefilled "1." and gets the skeleton's grammar
+as GBNF; llama-cpp-python's server runs one request at a time and takes neither.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import anyio
 import torch
 
 import parafill
-from parafill.backends.local import LocalBackend
+from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig
 from parafill.orchestrator.plan import RunResult
 from parafill.planners.static import DirectPlanner
@@ -33,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "backends"))
 from llama_server import llama_server, skip_reason  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "mt_bench_first20.jsonl"
-OUT = Path(__file__).parent / "results" / "sot_backends_cpu.md"
+RESULTS = Path(__file__).parent / "results"
+OUT = {"llama-server": "sot_llama_server_cpu.md", "llama-cpp-python": "sot_backends_cpu.md"}
+FELL_BACK = "did not parse"  # the skeleton planner's note when a skeleton falls back
 COLUMNS = ("llama SoT", "llama direct", "local SoT", "local direct")
 
 
@@ -43,7 +48,9 @@ def cell(r: RunResult) -> str:
 
 def points(r: RunResult) -> str:
     n = sum(1 for a in r.plan.answer if a.startswith("point-"))
-    return str(n) if n else "direct"
+    if n:
+        return str(n)
+    return "fell back" if any(FELL_BACK in note for note in r.notes) else "direct"
 
 
 async def one_question(
@@ -83,23 +90,47 @@ def summary(rows: list[list[RunResult]]) -> list[str]:
         f"- SoT: llama.cpp time / parafill-engine time (median; > 1: the engine is faster): "
         f"{med[2]:.2f}×",
         f"- direct: llama.cpp time / parafill-engine time (median): {med[3]:.2f}×",
+        f"- skeletons that fell back (llama / local): {fell(rows, 0)} / {fell(rows, 2)} of "
+        f"{len(rows)}",
+        f"- SoT on the engine vs asking the server directly (totals; > 1: the engine's SoT is "
+        f"faster): {total[1] / total[2]:.2f}×",
     ]
+
+
+def fell(rows: list[list[RunResult]], col: int) -> int:
+    return sum(points(r[col]) == "fell back" for r in rows)
+
+
+def describe(args: argparse.Namespace) -> str:
+    threads = os.environ.get("PARAFILL_LLAMA_THREADS", "1")
+    if args.server == "llama-server":
+        llama = (f"llama.cpp's `llama-server` (SmolLM2-135M Q4_1, {threads} thread(s), "
+                 f"--parallel {args.slots}; the skeleton's grammar sent as GBNF, the prefilled "
+                 "\"1.\" continued)")  # fmt: skip
+    else:
+        llama = (f"`python -m llama_cpp.server` (SmolLM2-135M Q4_1, {threads} thread(s), one "
+                 "request at a time: no parallel slots in llama-cpp-python's server)")  # fmt: skip
+    return (f"Cells: wall s / tokens. llama = {llama}; local = parafill LocalBackend "
+            f"(SmolLM2-135M {args.weights} weights, rows mode). Greedy; skeleton {args.skeleton_tokens}"
+            f", point {args.point_tokens}, direct max {args.direct_tokens} tokens. 'fell back': "
+            "the skeleton did not parse and the question was answered directly.\n")  # fmt: skip
 
 
 async def main(args: argparse.Namespace, qs: list[str]) -> str:
     lines = [
         f"# SoT over llama.cpp vs parafill's engine\n\n{hardware(args)}\n",
-        "Cells: wall s / tokens. llama = `python -m llama_cpp.server` (SmolLM2-135M Q4_1, "
-        f"{os.environ.get('PARAFILL_LLAMA_THREADS', '1')} thread(s), one request at a time:"
-        " no parallel slots in llama-cpp-python's server); local = parafill LocalBackend "
-        f"(SmolLM2-135M fp32, rows mode). Greedy; direct max {args.direct_tokens} tokens.\n",
+        describe(args),
         "| # | points (llama / local) | " + " | ".join(COLUMNS) + " |",
         "|---|---|---|---|---|---|",
     ]
     rows = []
-    with llama_server(Path(args.log), n_ctx=2048) as server:
-        cfg = OpenAIConfig(base_urls=(server.url,), model=server.model, timeout=600)
-        async with OpenAIBackend(cfg) as llama, LocalBackend.open() as local:
+    slots = args.slots if args.server == "llama-server" else 1
+    with llama_server(Path(args.log), args.server, n_ctx=2048, slots=slots) as server:
+        mode = "llama.cpp" if args.server == "llama-server" else "openai"
+        cfg = OpenAIConfig(base_urls=(server.url,), model=server.model, timeout=600,
+                           max_concurrency=slots, constraints=mode)  # fmt: skip
+        local_cfg = LocalConfig(weights=args.weights)
+        async with OpenAIBackend(cfg) as llama, LocalBackend.open(local_cfg) as local:
             for i, q in enumerate(qs, 1):
                 rows.append(await one_question(q, llama, local, args))
                 r = rows[-1]
@@ -127,11 +158,17 @@ if __name__ == "__main__":
     ap.add_argument("--skeleton-tokens", type=int, default=128)
     ap.add_argument("--point-tokens", type=int, default=96)
     ap.add_argument("--direct-tokens", type=int, default=256)
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--server", choices=["llama-server", "llama-cpp-python"], default="llama-server"
+    )
+    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--weights", default="int4")
+    ap.add_argument("--out", default=None)
     ap.add_argument("--log", default="/tmp/parafill_llama_server.log")
     ap.add_argument("--note", default="machine state not stated")
     a = ap.parse_args()
-    if (why := skip_reason()) is not None:
+    a.out = a.out or str(RESULTS / OUT[a.server])
+    if (why := skip_reason(a.server)) is not None:
         sys.exit(f"cannot run: {why}")
     questions = [json.loads(line)["turns"][0] for line in DATA.read_text().splitlines()]
     report = anyio.run(main, a, questions[: a.limit])

@@ -96,6 +96,15 @@ class Backend(Protocol):
     def stream(self, request: Request) -> AsyncIterator[Chunk]: ...
 
 
+def applies(backend: Backend, constraint: Constraint) -> bool:
+    """Whether `backend` enforces `constraint`: it constrains at all and, where it can apply only
+    some kinds (a server's request fields), `applies_constraint` says it takes this one."""
+    if not backend.capabilities.constrains:
+        return False
+    check = getattr(backend, "applies_constraint", None)
+    return True if check is None else bool(check(constraint))
+
+
 @runtime_checkable
 class Metered(Protocol):
     """Optional: backends that count their forward passes (for run summaries)."""

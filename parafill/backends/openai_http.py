@@ -61,6 +61,7 @@ from parafill.backends.openai_sse import (
     retry_after,
     strip_prefix,
 )
+from parafill.constraints.spec import Constraint
 
 PrefixMode = Literal["auto", "drop", "continue"]
 PromptRenderer = Callable[[Sequence[Message]], str]
@@ -233,10 +234,21 @@ class OpenAIBackend:
         total = self._config.max_concurrency * len(self._config.base_urls)
         # Servers worth pointing this at (vLLM, llama.cpp, SGLang) batch concurrent requests
         # and reuse cached prefixes; encode_body keeps sibling prefixes byte-identical for them.
-        # Constraints: only where regexes and (Lark) grammars reach the server too, as the
-        # planners send them; elsewhere the runner drops them and the planners parse free text.
-        constrains = self._config.constraints in ("vllm", "vllm-guided")
+        # Constraints: where regexes reach the server (as GBNF on llama.cpp); a kind the
+        # server cannot take (applies_constraint) is dropped by the runner for that node only,
+        # and the planners parse its free text.
+        constrains = self._config.constraints in ("llama.cpp", "vllm", "vllm-guided")
         return Capabilities(True, True, max_concurrency=total, constrains=constrains)
+
+    def applies_constraint(self, constraint: Constraint) -> bool:
+        """Whether `constraint` can be written into this server's request (llama.cpp: JSON
+        schemas, GBNF and regexes as GBNF; vLLM: all but spans); the runner sends the others'
+        nodes unconstrained and the planners parse their free text."""
+        try:
+            constraint_fields(constraint, self._config.constraints, self._config.endpoint)
+        except BackendError:
+            return False
+        return True
 
     @property
     def in_flight(self) -> int:

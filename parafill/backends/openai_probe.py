@@ -13,6 +13,8 @@ from typing import Literal
 
 import httpx
 
+from parafill.backends.openai_sse import ConstraintMode
+
 Continuation = Literal["drop", "continue"]
 # `owned_by` of servers that continue a trailing assistant message when asked with
 # continue_final_message=True, add_generation_prompt=False. "llamacpp": llama.cpp's own
@@ -59,3 +61,10 @@ def continuation(infos: Iterable[ServerInfo | None]) -> Continuation | None:
         return None
     known = all(info is not None and info.owned_by in CONTINUES for info in infos)
     return "continue" if known else "drop"
+
+
+def constraint_mode(owned_by: str | None) -> ConstraintMode:
+    """How output constraints are written for the server software `owned_by` names: llama.cpp's
+    llama-server takes GBNF (regexes are converted), vLLM its `structured_outputs`; any other
+    server gets OpenAI's `response_format` only (JSON schemas; other kinds are not sent)."""
+    return {"llamacpp": "llama.cpp", "vllm": "vllm"}.get(owned_by or "", "openai")  # type: ignore[return-value]

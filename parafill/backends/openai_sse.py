@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal, NoReturn
 
 from parafill.backends.base import BackendError, Chunk, FinishReason
+from parafill.constraints.gbnf import regex_to_gbnf
+from parafill.constraints.spec import ConstraintError
 
 if TYPE_CHECKING:
     from parafill.backends.openai_http import OpenAIConfig
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
 EndpointKind = Literal["chat", "completions"]
 # which request fields carry an output constraint (OpenAIConfig.constraints): OpenAI's
 # response_format only; llama.cpp's server (response_format json_object + schema, GBNF
-# `grammar`); vLLM >= 0.10.2 (`structured_outputs`); vLLM < 0.12 (`guided_*`); SGLang
+# `grammar`, regexes converted to GBNF); vLLM >= 0.10.2 (`structured_outputs`); vLLM < 0.12
+# (`guided_*`); SGLang
 ConstraintMode = Literal["openai", "llama.cpp", "vllm", "vllm-guided", "sglang"]
 CONSTRAINT_MODES: tuple[ConstraintMode, ...] = (
     "openai", "llama.cpp", "vllm", "vllm-guided", "sglang"
@@ -305,6 +308,11 @@ def constraint_fields(
             return {"response_format": {"type": "json_object", "schema": schema}}
         spec = {"name": "output", "schema": schema, "strict": True}
         return {"response_format": {"type": "json_schema", "json_schema": spec}}
+    if mode == "llama.cpp" and kind == "regex":  # as GBNF, the only language it takes
+        try:
+            return {"grammar": regex_to_gbnf(constraint.source)}
+        except ConstraintError as exc:
+            _refuse(constraint, mode, str(exc))
     table = {"regex": _REGEX, "grammar": _GRAMMAR}.get(kind, {})
     field = table.get(mode)
     if field is None:
@@ -320,7 +328,8 @@ def _refuse(constraint: Constraint, mode: str, why: str) -> NoReturn:
     raise BackendError(
         f"cannot send a {constraint.kind} output constraint ({constraint.describe()}) to the"
         f" server with OpenAIConfig.constraints={mode!r}: {why}. JSON schemas go as"
-        " response_format in every mode; regexes need 'vllm', 'vllm-guided' or 'sglang';"
+        " response_format in every mode; regexes need 'llama.cpp' (as GBNF), 'vllm',"
+        " 'vllm-guided' or 'sglang';"
         " grammars 'llama.cpp' (GBNF), 'vllm', 'vllm-guided' or 'sglang'; spans of a text only"
         " the local engine",
         retryable=False,

@@ -15,7 +15,7 @@ from parafill.api import assumed_costs, with_costs
 from parafill.backends.base import Backend
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig
-from parafill.backends.openai_probe import probe
+from parafill.backends.openai_probe import constraint_mode, probe
 from parafill.cli.common import EngineRefused, Remote, ServerUnavailable, converting
 from parafill.orchestrator.plan import Plan
 from parafill.planners.base import Planner
@@ -48,10 +48,10 @@ async def remote_config(server: Remote, *, logprobs: bool = False) -> OpenAIConf
     """The backend config for `server`; its first model unless one is named. Raises
     ServerUnavailable if the server has to be asked and cannot be."""
     model = server.model
+    auth = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+    async with httpx.AsyncClient() as client:
+        info = await probe(client, server.url, auth)
     if model is None:
-        auth = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
-        async with httpx.AsyncClient() as client:
-            info = await probe(client, server.url, auth)
         if info is None or not info.models:
             why = "did not answer GET /v1/models" if info is None else "lists no model"
             raise ServerUnavailable(
@@ -59,7 +59,10 @@ async def remote_config(server: Remote, *, logprobs: bool = False) -> OpenAIConf
                 "--server-model NAME skips the question"
             )
         model = info.models[0]
-    return OpenAIConfig((server.url,), model, api_key=server.api_key, logprobs=logprobs)
+    mode = constraint_mode(info.owned_by if info else None)
+    return OpenAIConfig(
+        (server.url,), model, api_key=server.api_key, logprobs=logprobs, constraints=mode
+    )
 
 
 async def costed(

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,6 +28,7 @@ from parafill.backends.base import (
     Metered,
     Request,
     Sampling,
+    applies,
 )
 from parafill.orchestrator.compute import BUILTINS
 from parafill.orchestrator.events import (
@@ -57,8 +58,8 @@ __all__ = ["Compute", "Emit", "Expander", "RunConfig", "RunFailed", "run_plan"]
 Emit = Callable[[Event], Awaitable[None]]
 # once per run, after the planners' notes: the plan's output constraints were dropped
 UNCONSTRAINED = (
-    "output constraints ignored: this backend cannot constrain decoding; outputs were parsed "
-    "as free text"
+    "output constraints ignored: this backend cannot constrain decoding (or not with every "
+    "kind of constraint these nodes had); their outputs were parsed as free text"
 )
 
 
@@ -106,7 +107,8 @@ class _Hooks:
 
     expanders: Mapping[str, Expander]
     computes: Mapping[str, Compute]
-    constrains: bool = True  # the backend applies nodes' constraints (hooks see what applied)
+    # nodes whose constraint the backend could not apply (their hooks see them without it)
+    dropped: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -133,9 +135,7 @@ async def run_plan(
     built-in compute functions and `computes`, is a PlanError before any node runs."""
     cfg = config or RunConfig()
     sched = Scheduler(plan)
-    hooks = _Hooks(
-        expanders or {}, {**BUILTINS, **(computes or {})}, backend.capabilities.constrains
-    )
+    hooks = _Hooks(expanders or {}, {**BUILTINS, **(computes or {})})
     check_hooks(plan.nodes, hooks.expanders)
     check_computes(plan.nodes, hooks.computes)
     emit = emit or _ignore
@@ -170,9 +170,10 @@ def _start(node: Node, sched: Scheduler, hooks: _Hooks, ctx: _Ctx, tg: TaskGroup
     request = _request(node, sched.inputs(node), ctx.config)
     if (note := _filler_note(request, ctx.backend, sched.notes)) is not None:
         sched.note(note, node.id)
-    if request.constraint is not None and not ctx.backend.capabilities.constrains:
+    if request.constraint is not None and not applies(ctx.backend, request.constraint):
         request = replace(request, constraint=None)  # degrade: the planners parse free text
         ctx.unconstrained = True
+        hooks.dropped.add(node.id)
     tg.start_soon(_run_node, node, request, ctx)
 
 
@@ -214,7 +215,7 @@ async def _expand(
     hook = hooks.expanders.get(node.expand)
     if hook is None:
         return _Failure(node.id, f"no expander named {node.expand!r} is registered")
-    if node.constraint is not None and not hooks.constrains:
+    if node.constraint is not None and node.id in hooks.dropped:
         node = replace(node, constraint=None)  # the hook sees the node as it ran
     try:
         growth = hook(node, outcome.text)

@@ -10,8 +10,12 @@ from llama_server import LlamaServer
 from typer.testing import CliRunner
 
 from parafill.api import arun
+from parafill.backends.base import applies
 from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig
+from parafill.backends.openai_probe import constraint_mode
 from parafill.cli import app
+from parafill.cli.backend import remote_config
+from parafill.cli.common import Remote
 from parafill.orchestrator.events import Event, NodeFinished, NodeText
 from parafill.planners.skeleton import SkeletonPlanner
 
@@ -60,3 +64,25 @@ def test_cli_run_over_llama_server(llama_binary: LlamaServer) -> None:
     assert "skeleton: " in res.output and "[point-1] done:" in res.output
     summary = [ln for ln in res.stdout.splitlines() if ln.startswith("parafill: nodes")]
     assert summary and "forward passes n/a" in summary[0], res.stdout
+
+
+@pytest.mark.anyio
+async def test_cli_server_config_constrains_on_llama_server_only(llama: LlamaServer) -> None:
+    """--server asks the server what it is: llama-server gets the llama.cpp constraint mode
+    (the skeleton's regex goes as GBNF), llama-cpp-python's server ('me') plain OpenAI."""
+    config = await remote_config(Remote(llama.url, None, None))
+    assert config.model == llama.model
+    want = "llama.cpp" if llama.kind == "llama-server" else "openai"
+    assert config.constraints == want
+    async with OpenAIBackend(config) as backend:
+        skeleton = SkeletonPlanner().plan(QUESTION).nodes[0].constraint
+        assert skeleton is not None
+        assert applies(backend, skeleton) is (llama.kind == "llama-server")
+
+
+@pytest.mark.parametrize(
+    ("owned_by", "mode"),
+    [("llamacpp", "llama.cpp"), ("vllm", "vllm"), ("me", "openai"), (None, "openai")],
+)
+def test_constraint_mode_by_server_software(owned_by: str | None, mode: str) -> None:
+    assert constraint_mode(owned_by) == mode

@@ -16,6 +16,7 @@ from llama_server import LlamaServer
 from parafill import constraints as C
 from parafill.backends.base import BackendError, Request, Sampling, complete
 from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig, encode_body
+from parafill.planners.grammars import skeleton_constraint
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +78,7 @@ def test_unconstrained_bodies_are_unchanged() -> None:
     [
         (C.regex(r"\d+"), "openai", "chat", "regex output constraint"),
         (C.grammar(GBNF), "openai", "chat", "grammar output constraint"),
-        (C.regex(r"\d+"), "llama.cpp", "chat", "regex output constraint"),
+        (C.regex(r"^\d+$"), "llama.cpp", "chat", "anchors have no GBNF form"),
         (C.grammar('start: "a"'), "llama.cpp", "chat", "GBNF"),
         (C.json_schema(SCHEMA), "llama.cpp", "completions", "chat endpoint only"),
         (C.span_of("The cat sat."), "vllm", "chat", "span output constraint"),
@@ -97,17 +98,27 @@ def test_kinds_a_mode_cannot_send_are_refused(
     ("mode", "constrains"),
     [
         ("openai", False),
-        ("llama.cpp", False),
+        ("llama.cpp", True),
         ("sglang", False),
         ("vllm", True),
         ("vllm-guided", True),
     ],
 )
-def test_constrains_only_where_regexes_and_lark_grammars_go_through(
-    mode: str, constrains: bool
-) -> None:
+def test_constrains_only_where_regexes_go_through(mode: str, constrains: bool) -> None:
     cfg = OpenAIConfig(("http://x",), "m", constraints=mode)  # type: ignore[arg-type]
     assert OpenAIBackend(cfg).capabilities.constrains is constrains
+
+
+def test_llama_cpp_mode_sends_regexes_as_gbnf_and_applies_what_it_can_send() -> None:
+    got = body(C.regex("(yes|no)!"), "llama.cpp")
+    assert got["grammar"] == 'root ::= ("yes" | "no") "\\x21"\n'
+    backend = OpenAIBackend(OpenAIConfig(("http://x",), "m", constraints="llama.cpp"))
+    assert backend.applies_constraint(C.regex("[0-9]+"))
+    assert backend.applies_constraint(C.grammar(GBNF))
+    assert backend.applies_constraint(C.json_schema(SCHEMA))
+    assert not backend.applies_constraint(C.regex("^[0-9]+$"))  # anchors
+    assert not backend.applies_constraint(C.grammar('start: "a"'))  # Lark
+    assert not backend.applies_constraint(C.span_of("The cat sat."))
 
 
 def test_unknown_mode_is_a_config_error() -> None:
@@ -208,3 +219,24 @@ async def test_llama_openai_mode_schema(llama: LlamaServer) -> None:
             return
         with pytest.raises(BackendError, match="response_format"):
             await complete(b, req)
+
+
+REGEXES = [
+    ("Is the sky blue? Answer yes or no.", r"(yes|no), because [a-z ]{1,40}\."),
+    ("How many legs does a spider have?", r"[0-9]{1,3} legs"),
+    ("Name three fruits.", skeleton_constraint(3, min_points=3).source),
+]
+
+
+async def test_llama_regexes_are_obeyed_as_gbnf(llama: LlamaServer) -> None:
+    """Each regex, written as GBNF, bounds what the server writes: every output matches the
+    regex in full, greedy and sampled (the skeleton's numbered points included)."""
+    async with llama_backend(llama) as b:
+        for question, pattern in REGEXES:
+            for seed in (None, 5):
+                sampling = Sampling(96, temperature=0.9 if seed else 0.0, seed=seed)
+                req = Request(
+                    Request.chat(question).messages, sampling, constraint=C.regex(pattern)
+                )
+                text, _, finish = await complete(b, req)
+                assert finish == "stop" and re.fullmatch(pattern, text), (question, text)

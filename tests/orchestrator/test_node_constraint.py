@@ -117,6 +117,33 @@ async def test_a_backend_that_cannot_gets_none_and_the_result_says_so_once() -> 
     assert FakeBackend().capabilities.constrains is False
 
 
+@dataclass
+class RegexOnly(Recording):
+    """Constrains, but only regexes (as a server whose request fields take no Lark grammar)."""
+
+    constrains: bool = True
+
+    def applies_constraint(self, constraint: C.Constraint) -> bool:
+        return constraint.kind == "regex"
+
+
+async def test_a_backend_that_applies_some_kinds_gets_those_and_hooks_see_which() -> None:
+    hooked: dict[str, C.Constraint | None] = {}
+
+    def look(node: Node, text: str) -> Growth:
+        hooked[node.id] = node.constraint
+        return Growth(())
+
+    lark = C.grammar('start: "yes" | "no"')
+    nodes = (Node("a", "A", constraint=C.regex("[0-9]+"), expand="look"),
+             Node("b", "B", constraint=lark, expand="look"))  # fmt: skip
+    fake = RegexOnly()
+    result = await run_plan(Plan(nodes), fake, expanders={"look": look})
+    assert fake.seen == {"A": C.regex("[0-9]+"), "B": None}
+    assert hooked == {"a": C.regex("[0-9]+"), "b": None}
+    assert result.notes == (UNCONSTRAINED,)
+
+
 async def test_grown_constrained_nodes_are_noted_once_after_the_growth_notes() -> None:
     def grow(node: Node, text: str) -> Growth:
         kids = tuple(Node(f"k{i}", f"K{i}", constraint=C.regex("x")) for i in range(3))
