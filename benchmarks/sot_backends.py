@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -63,8 +64,50 @@ async def one_question(
     )
     direct = DirectPlanner(args.direct_tokens)
     out = []
-    for backend, planner in ((llama, sot), (llama, direct), (local, sot), (local, direct)):
+    log = Path(args.log)
+    for i, (backend, planner) in enumerate(
+        ((llama, sot), (llama, direct), (local, sot), (local, direct))
+    ):
+        at = size(log)
         out.append(await parafill.arun(q, backend=backend, planner=planner))
+        if i < 2:  # where the server's time went: its own per-request timings
+            add_timings(TIMINGS[i], read_from(log, at))
+    return out
+
+
+# llama-server's print_timing lines: prompt eval (prefill) and eval (decode), per request
+_TIMING = re.compile(r"(prompt eval|\seval) time =\s+([0-9.]+) ms /\s+(\d+) tokens")
+TIMINGS: list[dict[str, float]] = [{}, {}]  # SoT, direct: summed over all questions
+
+
+def size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def read_from(path: Path, at: int) -> str:
+    with path.open(errors="replace") as f:
+        f.seek(at)
+        return f.read()
+
+
+def add_timings(into: dict[str, float], text: str) -> None:
+    for kind, ms, n in _TIMING.findall(text):
+        key = "prefill" if kind == "prompt eval" else "decode"
+        into[f"{key} ms"] = into.get(f"{key} ms", 0.0) + float(ms)
+        into[f"{key} tokens"] = into.get(f"{key} tokens", 0.0) + int(n)
+        into[f"{key} requests"] = into.get(f"{key} requests", 0.0) + 1
+
+
+def timing_lines() -> list[str]:
+    if not TIMINGS[0]:
+        return []
+    out = ["", "llama-server's own timings (its log; per request, summed: slots overlap, so the "
+           "sums exceed wall time):", "", "| | requests | prefill tokens | prefill s | "
+           "decode tokens | decode s |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, t in zip(("SoT", "direct"), TIMINGS, strict=True):
+        out.append(f"| {name} | {t.get('prefill requests', 0):.0f} | "
+                   f"{t.get('prefill tokens', 0):.0f} | {t.get('prefill ms', 0) / 1e3:.1f} | "
+                   f"{t.get('decode tokens', 0):.0f} | {t.get('decode ms', 0) / 1e3:.1f} |")  # fmt: skip
     return out
 
 
@@ -140,7 +183,7 @@ async def main(args: argparse.Namespace, qs: list[str]) -> str:
                     + " |"
                 )
                 print(lines[-1], flush=True)
-    return "\n".join(lines + summary(rows)) + "\n"
+    return "\n".join(lines + summary(rows) + timing_lines()) + "\n"
 
 
 def hardware(args: argparse.Namespace) -> str:

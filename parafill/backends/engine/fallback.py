@@ -172,7 +172,7 @@ def _compact(
     hf_model: Any, max_positions: int, fmt: str, gguf: Path | None, notify: Callable[[str], None]
 ) -> CompactLM:
     lm = CompactLM(hf_model, max_positions)
-    blocks = q4_blocks(gguf, lm) if fmt == "int4" and gguf is not None else None
+    blocks = q4_blocks(gguf, lm) if fmt in ("int4", "int8") and gguf is not None else None
     report = quantize(lm, fmt, blocks)
     if fmt != "fp32":
         kept = f", {report.from_gguf} from the GGUF's own Q4 blocks" if fmt == "int4" else ""

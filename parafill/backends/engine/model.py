@@ -108,6 +108,8 @@ class CompactLM:
         self.layers = [_layer(layer) for layer in base.layers]
         self.norm: Tensor = base.norm.weight
         self.lm_head: Weight = hf_model.lm_head.weight  # quant.py may pack it (and the layers')
+        # a packed head's dense weight (tied: the embedding's storage), for `_refine`
+        self.head_exact: Tensor | None = None
         self.dtype: torch.dtype = self.embed.dtype
         self.device: torch.device = self.embed.device
         self.cos, self.sin = _rotary_table(base.rotary_emb, max_positions, self.embed)
@@ -158,7 +160,8 @@ class CompactLM:
             if trace is not None:
                 trace.append(x)
         x = _rms(x[step.logits_at], self.norm, self.shapes.eps)
-        return _linear(x, self.lm_head).float()
+        logits = _linear(x, self.lm_head).float()
+        return logits if self.head_exact is None else _refine(logits, x, self.head_exact)
 
     def _attention(
         self,
@@ -232,6 +235,20 @@ _ONEDNN = (
     if torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
     else None
 )
+
+
+REFINE = 8  # a packed head's top logits recomputed from the dense weight
+
+
+def _refine(logits: Tensor, x: Tensor, dense: Tensor) -> Tensor:
+    """A packed head's logits with its REFINE highest recomputed from the dense weight and the
+    hidden state as it is (the packed kernel rounded both to bf16, which flips near ties):
+    the argmax is the dense head's whenever it is among the packed head's top REFINE."""
+    top = logits.topk(REFINE, dim=-1).indices  # (M, REFINE)
+    # a product and a sum over h, not einsum / bmm: a row's result must not depend on how
+    # many rows the step has (batched rows decoding stays exact)
+    exact = (dense[top].float() * x.float()[:, None, :]).sum(-1)
+    return logits.scatter_(1, top, exact)
 
 
 def _linear(x: Tensor, w: Weight, b: Tensor | None = None) -> Tensor:

@@ -10,12 +10,19 @@ both kernels take a reference path 3-100x slower, so activations are bf16); bf16
 oneDNN 18 / 18 / 37. Quantized weights win at the narrow widths where decoding lives and lose
 from ~32 rows on (the kernels' own cost grows with rows, oneDNN's barely does).
 
-int4 keeps a GGUF's own Q4_0 / Q4_1 values where the model came from one: those blocks are
-w = d*q + m over 32 inputs, which is exactly the kernel's (q - 8) * scale + zero with scale = d,
-zero = m + 8d (`gguf_q4.py`; used only where the blocks reproduce the loaded weights exactly).
-Otherwise int4 quantizes each group of 32 by its min and max (Q4_1's rule) and int8 each
-output channel by its largest magnitude. The LM head of an int4 model is int8 (as llama.cpp
-keeps Q8_0 / Q6_K for it): its 49k rows are a third of SmolLM2's weights.
+int4 is per group of 32 inputs, w = d*q + m (Q4_1's rule). It keeps a GGUF's own Q4_0 / Q4_1
+values where the model came from one: those blocks are exactly the kernel's (q - 8) * scale +
+zero with scale = d, zero = m + 8d (`gguf_q4.py`; used only where the blocks reproduce the
+loaded weights exactly). int8 is 8 bits per group of 32 (llama.cpp's 8-bit granularity; per
+output channel it agreed with fp32 on only 96.1% of greedy tokens even in fp32 arithmetic, the
+embedded model's rows spanning very different group scales), run as two 4-bit halves through
+the int4 kernel (q = 16*hi + lo, the outputs summed in fp32): no torch CPU kernel takes 8-bit
+group scales. From GGUF Q4 blocks int8 holds the same values as int4.
+
+The LM head of an int4 / int8 model is int8 per output channel (as llama.cpp keeps Q8_0 / Q6_K
+for it: its 49k rows are a third of SmolLM2's weights), and its top logits are recomputed from
+the dense head (`model._refine`; the embedding's storage when tied): the bf16 output of the
+packed head flips near ties, which cost 1.7 points of greedy agreement with fp32.
 """
 
 from __future__ import annotations
@@ -51,16 +58,22 @@ def check_format(name: str) -> Format:
 class Packed:
     """A linear layer's weight in a packed format; `matmul(x)` is x @ W.T in x's dtype."""
 
-    kind: Literal["bf16", "int8", "int4"]
-    data: Tensor  # bf16 (N, K) | int8 (N, K) | uint8 (N, K/2) in the int4 kernel's layout
-    scales: Tensor | None  # int8: (N,) bf16; int4: (K/GROUP, N, 2) bf16 (scale, zero)
+    kind: Literal["bf16", "int8", "int4", "int8c"]
+    data: Tensor  # bf16 (N, K) | int4: uint8 (N, K/2) in the int4 kernel's layout | int8: two
+    scales: Tensor | None  # int4: (K/GROUP, N, 2) bf16 (scale, zero) | int8: two
     shape: tuple[int, int]  # (N, K): output and input features
 
     def matmul(self, x: Tensor) -> Tensor:
         a = x.to(_ACT)
         if self.kind == "bf16":
             y = _bf16_linear(a, self.data)
-        elif self.kind == "int8":
+        elif self.kind == "int8":  # two 4-bit halves, summed in fp32
+            assert self.scales is not None
+            mm = torch.ops.aten._weight_int4pack_mm_for_cpu
+            hi: Tensor = mm(a, self.data[0], GROUP, self.scales[0])
+            lo: Tensor = mm(a, self.data[1], GROUP, self.scales[1])
+            return (hi.float() + lo.float()).to(x.dtype)
+        elif self.kind == "int8c":
             assert self.scales is not None
             y = torch._weight_int8pack_mm(a, self.data, self.scales)
         else:
@@ -87,25 +100,50 @@ def pack_bf16(w: Tensor) -> Packed:
     return Packed("bf16", w.detach().to(torch.bfloat16).contiguous(), None, _shape(w))
 
 
-def pack_int8(w: Tensor) -> Packed:
-    """Symmetric per output channel: w ≈ scale[n] * q[n, k], q in -127..127."""
+def pack_int8_channels(w: Tensor) -> Packed:
+    """Symmetric per output channel: w ≈ scale[n] * q[n, k], q in -127..127 (LM heads)."""
     w = w.detach().float()
     scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return Packed("int8", q.contiguous(), scale.to(_ACT), _shape(w))
+    return Packed("int8c", q.contiguous(), scale.to(_ACT), _shape(w))
+
+
+def pack_int8(w: Tensor) -> Packed:
+    """Asymmetric per group of 32 inputs (llama.cpp's 8-bit granularity): w ≈ d * q + m, q in
+    0..255."""
+    q, d, low = _groups(w, 255)
+    return pack_int8_blocks(q, d, low)
+
+
+def pack_int8_blocks(q: Tensor, d: Tensor, m: Tensor, levels: int = 256) -> Packed:
+    """w = d * q + m per group of 32 inputs, q in 0..levels-1 (Q4_1 blocks: levels 16, kept
+    exactly as q * 17 over d / 17). Stored as two 4-bit halves, q = 16 * hi + lo, each run
+    through the int4 kernel: y = y_hi + y_lo."""
+    if levels == 16:
+        q, d = q * 17, d / 17.0
+    hi, lo = pack_int4_blocks(q // 16, 16.0 * d, m), pack_int4_blocks(q % 16, d, 0.0 * m)
+    assert hi.scales is not None and lo.scales is not None
+    return Packed(
+        "int8", torch.stack([hi.data, lo.data]), torch.stack([hi.scales, lo.scales]), hi.shape
+    )
 
 
 def pack_int4(w: Tensor) -> Packed:
     """Asymmetric per group of 32 inputs (Q4_1's rule): w ≈ d * q + m, q in 0..15."""
+    return pack_int4_blocks(*_groups(w, 15))
+
+
+def _groups(w: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Round each group of GROUP inputs onto 0..top by its min and max: (q (N, K), d, min)."""
     w = w.detach().float()
     n, k = w.shape
     if k % GROUP:
-        raise ValueError(f"int4 needs input features divisible by {GROUP}, not {k}")
+        raise ValueError(f"packed weights need input features divisible by {GROUP}, not {k}")
     g = w.view(n, k // GROUP, GROUP)
     low, high = g.amin(-1), g.amax(-1)
-    d = ((high - low) / 15.0).clamp(min=1e-12)
-    q = torch.round((g - low[..., None]) / d[..., None]).clamp(0, 15).to(torch.int32)
-    return pack_int4_blocks(q.view(n, k), d, low)
+    d = ((high - low) / top).clamp(min=1e-12)
+    q = torch.round((g - low[..., None]) / d[..., None]).clamp(0, top).to(torch.int32)
+    return q.view(n, k), d, low
 
 
 def pack_int4_blocks(q: Tensor, d: Tensor, m: Tensor) -> Packed:
@@ -126,7 +164,7 @@ def dequantize(p: Packed) -> Tensor:
     kernel's own, so it is read through the kernel (rounded to bf16 on the way out)."""
     if p.kind == "bf16":
         return p.data.float()
-    if p.kind == "int8":
+    if p.kind == "int8c":
         assert p.scales is not None
         return p.data.float() * p.scales.float()[:, None]
     eye = torch.eye(p.shape[1], dtype=_ACT)
@@ -161,8 +199,8 @@ def quantize(
         packed: dict[str, Packed] = {}
         for name in ("qkv", "o", "gate_up", "down"):
             w = getattr(layer, name)
-            got = (blocks or {}).get(f"layers.{i}.{name}") if fmt == "int4" else None
-            packed[name] = pack_int4_blocks(*got) if got else _pack(fmt, w)
+            got = (blocks or {}).get(f"layers.{i}.{name}") if fmt in ("int4", "int8") else None
+            packed[name] = _from_blocks(fmt, got) if got else _pack(fmt, w)
             used += got is not None
             before += w.numel() * w.element_size()
             after += packed[name].nbytes
@@ -175,10 +213,15 @@ def quantize(
     lm.layers = layers
     head = lm.lm_head
     assert isinstance(head, Tensor)
-    lm.lm_head = _pack("int8" if fmt == "int4" else fmt, head)
+    lm.lm_head = pack_int8_channels(head) if fmt in ("int4", "int8") else _pack(fmt, head)
+    lm.head_exact = head  # top logits recomputed from it (model._refine); tied: no extra bytes
     before += head.numel() * head.element_size()
     after += lm.lm_head.nbytes
     return QuantReport(fmt, before, after, used)
+
+
+def _from_blocks(fmt: Format, blocks: tuple[Tensor, Tensor, Tensor]) -> Packed:
+    return pack_int4_blocks(*blocks) if fmt == "int4" else pack_int8_blocks(*blocks, levels=16)
 
 
 def _pack(fmt: Format, w: Tensor) -> Packed:
