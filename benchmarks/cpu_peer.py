@@ -3,9 +3,10 @@
     python benchmarks/cpu_peer.py [--weights fp32 int4] [--levels 1 4 8] [--rounds 3]
     # -> benchmarks/results/cpu_peer_cpu.md
 
-Starts llama-server (built by scripts/build_llama_server.sh; `-np` = the largest level, `-t` =
---threads) and one `parafill serve` per weight format, all on 127.0.0.1 with the embedded
-SmolLM2-135M-Instruct Q4_1 GGUF. Each round runs every level against every server in turn (the
+Starts llama-server (built by scripts/build_llama_server.sh; `-np` = --slots, `-t` = --threads)
+and one `parafill serve` per weight format, all on 127.0.0.1 with the embedded
+SmolLM2-135M-Instruct Q4_1 GGUF, and opens the engine in this process in each format too (the
+same requests through LocalBackend, no HTTP). Each round runs every level against every server in turn (the
 others idle): N concurrent streaming chat completions, greedy, --max-tokens each, prompts cycled
 from serve_load.py's eight; tokens/s = completion tokens of all N (usage) / wall time. Medians of
 --rounds. Only one server computes at a time.
@@ -26,7 +27,9 @@ import torch
 from openai import AsyncOpenAI
 from serve_load import PROMPTS, free_port
 
+from parafill.backends.base import Request, Sampling, complete
 from parafill.backends.engine.weights import default_gguf
+from parafill.backends.local import LocalBackend, LocalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "backends"))
@@ -52,7 +55,7 @@ def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
-    slots, ctx = max(args.levels), 512
+    slots, rows, ctx = args.slots, max(args.levels), 512
     gguf = str(default_gguf())
     out: dict[str, tuple[int, list[str]]] = {}
     port = free_port()
@@ -64,9 +67,25 @@ def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
     for w in args.weights:
         port = free_port()
         out[f"parafill serve --weights {w}"] = (port, [
-            exe, "serve", "--port", str(port), "--weights", w, "--rows", str(slots),
-            "--budget-tokens", str(ctx * slots), "--max-tokens", str(args.max_tokens)])  # fmt: skip
+            exe, "serve", "--port", str(port), "--weights", w, "--rows", str(rows),
+            "--budget-tokens", str(ctx * rows), "--max-tokens", str(args.max_tokens)])  # fmt: skip
     return out
+
+
+async def local_level(backend: LocalBackend, n: int, max_tokens: int) -> float:
+    """Tokens/s of n concurrent greedy requests to the engine in this process (no HTTP)."""
+    tokens = [0] * n
+
+    async def one(i: int) -> None:
+        req = Request.chat(PROMPTS[i % len(PROMPTS)])
+        req = Request(req.messages, Sampling(max_tokens=max_tokens, temperature=0.0))
+        tokens[i] = (await complete(backend, req))[1]
+
+    t0 = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return sum(tokens) / (anyio.current_time() - t0)
 
 
 async def level(port: int, n: int, max_tokens: int) -> float:
@@ -114,18 +133,33 @@ async def measure(args: argparse.Namespace) -> str:
         for p in procs.values():
             p.terminate()
             p.wait(timeout=30)
+    # then the engine in this process, one format at a time (with two engines open in one
+    # process, the computing one ran at 0.6x its speed alone on this CPU)
+    rows = max(args.levels)
+    for w in args.weights:
+        name = f"engine in-process --weights {w}"
+        config = LocalConfig(weights=w, rows=rows, budget_tokens=512 * rows)
+        async with LocalBackend.open(config) as backend:
+            await local_level(backend, 1, 16)
+            for _ in range(args.rounds):
+                for n in args.levels:
+                    got = await local_level(backend, n, args.max_tokens)
+                    rates.setdefault((name, n), []).append(got)
     med = {k: statistics.median(v) for k, v in rates.items()}
     lines = [
         "# parafill serve vs llama.cpp's llama-server (CPU, same GGUF, same requests)", "",
         f"- hardware: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"llama-server from llama-cpp-python 0.3.36's vendored llama.cpp, `-t {args.threads} "
-        f"-np {max(args.levels)}`; greedy, max_tokens {args.max_tokens}, streaming chat; "
-        f"median of {args.rounds} interleaved rounds; `python benchmarks/cpu_peer.py`", "",
+        f"-np {args.slots}`; `parafill serve` and the in-process engine with {rows} rows; "
+        f"greedy, max_tokens {args.max_tokens}, streaming chat over HTTP (in-process: the same "
+        f"requests through LocalBackend, after the servers, one format at a time); median of "
+        f"{args.rounds} interleaved rounds; "
+        f"`python benchmarks/cpu_peer.py`", "",
         "| server | " + " | ".join(f"{n} clients tok/s" for n in args.levels) + " |",
         "|---|" + "---|" * len(args.levels),
     ]  # fmt: skip
     base = "llama-server"
-    for name in specs:
+    for name in dict.fromkeys(k for k, _ in rates):  # servers, then the in-process engines
         cells = [f"{med[name, n]:.0f} ({med[name, n] / med[base, n]:.2f}x)" for n in args.levels]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -133,8 +167,9 @@ async def measure(args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", nargs="+", default=["fp32", "int4"])
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"])
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 32])
+    ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
