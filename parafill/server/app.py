@@ -209,6 +209,7 @@ def _job(
         logit_bias=req.bias,
         repetition_penalty=req.repetition_penalty,
         stop_on_repeat=req.stop_on_repeat,
+        lexical=req.lexical,
     )
     engine = backend.engine
     if req.filler == "draft" and isinstance(engine, Engine) and engine.draft_model is None:

@@ -109,6 +109,9 @@ class _Sampled(_In):
     # parafill's own loop guard: stop once the output's last N tokens occurred earlier in
     # it (0: off)
     stop_on_repeat: int = Field(default=0, ge=0, le=4096)
+    # parafill's own, LOSSY: keep a drafted token the model gives at least this probability
+    # even where greedy decoding would choose another (0: off; greedy requests with a filler)
+    lexical: float = Field(default=0.0, ge=0.0, lt=0.5)
     response_format: ResponseFormat | None = None
 
     _text = field_validator("model")(_unicode)
@@ -171,6 +174,8 @@ def unsupported(req: ChatRequest | CompletionRequest) -> tuple[str, str] | None:
     """(param, message) for a known OpenAI field whose value parafill cannot honour."""
     if not 1 <= req.n <= MAX_N:
         return "n", f"n={req.n} is not supported: 1 <= n <= {MAX_N}"
+    if req.lexical and req.temperature > 0:
+        return "lexical", "lexical acceptance is for greedy requests (temperature 0)"
     if isinstance(req, ChatRequest):
         if req.logprobs not in (None, False, True):
             return "logprobs", "logprobs must be true or false"

@@ -115,6 +115,26 @@ def test_unknown_filler_is_a_400_and_the_server_serves_on(
     assert "lighthouse" in _text(client, kind, stream, filler="autoregressive")
 
 
+def test_lexical_field_reaches_the_engine_and_bad_values_are_400s(
+    client: OpenAI, made: list[str]
+) -> None:
+    """`lexical` (parafill's own, lossy) is accepted with a filler at temperature 0, and every
+    token it writes is still a token the model gave at least that much (the engine's tests
+    check that); a threshold out of [0, 0.5) or a sampled request is a 400 naming it."""
+    got = _text(client, "chat", False, filler="ngram", lexical=0.3)
+    assert made == ["ngram"] and got
+    for extra, why in (({"lexical": 0.5}, "less than 0.5"), ({"lexical": -0.5}, "greater than")):
+        with pytest.raises(openai.BadRequestError) as info:
+            _text(client, "chat", False, filler="ngram", **extra)
+        assert why in str(info.value.body)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=N, temperature=0.7,
+                                       extra_body={"filler": "ngram", "lexical": 0.3})  # fmt: skip
+    error = info.value.body
+    assert isinstance(error, dict) and error["param"] == "lexical"
+    assert made == ["ngram"]  # the refused ones never reached the engine
+
+
 # ---- parafill serve --filler ----------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
 from parafill.backends.engine.model import CompactLM
 from parafill.backends.engine.modeldraft import ModelDrafter, make_drafter
+from parafill.backends.engine.params import check_lexical
 from parafill.backends.engine.sampling import (
     GenParams,
     Top,
@@ -169,6 +170,7 @@ class Engine:
         `constraint` (compiled for this model's logits width) restricts every token chosen."""
         check_prompt(prompt, self.model.shapes.vocab)
         check_bias(params, self.model.shapes.vocab)
+        check_lexical(params)
         need = len(prompt) + params.max_tokens
         self.cache.check_fits(need)
         if need > len(self.model.cos):  # past the rotary table the step fails for everyone in it

@@ -28,6 +28,10 @@ class Decoding:
     # a loop guard: stop (finish "stop") as soon as the output's last N tokens already
     # occurred, in that order, earlier in the output (0: off); exact with drafts
     stop_on_repeat: int = 0
+    # LOSSY, off at 0: a drafted token the model gives at least this probability is kept even
+    # where greedy decoding would choose another (a training-free reading of lexical-unit
+    # decoding: a confident drafted run is accepted as a unit); greedy only, needs a filler
+    lexical: float = 0.0
 
     @property
     def adjusts(self) -> bool:
@@ -72,6 +76,21 @@ def check_bias(params: GenParams, vocab: int) -> None:
     if bad:
         raise ValueError(
             f"logit_bias names token ids outside the vocabulary (0..{vocab - 1}): {bad}"
+        )
+
+
+def check_lexical(params: Decoding) -> None:
+    """`lexical` is a probability threshold below 1/2 for greedy requests (refused at submit):
+    a token other than the greedy choice never has p >= 1/2, so a higher one keeps nothing."""
+    if not 0.0 <= params.lexical < 0.5:
+        raise ValueError(
+            f"lexical must be in [0, 0.5) (0: off), not {params.lexical}: a token other than "
+            "the greedy choice never has probability 0.5 or more"
+        )
+    if params.lexical and params.temperature > 0:
+        raise ValueError(
+            "lexical acceptance is for greedy decoding (temperature 0); a sampled request "
+            "keeps drafts by rejection sampling"
         )
 
 

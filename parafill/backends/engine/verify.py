@@ -16,6 +16,7 @@ with min(1, p / q) instead (reject.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -84,16 +85,34 @@ def decide(logits: Tensor, sampled: list[tuple[Seq, int]]) -> list[Window]:
                 rows, seq.params, seq.seed, start, drafts, seq.draft_q, tokens[at : at + n]
             )
         at += n
+    paths, at = [], 0
+    for seq, n in sampled:
+        pred = tokens[at : at + n]
+        lenient = _lenient(seq, chooser[at : at + n]) if seq.params.lexical and n > 1 else None
+        paths.append([] if id(seq) in dead else _walk(seq, pred, lenient))
+        tokens[at : at + n] = pred  # a leniently kept draft replaces the choice it differs from
+        at += n
     logps = chosen_logprobs(logits, tokens)
     tops = top_logprobs(logits, [p.top_logprobs for p in params])
     out, at = [], 0
-    for seq, n in sampled:
-        pred = tokens[at : at + n]
+    for (seq, n), path in zip(sampled, paths, strict=True):
         why = _NO_TOKEN if id(seq) in dead else None
-        path = [] if why else _walk(seq, pred)
-        out.append(Window(seq, pred, path, logps[at : at + n], tops[at : at + n], why))
+        w = Window(seq, tokens[at : at + n], path, logps[at : at + n], tops[at : at + n], why)
+        out.append(w)
         at += n
     return out
+
+
+def _lenient(seq: Seq, rows: Tensor) -> Callable[[int, int], bool]:
+    """Lexical acceptance (lossy): whether the model gives the draft `token` at logits row `row`
+    at least `params.lexical` (the rows' choice distribution: penalties and the output
+    constraint applied, so a token they rule out is never kept)."""
+    probs = torch.softmax(rows.float(), dim=-1)
+    drafts = torch.tensor(seq.draft[: len(rows) - 1], device=rows.device)
+    # p(draft j) at each row that could have drafted it: row parent(j) + 1, read in one go
+    parent_rows = torch.tensor([p + 1 for p in seq.parents[: len(rows) - 1]], device=rows.device)
+    ok = (probs[parent_rows, drafts] >= seq.params.lexical).tolist()
+    return lambda row, j: bool(ok[j])
 
 
 _NO_TOKEN = "the output constraint allows no token here (the grammar cannot continue)"
@@ -161,16 +180,25 @@ def settle(w: Window) -> tuple[int, str | None]:
     return n, finish
 
 
-def _walk(seq: Seq, pred: list[int]) -> list[int]:
-    """From the last token, step to the child draft equal to the current choice."""
+def _walk(
+    seq: Seq, pred: list[int], lenient: Callable[[int, int], bool] | None = None
+) -> list[int]:
+    """From the last token, step to the child draft equal to the current choice; with
+    `lenient` (lexical acceptance), where no child equals it, to the first child it keeps,
+    whose token then replaces the choice in `pred`."""
     children: dict[int, list[int]] = {}
     for j, p in enumerate(seq.parents[: len(pred) - 1]):
         children.setdefault(p, []).append(j)
     path: list[int] = []
     node = -1
     while True:
-        want = pred[node + 1]
-        node = next((c for c in children.get(node, []) if seq.draft[c] == want), -2)
+        row, kids = node + 1, children.get(node, [])
+        want = pred[row]
+        node = next((c for c in kids if seq.draft[c] == want), -2)
+        if node == -2 and lenient is not None:
+            node = next((c for c in kids if lenient(row, c)), -2)
+            if node != -2:
+                pred[row] = seq.draft[node]
         if node == -2:
             return path
         path.append(node)
