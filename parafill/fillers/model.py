@@ -9,7 +9,7 @@ it hands the engine's draft to the verify step like any other proposal.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from parafill.fillers.base import Draft, Outcome, Sources
@@ -26,13 +26,19 @@ class ModelDrafts:
         self.kind: Kind = kind
         self.pending: Draft | None = None
         self.q: Any = None
+        # the drafter's own probability of each pending draft, and where verdicts go (the
+        # drafter calibrates its chance of being kept from them)
+        self.raw: tuple[float, ...] = ()
+        self.learn: Callable[[Sequence[float], int], None] | None = None
 
     def propose(self, tokens: Sequence[int], k: int) -> Draft | list[int]:
         got, self.pending = self.pending, None
         return got if got is not None else []
 
     def observe(self, outcome: Outcome) -> None:
-        self.q = None
+        if self.learn is not None and self.raw and outcome.draft:
+            self.learn(self.raw[: len(outcome.draft)], outcome.accepted)
+        self.q, self.raw = None, ()
 
 
 def self_drafts(sources: Sources) -> ModelDrafts:

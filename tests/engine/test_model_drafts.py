@@ -239,3 +239,42 @@ def test_speedup_model() -> None:
     assert speedup(0.0, 0.5) == 1 / 1.5
     assert speedup(1.0, 0.0, k_max=4) == 5.0
     assert 1.0 < speedup(0.8, 0.5) < speedup(0.9, 0.5)
+
+
+def test_the_drafters_keep_rate_is_learned_from_verdicts(
+    smol: Smol, chat: Chat, smol_ref: RefCache
+) -> None:
+    """A drafter starts from its own probability as the chance a draft is kept and learns the
+    kept rate per probability bin from the verify steps: SmolLM2 drafting for itself with every
+    layer keeps nearly every draft, so every bin it was judged in rises far above its prior,
+    and the output stays exactly the reference."""
+    eng, _ = make_engine(smol[0], mode="rows", budget_tokens=1024, rows=2, speculate="always",
+                         self_layers=tuple(range(30)))  # fmt: skip
+    prompt = chat("Write a short story about a lighthouse keeper.")
+    run = Run()
+    i = eng.submit(list(prompt), greedy(64), make("self"))
+    drain(eng, run, [i])
+    assert run.tokens[i] == smol_ref(list(prompt), 64)
+    drafter = eng.model_drafters["self"]
+    assert drafter is not None
+    # the bins below 1/2 that got 3+ verdicts: kept far more often than their centre says
+    low = [kept / seen for kept, seen in drafter.bins[:5] if seen >= 5]
+    assert len(low) >= 2 and all(rate >= 0.6 for rate in low), drafter.bins
+    assert eng.accepted / max(1, eng.drafted) > 0.8
+
+
+def test_keep_rate_bins_count_kept_and_the_first_rejected_only(llama: torch.nn.Module) -> None:
+    eng, _ = make_engine(llama, mode="rows", budget_tokens=256, rows=1, speculate="always",
+                         self_layers=(0,))  # fmt: skip
+    i = eng.submit([1, 2, 3], greedy(4), make("self"))
+    drain(eng, Run(), [i])
+    drafter = eng.model_drafters["self"]
+    assert drafter is not None
+    before = [list(b) for b in drafter.bins]
+    drafter.learn([0.15, 0.95, 0.55, 0.35], accepted=2)  # kept, kept, rejected, not judged
+    after = drafter.bins
+    assert after[1] == [before[1][0] + 1, before[1][1] + 1]
+    assert after[9] == [before[9][0] + 1, before[9][1] + 1]
+    assert after[5] == [before[5][0], before[5][1] + 1]
+    assert after[3] == before[3]
+    assert drafter.keep_rate(0.15) == after[1][0] / after[1][1]

@@ -213,9 +213,9 @@ class Drafter:
                 assert isinstance(p, ModelDrafts)
                 if got is None:
                     s.proposer = None
-                elif got[i].tokens:
+                elif got[i].tokens and drafter is not None:
                     p.pending = Draft(tuple(got[i].tokens), tuple(got[i].confidence))
-                    p.q = got[i].q
+                    p.q, p.raw, p.learn = got[i].q, tuple(got[i].raw), drafter.learn
 
     def _worth(
         self, work: list[Seq], decoding: list[Seq], items: list[tuple[Seq, int]], drafter: Any

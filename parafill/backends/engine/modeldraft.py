@@ -49,8 +49,9 @@ class ModelDraft:
     probability of the token), and at temperature > 0 its distribution q per token."""
 
     tokens: list[int]
-    confidence: list[float]
+    confidence: list[float]  # the chance each is kept: its probability, calibrated (keep_rate)
     q: Tensor | None = None  # (len(tokens), vocab) where the draft was sampled
+    raw: list[float] = field(default_factory=list)  # the drafter's own probability of each
 
 
 @dataclass
@@ -71,8 +72,12 @@ class _Feed:
     out: list[int] = field(default_factory=list)
     fed: list[int] = field(default_factory=list)  # every token fed, from positions[0] on
     conf: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
     q: list[Tensor] = field(default_factory=list)
     chance: float = 1.0
+
+
+BINS = 10  # confidence bins of the drafter's keep-rate calibration
 
 
 class ModelDrafter:
@@ -98,6 +103,10 @@ class ModelDrafter:
         self.owner: dict[int, int] = {}  # slot -> id() of the sequence its visibility is for
         self.forwards = 0
         self.seconds: dict[int, float] = {}  # per width (power of two), one forward's time
+        # per bin of the drafter's probability: [kept, judged], a prior of 2 drafts kept at
+        # the bin's centre. A drafter close to the target (the int4 copy) is kept far more
+        # often than its own probability says; chains go as deep as the kept rate allows
+        self.bins = [[2.0 * (i + 0.5) / BINS, 2.0] for i in range(BINS)]
 
     @torch.inference_mode()
     def draft(self, wants: Sequence[tuple[Seq, int]]) -> list[ModelDraft]:
@@ -115,7 +124,20 @@ class ModelDrafter:
         if self.own:
             for f in feeds:
                 self._remember(f)
-        return [ModelDraft(f.out, f.conf, torch.stack(f.q) if f.q else None) for f in feeds]
+        return [ModelDraft(f.out, f.conf, torch.stack(f.q) if f.q else None, f.raw) for f in feeds]
+
+    def keep_rate(self, p: float) -> float:
+        """How often a draft the drafter gave probability `p` has been kept (with the prior)."""
+        kept, judged = self.bins[min(BINS - 1, max(0, int(p * BINS)))]
+        return kept / judged
+
+    def learn(self, raw: Sequence[float], accepted: int) -> None:
+        """One verify step's verdict on a chain whose drafts had probabilities `raw`: those
+        before `accepted` were kept, the one at it was not; later ones were not judged."""
+        for j, p in enumerate(raw[: accepted + 1]):
+            b = self.bins[min(BINS - 1, max(0, int(p * BINS)))]
+            b[0] += j < accepted
+            b[1] += 1
 
     def _first_feeds(self, wants: Sequence[tuple[Seq, int]]) -> list[_Feed]:
         """Per sequence, the positions its first forward feeds: the last token (and, with an
@@ -246,9 +268,11 @@ class ModelDrafter:
             tok[idx] = torch.minimum(pick, torch.tensor(probs.shape[-1] - 1, device=dev))
         chosen = probs.gather(1, tok[:, None])[:, 0].tolist()
         for i, (f, tk, c) in enumerate(zip(feeds, tok.tolist(), chosen, strict=True)):
+            rate = self.keep_rate(float(c))
             f.out.append(int(tk))
-            f.conf.append(float(c))
-            f.chance *= float(c)
+            f.raw.append(float(c))
+            f.conf.append(rate)
+            f.chance *= rate
             if temps[i] > 0:
                 f.q.append(probs[i])
 
