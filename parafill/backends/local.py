@@ -2,7 +2,9 @@
 
 Chat templates, tokenizing, incremental detokenizing and stop strings live here; the engine
 (token ids only) runs in its own worker thread started through anyio, and hands each step's
-tokens back to the event loop in one call. Cancelling a stream frees its room in the engine.
+tokens to the event loop in one call that does not wait for the loop (handoff.py), so the next
+step computes while the loop streams the last one. Cancelling a stream frees its room in the
+engine.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.quant import check_format
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import ModelNotFound, default_gguf, load
+from parafill.backends.handoff import poster
 from parafill.fillers import FillerError, check, make
 
 if TYPE_CHECKING:
@@ -171,7 +174,8 @@ class LocalBackend:
     async def running(self) -> AsyncIterator[None]:
         """Runs the engine loop in a worker thread for the duration of the block."""
         stop = threading.Event()
-        serve = partial(self.engine.serve, self._deliver, stop)
+        post = poster()
+        serve = partial(self.engine.serve, partial(post, self._dispatch), stop)
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(anyio.to_thread.run_sync, serve, abandon_on_cancel=False))
             try:
@@ -251,11 +255,8 @@ class LocalBackend:
             # (a no-op when the engine already retired the sequence)
             self.engine.cancel(seq_id)
 
-    def _deliver(self, outs: list[StepOutput]) -> None:
-        # called in the engine thread: hand the whole step to the event loop at once
-        anyio.from_thread.run_sync(self._dispatch, outs)
-
     def _dispatch(self, outs: list[StepOutput]) -> None:
+        # run on the event loop, posted by the engine thread with a whole step's outputs
         for out in outs:
             stream = self._streams.get(out.seq_id)
             if stream is not None:

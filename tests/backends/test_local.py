@@ -6,6 +6,7 @@ stop strings cut; a cancelled consumer frees its engine room; over-budget reques
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -202,3 +203,21 @@ async def test_logprobs_reach_the_node_result(
     assert sum(lp or 0.0 for lp in got) == pytest.approx(want, abs=1e-3)
     result = await run_plan(Plan((Node("a", QUESTIONS[0], max_tokens=N),)), local)
     assert result.results["a"].logprob == pytest.approx(want, abs=1e-3)
+
+
+async def test_the_engine_decodes_on_while_the_event_loop_is_busy(
+    local: LocalBackend, alone: list[tuple[str, int, str | None]]
+) -> None:
+    """The engine thread hands each step to the loop without waiting for the loop to take it:
+    while the loop is held by synchronous work (a server writing a chunk, a slow consumer) the
+    next steps compute (an engine that waited would stall at its next step until the 60 s
+    bound), and the stream then delivers every token in order: the same text as alone."""
+    stream = local.stream(_req(QUESTIONS[0]))
+    first = await anext(stream)
+    start, bound = local.forward_passes, time.monotonic() + 60
+    while local.forward_passes < start + 5 and time.monotonic() < bound:
+        time.sleep(0.01)  # noqa: ASYNC251 -- blocks the loop: nothing takes the outputs
+    assert local.forward_passes >= start + 5
+    chunks = [first] + [c async for c in stream]
+    assert "".join(c.text for c in chunks) == alone[0][0]
+    assert sum(c.tokens for c in chunks) == N
