@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # parafill.constraints imports torch: imported below only whe
     from parafill.planners.outline import OutlineLimits
 
 POINT_CHARS = 70  # a skeleton point: 3-5 words asked, 12 kept by the parser
+POINT_WORDS = 12
 STEP_CHARS = 120
 TITLE_CHARS = 60
 _END = '("\\n\\n")?'  # Lark: a list may end with the blank line the model writes after it
@@ -50,21 +51,91 @@ def skeleton_constraint(
     """Numbered points first..max_points of one short line each (after the prefilled "first."),
     at least min_points in all (counting the first-1 already written). A point whose parsed text
     would be one of `banned` (an earlier point, compared as the parser compares) is refused."""
-    point = rf"[A-Za-z0-9][^\n*#`]{{1,{POINT_CHARS}}}"
-    least = max(1, min_points - first + 1)
+    from parafill.constraints.spec import regex
+
     banned = tuple(banned)
-    if not banned:
-        parts = [" " + point] + [rf"\n{k}\. {point}" for k in range(first + 1, max_points + 1)]
-        from parafill.constraints.spec import regex
+    point = unbanned_point(banned) if banned else rf"[A-Za-z0-9][^\n*#`]{{1,{POINT_CHARS}}}"
+    least = max(1, min_points - first + 1)
+    parts = [" " + point] + [rf"\n{k}\. {point}" for k in range(first + 1, max_points + 1)]
+    return regex(chain(parts, least) + r"(?:\n\n)?")
 
-        return regex(chain(parts, least) + r"(?:\n\n)?")
-    lark = ['" " P'] + [f'"\\n{k}. " P' for k in range(first + 1, max_points + 1)]
-    # the parser keeps the head of "Head: more" and the first sentence, then drops repeats
-    ends = r"(?:[ .;:!?'\"-]*|[:.!?]\s[^\n]*|:[^\n]*)"
-    unless = _unless(quote(b) + ends for b in banned)
-    from parafill.constraints.spec import grammar
 
-    return grammar(f"start: {chain(lark, least, True)} {_END}\nP: /{point}/{unless}\n")
+# not in a skeleton point after its first character; with repeats refused not `_` either
+# (markup the parser drops: "Iron Man_" would read as "Iron Man")
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_NOT_POINT = "\n*#`_"
+# what the parser strips from a point's end or cuts it at ("Head: more", "First. Second")
+_TRIM = " .;:-\u2013\u2014\"'!?"
+
+
+def _class(chars: Iterable[str], negate: bool = False) -> str:
+    body = "".join(dict.fromkeys("\\n" if c == "\n" else quote(c) for c in chars))
+    return f"[^{body}]" if negate else (f"[{body}]" if body else "")
+
+
+def _cases(c: str) -> list[str]:
+    up = c.upper()
+    return [c, up] if len(up) == 1 and up != c else [c]
+
+
+def _rest(used: int) -> str:
+    """Free point characters after `used` of them (a point is 2..POINT_CHARS+1 long)."""
+    low, high = max(0, 2 - used), POINT_CHARS + 1 - used
+    return "" if high <= 0 else _class(_NOT_POINT, True) + f"{{{low},{high}}}"
+
+
+class _Trie(dict[str, "_Trie"]):
+    end = False  # a banned point ends here
+    words = 0
+
+
+def unbanned_point(banned: Iterable[str]) -> str:
+    """A regex for one skeleton point (`[A-Za-z0-9][^\\n*#`]{1,70}`, no `_`) whose parsed text
+    (`skeleton._clean`, compared case-insensitively) is none of `banned`: a trie of the banned
+    texts, leaving each at a character it does not have. After a whole banned text only a
+    character the parser keeps may follow (not the end, ':', '. ', a trailing '.', ...), so
+    the grammar can refuse a few distinct points ("Iron Man - the hero"); it never admits a
+    repeat, except one of over 12 words written with doubled spaces (the parser drops that)."""
+    root = _Trie()
+    for text in banned:
+        key = text.lower()
+        if not key or key[0] not in _ALNUM or any(c in _NOT_POINT for c in key):
+            continue  # no point can be parsed as this text
+        node = root
+        for c in key[: POINT_CHARS + 1]:
+            node = node.setdefault(c, _Trie())
+        node.end, node.words = True, len(key.split())
+    return _after(root, 0, False) or ""
+
+
+def _after(node: _Trie, used: int, tight: bool) -> str | None:
+    """The rest of a point after `used` characters that spelled the path to `node`; `tight`:
+    the parser would read what is written so far as a banned text if it ended here."""
+    tight = tight or node.end
+    kids = [c for c in node if used < POINT_CHARS + 1]
+    taken = [x for c in kids for x in _cases(c)]
+    alts = []
+    for c in kids:
+        then = _after(node[c], used + 1, tight and c in _TRIM)
+        if then is not None:  # None: every way on from there spells a banned text
+            alts.append(_class(_cases(c)) + then)
+    if used == 0:
+        first = _class(c for c in _ALNUM if c not in taken)
+        alts.append(first + _rest(1))
+    elif tight:
+        safe = _class((*_NOT_POINT, *_TRIM, *taken), True)
+        alts.append(safe + _rest(used + 1))
+        long = node.words >= POINT_WORDS  # a further word would be cut off by the parser
+        joins = [c for c in " '-" if c not in taken and not (c == " " and long)]
+        if joins and used + 2 <= POINT_CHARS + 1:
+            alts.append(_class(joins) + _class(_ALNUM) + _rest(used + 2))
+    elif used <= POINT_CHARS:
+        alts.append(_class((*_NOT_POINT, *taken), True) + _rest(used + 1))
+    body = "|".join(a for a in alts if a)
+    may_end = used >= 2 and not tight
+    if not body:
+        return "" if may_end else None
+    return f"(?:{body})" + ("?" if may_end else "")
 
 
 def step_body(k: int, literal: Iterable[str] = ()) -> str:

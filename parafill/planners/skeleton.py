@@ -3,8 +3,9 @@
 The skeleton node's output grows the plan with one expansion node per parsed point; the
 expansion prompts share everything up to the point number, so a prefix-sharing backend
 prefills it once. A skeleton whose points repeat (a small model loops on its first) is
-continued once after its distinct points with repeats refused by its grammar; one that still
-does not parse falls back to a direct answer, with a note.
+continued once after its distinct points with repeats refused by its grammar (a regex, so a
+llama.cpp server applies it as GBNF too); one that still does not parse falls back to a direct
+answer, with a note.
 The question is bound on the skeleton node (`args`) when the plan is made. On a backend that
 applies grammars the skeleton node is constrained to the parser's format (grammars.py).
 """
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from parafill.orchestrator.plan import Expander, Growth, Node, Plan
-from parafill.planners.grammars import skeleton_constraint
+from parafill.planners.grammars import POINT_WORDS, skeleton_constraint
 from parafill.planners.static import direct_node
 
 SKELETON_SYSTEM = (
@@ -41,7 +42,7 @@ POINT_PROMPT = (
 
 _NUMBERED = re.compile(r"^\s*(?:[*_#>]+\s*)?(?:step|point)?\s*(\d{1,2})\s*[.):\]-]\s*(.+)$", re.I)
 _BULLET = re.compile(r"^\s*[-*\u2022+]\s+(.+)$")
-MAX_POINT_WORDS = 12
+MAX_POINT_WORDS = POINT_WORDS
 _MARKUP = re.compile(r"[*_`#]+")
 
 

@@ -225,6 +225,8 @@ REGEXES = [
     ("Is the sky blue? Answer yes or no.", r"(yes|no), because [a-z ]{1,40}\."),
     ("How many legs does a spider have?", r"[0-9]{1,3} legs"),
     ("Name three fruits.", skeleton_constraint(3, min_points=3).source),
+    # a skeleton continued after its first point with repeats of it refused
+    ("Name three fruits.", skeleton_constraint(3, 3, 2, ("Apple", "Apples")).source),
 ]
 
 

@@ -6,6 +6,8 @@ constrained skeleton / DAG / outline nodes fail to parse only where the model re
 from __future__ import annotations
 
 import json
+import random
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +22,10 @@ from parafill.orchestrator.runner import RunConfig, run_plan
 from parafill.planners.base import Planner
 from parafill.planners.dag import DagPlanner, parse_steps
 from parafill.planners.document import DocumentPlanner, parse_outline
+from parafill.planners.grammars import unbanned_point
 from parafill.planners.ner import NerConfig, default_adapter, extract
 from parafill.planners.reasoning import ReasoningPlanner
-from parafill.planners.skeleton import SkeletonPlanner, parse_points
+from parafill.planners.skeleton import SkeletonPlanner, _clean, parse_points
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parents[2]
@@ -73,6 +76,31 @@ def test_skeleton_continuation_refuses_points_the_parser_reads_as_repeats(accept
     for text in [" Iron Man's suit", " Tony Stark", " Suits\n3. Wit\n4. Money"]:
         assert accepts(c, text), text
     assert not accepts(c, " Suits\n3. Wit\n4. Money\n5. Jets")  # still at most max_points
+
+
+def test_continuation_regex_never_admits_a_repeat_and_keeps_distinct_points() -> None:
+    """Strings built around the banned points (cut, re-cased, extended with the characters
+    the parser strips or cuts at): every one the point regex admits is a point of the plain
+    skeleton format that the parser reads as none of the banned ones."""
+    banned = ["Iron Man", "Keep a regular schedule", "Exercise", "Exercise daily"]
+    banned.append("a b c d e f g h i j k l")  # 12 words: a 13th would be cut off
+    point = re.compile(unbanned_point(banned))
+    plain = re.compile(r"[A-Za-z0-9][^\n*#`_]{1,70}")
+    seen = {b.lower() for b in banned}
+    rng = random.Random(0)
+    tails = list("abeimnrxAEIMNR .:;-'!?,_") + [". Then", ": x", "s", " and more"]
+    admitted = 0
+    for _ in range(20000):
+        b = rng.choice(banned)
+        text = "".join(c.upper() if rng.random() < 0.2 else c for c in b[: rng.randint(0, len(b))])
+        text += "".join(rng.choice(tails) for _ in range(rng.randint(0, 4)))
+        if point.fullmatch(text):
+            admitted += 1
+            assert plain.fullmatch(text) and _clean(text).lower() not in seen, text
+    assert admitted > 5000  # the grammar is not simply refusing everything
+    for text in ["Exercises", "Exercise more", "Iron Man's suit", "Iron Man, the hero", "Keep calm",
+                 "a b c d e f g h i j k", "Ex"]:  # fmt: skip
+        assert point.fullmatch(text), text
 
 
 def test_dag_grammar_allows_references_to_earlier_steps_only(accepts) -> None:  # type: ignore[no-untyped-def]

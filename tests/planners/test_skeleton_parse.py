@@ -1,6 +1,7 @@
 """Skeleton parsing on what small models really write (captured SmolLM2 outputs + edge cases)."""
 
 import json
+import re
 from pathlib import Path
 
 from parafill.orchestrator.plan import Node
@@ -94,7 +95,9 @@ def test_repeated_points_continue_once_after_the_distinct_ones_then_fall_back():
     assert growth.answer is None and growth.note and "repeats refused" in growth.note
     assert more.id == "skeleton-more" and more.expand == "skeleton"
     assert more.prefix == "1. Light scatters\n2." and more.prompt == skeleton.prompt
-    assert more.constraint is not None and "Light scatters" in more.constraint.source
+    assert more.constraint is not None and more.constraint.kind == "regex"  # GBNF-able too
+    assert not re.fullmatch(more.constraint.source, " Light scatters")
+    assert re.fullmatch(more.constraint.source, " Blue is short")
     again = planner.expanders["skeleton"](more, " Light scatters")  # still one point
     assert again.answer == ("direct",) and again.note and "did not parse" in again.note
     done = planner.expanders["skeleton"](more, " Blue is short")
