@@ -8,7 +8,9 @@ Questions: the first --limit of benchmarks/data/mt_bench_first20.jsonl (MT-bench
 Per question, in one run and back to back: (1) parafill SoT over the server (embedded SmolLM2
 Q4_1 GGUF, started on 127.0.0.1 as the tests do) through OpenAIBackend, (2) the same server
 answering directly, (3) SoT on parafill's LocalBackend (SmolLM2 in --weights), (4) LocalBackend
-answering directly. Greedy throughout. llama.cpp's `llama-server` runs --slots requests at once
+answering directly, and with llama-server (5) the same SoT on a second llama-server without
+sharing the points' prefix across slots (`share_prefix=False`; a second server, so that the
+first one's caches of this question do not serve it). Greedy throughout. llama.cpp's `llama-server` runs --slots requests at once
 (SoT's points in parallel slots), continues the prefilled "1." and gets the skeleton's grammar
 as GBNF; llama-cpp-python's server runs one request at a time and takes neither.
 """
@@ -22,6 +24,7 @@ import platform
 import re
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -40,7 +43,7 @@ DATA = Path(__file__).parent / "data" / "mt_bench_first20.jsonl"
 RESULTS = Path(__file__).parent / "results"
 OUT = {"llama-server": "sot_llama_server_cpu.md", "llama-cpp-python": "sot_backends_cpu.md"}
 FELL_BACK = "did not parse"  # the skeleton planner's note when a skeleton falls back
-COLUMNS = ("llama SoT", "llama direct", "local SoT", "local direct")
+COLUMNS = ("llama SoT", "llama direct", "local SoT", "local direct", "llama SoT unshared")
 
 
 def cell(r: RunResult) -> str:
@@ -55,7 +58,11 @@ def points(r: RunResult) -> str:
 
 
 async def one_question(
-    q: str, llama: OpenAIBackend, local: LocalBackend, args: argparse.Namespace
+    q: str,
+    llama: OpenAIBackend,
+    local: LocalBackend,
+    args: argparse.Namespace,
+    unshared: OpenAIBackend | None = None,
 ) -> list[RunResult]:
     sot = parafill.SkeletonPlanner(
         skeleton_tokens=args.skeleton_tokens,
@@ -65,9 +72,10 @@ async def one_question(
     direct = DirectPlanner(args.direct_tokens)
     out = []
     log = Path(args.log)
-    for i, (backend, planner) in enumerate(
-        ((llama, sot), (llama, direct), (local, sot), (local, direct))
-    ):
+    runs = [(llama, sot), (llama, direct), (local, sot), (local, direct)]
+    if unshared is not None:  # a second server: the first one's prompt cache holds this SoT
+        runs.append((unshared, sot))
+    for i, (backend, planner) in enumerate(runs):
         at = size(log)
         out.append(await parafill.arun(q, backend=backend, planner=planner))
         if i < 2:  # where the server's time went: its own per-request timings
@@ -104,7 +112,7 @@ def timing_lines() -> list[str]:
     out = ["", "llama-server's own timings (its log; per request, summed: slots overlap, so the "
            "sums exceed wall time):", "", "| | requests | prefill tokens | prefill s | "
            "decode tokens | decode s |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for name, t in zip(("SoT", "direct"), TIMINGS, strict=True):
+    for name, t in zip(("SoT", "direct"), TIMINGS[:2], strict=True):
         out.append(f"| {name} | {t.get('prefill requests', 0):.0f} | "
                    f"{t.get('prefill tokens', 0):.0f} | {t.get('prefill ms', 0) / 1e3:.1f} | "
                    f"{t.get('decode tokens', 0):.0f} | {t.get('decode ms', 0) / 1e3:.1f} |")  # fmt: skip
@@ -112,18 +120,19 @@ def timing_lines() -> list[str]:
 
 
 def summary(rows: list[list[RunResult]]) -> list[str]:
-    total = [sum(r[i].seconds for r in rows) for i in range(4)]
+    cols = len(rows[0])
+    total = [sum(r[i].seconds for r in rows) for i in range(cols)]
     med = [
         statistics.median(r[a].seconds / r[b].seconds for r in rows)
         for a, b in ((1, 0), (3, 2), (0, 2), (1, 3))
     ]
-    return [
+    out = [
         "",
-        "| | llama SoT | llama direct | local SoT | local direct |",
-        "|---|---|---|---|---|",
+        "| | " + " | ".join(COLUMNS[:cols]) + " |",
+        "|---" * (cols + 1) + "|",
         "| total wall s | " + " | ".join(f"{t:.1f}" for t in total) + " |",
         "| total tokens | "
-        + " | ".join(str(sum(r[i].tokens for r in rows)) for i in range(4))
+        + " | ".join(str(sum(r[i].tokens for r in rows)) for i in range(cols))
         + " |",
         "",
         f"- SoT speed-up on llama.cpp (direct / SoT, median per question): {med[0]:.2f}× "
@@ -138,6 +147,14 @@ def summary(rows: list[list[RunResult]]) -> list[str]:
         f"- SoT on the engine vs asking the server directly (totals; > 1: the engine's SoT is "
         f"faster): {total[1] / total[2]:.2f}×",
     ]
+    if cols > 4:
+        shared = statistics.median(r[4].seconds / r[0].seconds for r in rows)
+        out += [
+            f"- llama.cpp SoT without / with the points' prefix shared across slots (median): "
+            f"{shared:.2f}× (totals {total[4] / total[0]:.2f}×); direct / unshared SoT totals "
+            f"{total[1] / total[4]:.2f}×; skeletons that fell back unshared: {fell(rows, 4)}",
+        ]
+    return out
 
 
 def fell(rows: list[list[RunResult]], col: int) -> int:
@@ -149,7 +166,9 @@ def describe(args: argparse.Namespace) -> str:
     if args.server == "llama-server":
         llama = (f"llama.cpp's `llama-server` (SmolLM2-135M Q4_1, {threads} thread(s), "
                  f"--parallel {args.slots}; the skeleton's grammar sent as GBNF, the prefilled "
-                 "\"1.\" continued)")  # fmt: skip
+                 "\"1.\" continued, the points' common prefix prefilled once and loaded by "
+                 "each point's slot from the server's prompt cache; 'llama SoT unshared': the "
+                 "same on a second llama-server without that sharing)")  # fmt: skip
     else:
         llama = (f"`python -m llama_cpp.server` (SmolLM2-135M Q4_1, {threads} thread(s), one "
                  "request at a time: no parallel slots in llama-cpp-python's server)")  # fmt: skip
@@ -160,22 +179,28 @@ def describe(args: argparse.Namespace) -> str:
 
 
 async def main(args: argparse.Namespace, qs: list[str]) -> str:
+    cols = 5 if args.server == "llama-server" else 4
     lines = [
         f"# SoT over llama.cpp vs parafill's engine\n\n{hardware(args)}\n",
         describe(args),
-        "| # | points (llama / local) | " + " | ".join(COLUMNS) + " |",
-        "|---|---|---|---|---|---|",
+        "| # | points (llama / local) | " + " | ".join(COLUMNS[:cols]) + " |",
+        "|---" * (cols + 2) + "|",
     ]
     rows = []
     slots = args.slots if args.server == "llama-server" else 1
-    with llama_server(Path(args.log), args.server, n_ctx=2048, slots=slots) as server:
-        mode = "llama.cpp" if args.server == "llama-server" else "openai"
+    binary = args.server == "llama-server"
+    log2 = Path(args.log).with_suffix(".unshared.log")
+    with (llama_server(Path(args.log), args.server, n_ctx=2048, slots=slots) as server,
+          llama_server(log2, args.server, n_ctx=2048, slots=slots) as server2):  # fmt: skip
+        mode = "llama.cpp" if binary else "openai"
         cfg = OpenAIConfig(base_urls=(server.url,), model=server.model, timeout=600,
-                           max_concurrency=slots, constraints=mode)  # fmt: skip
+                           max_concurrency=slots, constraints=mode, share_prefix=binary)  # fmt: skip
+        cfg2 = replace(cfg, base_urls=(server2.url,), share_prefix=False)
         local_cfg = LocalConfig(weights=args.weights)
-        async with OpenAIBackend(cfg) as llama, LocalBackend.open(local_cfg) as local:
+        async with (OpenAIBackend(cfg) as llama, OpenAIBackend(cfg2) as unshared,
+                    LocalBackend.open(local_cfg) as local):  # fmt: skip
             for i, q in enumerate(qs, 1):
-                rows.append(await one_question(q, llama, local, args))
+                rows.append(await one_question(q, llama, local, args, unshared if binary else None))
                 r = rows[-1]
                 lines.append(
                     f"| {i} | {points(r[0])} / {points(r[2])} | "

@@ -43,6 +43,7 @@ from parafill.backends.base import (
     render_messages,
 )
 from parafill.backends.openai_probe import Continuation, continuation, probe
+from parafill.backends.openai_share import SlotShare
 from parafill.backends.openai_slots import Clock, DeadlinePassed, Endpoint
 from parafill.backends.openai_sse import (
     CONSTRAINT_MODES,
@@ -99,6 +100,9 @@ class OpenAIConfig:
     # how Request.constraint is sent (openai_sse.ConstraintMode): JSON schemas as
     # response_format always; regexes / grammars in the server's own fields when it is named
     constraints: ConstraintMode = "openai"
+    # llama.cpp's llama-server only (one base URL, chat): requests sent together that share a
+    # long prompt prefix have it prefilled once and loaded by each slot (openai_share.py)
+    share_prefix: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.base_urls, str) or not self.base_urls:
@@ -125,12 +129,16 @@ class OpenAIConfig:
 
 
 def encode_body(
-    config: OpenAIConfig, request: Request, prefix_mode: Continuation | None = None
+    config: OpenAIConfig,
+    request: Request,
+    prefix_mode: Continuation | None = None,
+    slot: int | None = None,
 ) -> bytes:
     """The JSON body, byte-stable: model, then messages in order with fixed key order, then
     sampling. Requests sharing leading messages share a byte prefix (prefix caches hit). A
     trailing assistant message goes as `prefix_mode` says, else as the config does ("auto":
-    dropped; the backend decides "auto" by asking the server first)."""
+    dropped; the backend decides "auto" by asking the server first). `slot`: llama-server's
+    `id_slot` (openai_share.py)."""
     s = request.sampling
     body: dict[str, object] = {"model": config.model}
     keep = (prefix_mode or config.assistant_prefix) == "continue"
@@ -164,6 +172,8 @@ def encode_body(
         body["stream_options"] = {"include_usage": True}
     if config.endpoint == "chat" and prefix and keep:
         body.update(continue_final_message=True, add_generation_prompt=False)
+    if slot is not None:
+        body["id_slot"] = slot
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.encode()
 
@@ -228,6 +238,7 @@ class OpenAIBackend:
         self._headers.update(self._auth)
         self._continues: Continuation | None = None  # "auto" decided (None: not yet)
         self._probing = anyio.Lock()
+        self._share: SlotShare | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -263,6 +274,10 @@ class OpenAIBackend:
             timeout=httpx.Timeout(cfg.timeout),
             limits=httpx.Limits(max_connections=total, max_keepalive_connections=total),
         )
+        if cfg.share_prefix and len(cfg.base_urls) == 1 and cfg.endpoint == "chat":
+            root = cfg.base_urls[0].rstrip("/").removesuffix("/v1")
+            plain = {"Content-Type": "application/json", **self._auth}
+            self._share = SlotShare(self._client, root, cfg.model, plain)
         return self
 
     async def __aexit__(
@@ -271,7 +286,7 @@ class OpenAIBackend:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        client, self._client = self._client, None
+        client, self._client, self._share = self._client, None, None
         if client is not None:
             await client.aclose()
 
@@ -288,7 +303,8 @@ class OpenAIBackend:
         cfg = self._config
         _, prefix = _split_prefix(request.messages)
         mode = await self.prefix_mode() if prefix and cfg.endpoint == "chat" else "drop"
-        body = encode_body(cfg, request, mode)
+        slot = await self._share.slot(request.messages) if self._share else None
+        body = encode_body(cfg, request, mode, slot)
         async with aclosing(self._stream_body(body)) as raw:
             async for chunk in strip_prefix(raw, prefix if mode == "drop" else ""):
                 yield chunk

@@ -61,7 +61,12 @@ async def remote_config(server: Remote, *, logprobs: bool = False) -> OpenAIConf
         model = info.models[0]
     mode = constraint_mode(info.owned_by if info else None)
     return OpenAIConfig(
-        (server.url,), model, api_key=server.api_key, logprobs=logprobs, constraints=mode
+        (server.url,),
+        model,
+        api_key=server.api_key,
+        logprobs=logprobs,
+        constraints=mode,
+        share_prefix=mode == "llama.cpp",  # llama-server: sibling prompts share their prefix
     )
 
 

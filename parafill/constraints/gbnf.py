@@ -2,12 +2,17 @@
 request body), so that a regex constraint (the skeleton's numbered points, NER's counts, ...)
 reaches llama-server and is enforced there as the local engine enforces it.
 
-The regex is read with Python's own parser (`re._parser`) and written back as one GBNF rule:
+The regex is read with Python's own parser (`re._parser`) and written back as GBNF:
 literals, character classes (ranges, negation, `\\d` `\\s` `\\w` as their ASCII classes), `.`
 (any character but a newline), groups, alternation and every repetition (`?` `*` `+` `{m,n}`,
 lazy ones as greedy: a grammar has no preference). The whole output must match, as with the
 engine. Anchors, look-arounds, back-references and inline flags have no GBNF form and raise
 ConstraintError; so does a negated `\\D` / `\\S` / `\\W` inside a class.
+
+A group that holds other groups becomes a rule of its own (`g1 ::= ...`, one per distinct
+body): llama.cpp refuses a group under a repetition (`?` included) once the rules made inside
+it, times the repetition, pass 2000 (a skeleton continuation's trie of earlier points did),
+and a body used in several places is written once.
 """
 
 from __future__ import annotations
@@ -35,10 +40,22 @@ def regex_to_gbnf(pattern: str) -> str:
         raise ConstraintError(f"not a valid regular expression ({exc}): {pattern!r}") from exc
     if tree.state.flags & ~(re.UNICODE | re.ASCII):
         _refuse(pattern, "inline flags")
-    return f"root ::= {_seq(list(tree), pattern)}\n"
+    rules: dict[str, str] = {}  # body -> its rule's name
+    root = _seq(list(tree), pattern, rules)
+    return f"root ::= {root}\n" + "".join(f"{name} ::= {body}\n" for body, name in rules.items())
 
 
-def _seq(items: list[tuple[Any, Any]], pattern: str) -> str:
+def _group(body: str, rules: dict[str, str]) -> str:
+    """`body` as one item: in parentheses, or named as a rule when it holds groups itself."""
+    if "(" not in body and not _RULE.search(body):
+        return f"({body})"
+    return rules.setdefault(body, f"g{len(rules) + 1}")
+
+
+_RULE = re.compile(r"(?:^|[\s(|])g\d+(?=[\s)|?*+{]|$)")  # a rule name outside strings and classes
+
+
+def _seq(items: list[tuple[Any, Any]], pattern: str, rules: dict[str, str]) -> str:
     parts: list[str] = []
     run = ""  # consecutive literals become one string
     for op, av in items:
@@ -47,13 +64,13 @@ def _seq(items: list[tuple[Any, Any]], pattern: str) -> str:
             continue
         if run:
             parts, run = [*parts, f'"{run}"'], ""
-        parts.append(_item(op, av, pattern))
+        parts.append(_item(op, av, pattern, rules))
     if run:
         parts.append(f'"{run}"')
     return " ".join(parts) or '""'
 
 
-def _item(op: Any, av: Any, pattern: str) -> str:
+def _item(op: Any, av: Any, pattern: str, rules: dict[str, str]) -> str:
     if op is C.LITERAL:
         return f'"{_char(av, quoted=True)}"'
     if op is C.NOT_LITERAL:
@@ -63,19 +80,19 @@ def _item(op: Any, av: Any, pattern: str) -> str:
     if op is C.IN:
         return _class(av, pattern)
     if op is C.SUBPATTERN:
-        _group, add, remove, sub = av
+        _gid, add, remove, sub = av
         if add or remove:
             _refuse(pattern, "inline flags")
-        inner = _seq(list(sub), pattern)
-        return inner if len(sub) == 1 and sub[0][0] is C.BRANCH else f"({inner})"
+        inner = _seq(list(sub), pattern, rules)
+        return inner if len(sub) == 1 and sub[0][0] is C.BRANCH else _group(inner, rules)
     if op is C.BRANCH:
-        return "(" + " | ".join(_seq(list(b), pattern) for b in av[1]) + ")"
+        return _group(" | ".join(_seq(list(b), pattern, rules) for b in av[1]), rules)
     if op in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)):
         low, high, sub = av
-        body = _seq(list(sub), pattern)
+        body = _seq(list(sub), pattern, rules)
         single = len(sub) == 1 and sub[0][0] in _ATOMS and len(body) > 0
         atom = single and not (sub[0][0] is C.LITERAL and body.count('"') != 2)
-        return (body if atom else f"({body})") + _repeat(low, high)
+        return (body if atom else _group(body, rules)) + _repeat(low, high)
     what = {C.AT: "anchors", C.GROUPREF: "back-references"}.get(op, f"{str(op).lower()} items")
     return _refuse(pattern, what)
 

@@ -74,6 +74,7 @@ async def test_cli_server_config_constrains_on_llama_server_only(llama: LlamaSer
     assert config.model == llama.model
     want = "llama.cpp" if llama.kind == "llama-server" else "openai"
     assert config.constraints == want
+    assert config.share_prefix is (llama.kind == "llama-server")
     async with OpenAIBackend(config) as backend:
         skeleton = SkeletonPlanner().plan(QUESTION).nodes[0].constraint
         assert skeleton is not None

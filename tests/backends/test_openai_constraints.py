@@ -227,6 +227,8 @@ REGEXES = [
     ("Name three fruits.", skeleton_constraint(3, min_points=3).source),
     # a skeleton continued after its first point with repeats of it refused
     ("Name three fruits.", skeleton_constraint(3, 3, 2, ("Apple", "Apples")).source),
+    # seven earlier points: llama.cpp refused this grammar before groups became rules
+    ("Name some fruits.", skeleton_constraint(8, 2, 2, [f"Fruit {k} in a list" for k in "ABCDEFG"]).source),  # noqa: E501
 ]
 
 

@@ -37,9 +37,19 @@ def test_the_skeleton_regex_becomes_nested_optional_points() -> None:
     got = regex_to_gbnf(skeleton_constraint(4, min_points=2).source)
     point = r"[A-Za-z0-9] [^\x0A\x2A\x23\x60]{1,70}"
     assert got == (
-        f'root ::= " " {point} "\\x0A2\\x2E " {point} ("\\x0A3\\x2E " {point} '
-        f'("\\x0A4\\x2E " {point})?)? ("\\x0A\\x0A")?\n'
+        f'root ::= " " {point} "\\x0A2\\x2E " {point} g1? ("\\x0A\\x0A")?\n'
+        f'g1 ::= "\\x0A3\\x2E " {point} ("\\x0A4\\x2E " {point})?\n'
     )
+
+
+def test_nested_groups_become_rules_written_once() -> None:
+    """llama.cpp refuses a repeated group that made over 2000 rules inside it; a skeleton
+    continuation (a trie of the earlier points, under 8 nested optional points) did."""
+    got = regex_to_gbnf("(?:a(?:bb|cc)?)?x(?:a(?:bb|cc)?)?")
+    assert got == 'root ::= g1? "x" g1?\ng1 ::= "a" ("bb" | "cc")?\n'
+    big = skeleton_constraint(8, 2, 2, [f"Point number {k} of the list" for k in range(7)])
+    root = regex_to_gbnf(big.source).splitlines()[0]
+    assert root.count("g") < 20  # the trie is written once, not once per numbered point
 
 
 @pytest.mark.parametrize(
