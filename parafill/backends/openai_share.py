@@ -33,6 +33,7 @@ from parafill.backends.base import Message, render_messages
 
 MIN_CHARS = 200  # a shorter common prefix costs less to prefill than the two extra requests
 WINDOW = 0.005  # seconds the first request of a group waits for its siblings
+SETUP = 10.0  # seconds the prefix and cache requests may take; then the group goes unpinned
 
 
 @dataclass
@@ -87,7 +88,7 @@ class SlotShare:
                 await anyio.sleep(WINDOW)
             finally:
                 group, self._pending = self._pending, []
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(SETUP):
                     await self._share(group)
                 for a in group:
                     a.ready.set()
@@ -101,7 +102,7 @@ class SlotShare:
 
     async def _share_one(self, members: list[_Ask]) -> None:
         prefix = common_prefix([a.text for a in members])
-        if len(prefix) < MIN_CHARS or self._disabled:
+        if self._disabled:
             return
         try:
             await self._pin(members, prefix)
@@ -135,8 +136,21 @@ class SlotShare:
 
 
 def _groups(asks: list[_Ask]) -> list[list[_Ask]]:
-    """Requests with the same leading messages, two or more."""
+    """Requests with the same leading messages whose last messages share MIN_CHARS or more
+    (after the newline cut), two or more: the points of two questions sent in the same window
+    (a batch job) make two groups."""
     by_head: dict[tuple[Message, ...], list[_Ask]] = {}
     for a in asks:
         by_head.setdefault(a.head, []).append(a)
-    return [g for g in by_head.values() if len(g) >= 2]
+    out: list[list[_Ask]] = []
+    for same in by_head.values():
+        same.sort(key=lambda a: a.text)  # texts with a long common prefix end up side by side
+        run = [same[0]]
+        for a in same[1:]:
+            if len(common_prefix([run[0].text, a.text])) >= MIN_CHARS:
+                run.append(a)
+                continue
+            out += [run] if len(run) >= 2 else []
+            run = [a]
+        out += [run] if len(run) >= 2 else []
+    return out

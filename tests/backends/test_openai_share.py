@@ -16,7 +16,7 @@ from llama_server import LlamaServer
 
 from parafill.backends.base import Message, Request, Sampling, complete
 from parafill.backends.openai_http import OpenAIBackend, OpenAIConfig
-from parafill.backends.openai_share import SlotShare, common_prefix
+from parafill.backends.openai_share import SlotShare, _Ask, _groups, common_prefix
 
 pytestmark = pytest.mark.anyio
 _PREFILLED = re.compile(r"prompt eval time =\s+[0-9.]+ ms /\s+(\d+) tokens")
@@ -87,6 +87,18 @@ async def _gather(share: SlotShare, chats: list[list[Message]]) -> list[int | No
         for i in range(len(chats)):
             tg.start_soon(one, i)
     return out
+
+
+def test_two_questions_sent_together_make_two_groups() -> None:
+    """A batch job's window can hold the points of several questions (same system message):
+    each question's points are a group of their own, a lone request none."""
+    system = (Message("system", "You are a helpful assistant."),)
+    questions = ("How do I sleep better?", "How can I run faster?")
+    asks = [_Ask(system, _points(q)[k].messages[1].content) for k in range(3) for q in questions]
+    asks.append(_Ask(system, "Say hello."))
+    groups = _groups(asks)
+    assert sorted(len(g) for g in groups) == [3, 3]
+    assert all(len({a.text.split("\n")[0] for a in g}) == 1 for g in groups)  # one question
 
 
 def test_common_prefix_ends_after_a_newline() -> None:
