@@ -1,11 +1,11 @@
 """Where the batch runner's time goes: a plain loop vs `run_batch` at concurrency 1, alternating,
 on one opened engine, each under cProfile (the event-loop thread; the engine runs in its own).
 
-    python benchmarks/batch_profile.py [--n 60] [--pairs 2]
-    # -> benchmarks/results/batch_profile_cpu.md
+    python benchmarks/batch_profile.py [--n 60] [--pairs 2] [--workload ner|sot]
+    # -> benchmarks/results/batch_profile_cpu.md (sot: batch_profile_sot_cpu.md)
 
-NER (PaDeLLM, the packaged WNUT-16 adapter) on the first --n WNUT-16 dev tweets, as
-benchmarks/batch.py runs it; five tweets first, untimed.
+NER (PaDeLLM, the packaged WNUT-16 adapter) on the first --n WNUT-16 dev tweets, or the short
+SoT questions, as benchmarks/batch.py runs them; five documents first, untimed.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from batch import CONLL, ROOT, workloads
 from parafill.backends.local import LocalBackend
 from parafill.jobs import BatchConfig, run_batch
 
+WHAT = {"ner": "NER on {n} WNUT-16 tweets", "sot": "short SoT questions, {n} documents"}
+
 
 async def timed(name: str, pipeline: Any, docs: list[dict[str, Any]], src: Path, dst: Path,
                 backend: LocalBackend) -> tuple[float, cProfile.Profile]:  # fmt: skip
@@ -35,7 +37,7 @@ async def timed(name: str, pipeline: Any, docs: list[dict[str, Any]], src: Path,
     prof.enable()
     if name == "loop":
         for d in docs:
-            await pipeline.run({"text": d["text"]}, backend)
+            await pipeline.run({k: v for k, v in d.items() if k != "id"}, backend)
     else:
         await run_batch(pipeline, src, dst, BatchConfig(concurrency=1, overwrite=True),
                         backend=backend)  # fmt: skip
@@ -44,13 +46,13 @@ async def timed(name: str, pipeline: Any, docs: list[dict[str, Any]], src: Path,
 
 
 async def main(a: argparse.Namespace) -> str:
-    pipeline, local, docs = workloads(a.n, CONLL)["ner"]
-    src, dst = Path(a.tmp) / "ner.jsonl", Path(a.tmp) / "ner.out.jsonl"
+    pipeline, local, docs = workloads(a.n, CONLL)[a.workload]
+    src, dst = Path(a.tmp) / f"{a.workload}.jsonl", Path(a.tmp) / f"{a.workload}.out.jsonl"
     src.write_text("".join(json.dumps(d) + "\n" for d in docs))
     rows, waits = [], {}
     async with LocalBackend.open(local) as backend:
         for d in docs[:5]:
-            await pipeline.run({"text": d["text"]}, backend)
+            await pipeline.run({k: v for k, v in d.items() if k != "id"}, backend)
         for _ in range(a.pairs):
             for name in ("loop", "runner c1"):
                 rate, prof = await timed(name, pipeline, docs, src, dst, backend)
@@ -64,8 +66,9 @@ async def main(a: argparse.Namespace) -> str:
     head = [
         "# Batch runner vs a plain loop, profiled (CPU)", "",
         f"- hardware: {platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; `python benchmarks/batch_profile.py --n {a.n}`",
-        f"- NER on {a.n} WNUT-16 tweets, one engine, runs alternating", "",
+        f"{torch.get_num_threads()} threads; `python benchmarks/batch_profile.py --n {a.n} "
+        f"--workload {a.workload}`",
+        f"- {WHAT[a.workload].format(n=a.n)}, one engine, runs alternating", "",
         "| run | docs/s | event-loop thread s | of it waiting on the engine (epoll) |",
         "|---|---|---|---|",
     ]  # fmt: skip
@@ -80,8 +83,11 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--tmp", default="/tmp")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/batch_profile_cpu.md"))
+    ap.add_argument("--workload", choices=["ner", "sot"], default="ner")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    name = "batch_profile_cpu.md" if args.workload == "ner" else "batch_profile_sot_cpu.md"
+    args.out = args.out or str(ROOT / "benchmarks/results" / name)
     report = anyio.run(main, args)
     print(report)
     Path(args.out).write_text(report)
