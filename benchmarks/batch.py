@@ -9,8 +9,9 @@ questions ("Name N ways to ...", small token budgets). Rows:
 - one at a time: a plain loop awaiting the pipeline per document on one opened engine (no
   runner: the baseline for the runner's own cost);
 - runner cN: `run_batch` with N documents in flight, records to a file;
-- ray aA: `ray_batch` on a local Ray (num_cpus=4), A actors of 1 CPU, batch size 8; each actor
-  opens its own engine, so the time includes A model loads (reported separately).
+- ray aA: `ray_batch` on a local Ray (num_cpus=4), A actors of 1 CPU, batch size 8, --calls
+  batches at once per actor (default 2); each actor opens its own engine, so the time includes
+  A model loads.
 Every row opens the engine the same way (the embedded SmolLM2, fp32, rows mode).
 """
 
@@ -74,14 +75,16 @@ async def with_runner(pipeline: Pipeline, local: LocalConfig, src: Path, dst: Pa
         return time.perf_counter() - t1, t1 - t0
 
 
-def on_ray(pipeline: Pipeline, local: LocalConfig, src: Path, dst: Path, actors: int) -> float:
+def on_ray(pipeline: Pipeline, local: LocalConfig, src: Path, dst: Path, actors: int,
+           calls: int = 2) -> float:  # fmt: skip
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         t = time.perf_counter()
         s = ray_batch(pipeline, src, dst, BatchConfig(overwrite=True),
-                      RayConfig(actors=actors, batch_size=8), local=local)  # fmt: skip
+                      RayConfig(actors=actors, batch_size=8, calls_per_actor=calls),
+                      local=local)  # fmt: skip
         assert s.failed == 0, s
         return time.perf_counter() - t
     finally:
@@ -89,23 +92,28 @@ def on_ray(pipeline: Pipeline, local: LocalConfig, src: Path, dst: Path, actors:
 
 
 def measure(name: str, job: tuple[Pipeline, LocalConfig, list[dict[str, Any]]], tmp: Path,
-            ray_too: bool) -> list[tuple[str, str, float, str]]:  # fmt: skip
+            ray_too: bool, ray_only: bool = False,
+            calls: tuple[int, ...] = (2,)) -> list[tuple[str, str, float, str]]:  # fmt: skip
     pipeline, local, docs = job
     src, dst = tmp / f"{name}.jsonl", tmp / f"{name}.out.jsonl"
     src.write_text("".join(json.dumps(d) + "\n" for d in docs))
     n = len(docs)
     rows: list[tuple[str, str, float, str]] = []
-    secs, load = anyio.run(one_at_a_time, pipeline, local, docs)
-    rows.append((name, "one at a time", n / secs, f"engine load {load:.1f} s"))
-    print(rows[-1], flush=True)
-    for c in (1, 8, 32):
+    for c in () if ray_only else (0, 1, 8, 32):
+        if c == 0:
+            secs, load = anyio.run(one_at_a_time, pipeline, local, docs)
+            rows.append((name, "one at a time", n / secs, f"engine load {load:.1f} s"))
+            print(rows[-1], flush=True)
+            continue
         secs, load = anyio.run(with_runner, pipeline, local, src, dst, c)
         rows.append((name, f"runner c{c}", n / secs, f"engine load {load:.1f} s"))
         print(rows[-1], flush=True)
     for actors in (1, 2) if ray_too else ():
-        secs = on_ray(pipeline, local, src, dst, actors)
-        rows.append((name, f"ray a{actors}", n / secs, "incl. Ray start-up of actors + loads"))
-        print(rows[-1], flush=True)
+        for k in calls:
+            secs = on_ray(pipeline, local, src, dst, actors, k)
+            how = f"ray a{actors}" + (f" calls {k}" if len(calls) > 1 else "")
+            rows.append((name, how, n / secs, "incl. Ray start-up of actors + loads"))
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -115,6 +123,9 @@ def main() -> None:
     ap.add_argument("--conll", type=Path, default=CONLL)
     ap.add_argument("--only", choices=["ner", "sot"], default=None)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--ray-only", action="store_true")
+    ap.add_argument("--calls", type=int, nargs="+", default=[2],
+                    help="Ray: batches each actor runs at once (one row per value)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/batch_cpu.md")
     args = ap.parse_args()
     tmp = Path("/tmp/parafill-batch-bench")
@@ -122,7 +133,7 @@ def main() -> None:
     rows: list[tuple[str, str, float, str]] = []
     for name, job in workloads(args.n, args.conll).items():
         if args.only in (None, name):
-            rows += measure(name, job, tmp, not args.no_ray)
+            rows += measure(name, job, tmp, not args.no_ray, args.ray_only, tuple(args.calls))
     lines = [f"# Batch jobs on this CPU ({platform.processor() or platform.machine()}, "
              f"n={args.n} documents per workload)", "",
              "`python benchmarks/batch.py --n " + str(args.n) + "`", "",

@@ -70,11 +70,15 @@ def on_ray(
     ray_batch_size: Annotated[
         int, typer.Option(help="Documents per actor call, run at once.", min=1)
     ] = 4,
+    ray_calls_per_actor: Annotated[
+        int, typer.Option(help="Batches each actor runs at once, on its one backend.", min=1)
+    ] = 2,
 ) -> None:
     """`parafill batch [--ray ADDRESS ...] PIPELINE ...`: the Ray options come before PIPELINE."""
     if ray is not None:
         ctx.obj = RayConfig(ray, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor,
-                            ray_num_cpus, ray_batch_size)  # fmt: skip
+                            ray_num_cpus, ray_batch_size,
+                            calls_per_actor=ray_calls_per_actor)  # fmt: skip
 
 
 @group.command("write")

@@ -51,10 +51,13 @@ class RayConfig:
     num_cpus: int | None = None  # "local" only
     batch_size: int = 4  # documents per actor call, run at once inside it
     max_restarts: int = 3  # a crashed actor is restarted (and its batch retried) this often
+    # calls (batches) one actor runs at once, all on its one backend: a batch waiting for its
+    # slowest document does not leave the engine with nothing else to do
+    calls_per_actor: int = 2
 
     def __post_init__(self) -> None:
-        if self.actors < 1 or self.batch_size < 1:
-            raise ValueError("Ray actors and batch size must be at least 1")
+        if self.actors < 1 or self.batch_size < 1 or self.calls_per_actor < 1:
+            raise ValueError("Ray actors, batch size and calls per actor must be at least 1")
 
 
 def ray_batch(
@@ -144,7 +147,11 @@ def _records(
             DocumentActor,
             fn_constructor_kwargs={"pipeline": pipeline, "opener": opener, "config": job.config},
             batch_size=rc.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=rc.actors),
+            compute=ray.data.ActorPoolStrategy(
+                size=rc.actors,
+                max_concurrent_calls_per_actor=rc.calls_per_actor,
+                enable_true_multi_threading=rc.calls_per_actor > 1,  # the portal is thread-safe
+            ),
             num_cpus=rc.cpus_per_actor,
             num_gpus=rc.gpus_per_actor or None,
             max_restarts=rc.max_restarts,
@@ -155,7 +162,8 @@ def _records(
 
 class DocumentActor:
     """One actor of the pool: the backend opened once, on an event loop of its own (a blocking
-    portal); each call runs a batch of documents at once through the pipeline."""
+    portal); each call runs a batch of documents at once through the pipeline. Calls may run
+    in several threads at once (`calls_per_actor`): each hands its batch to the same loop."""
 
     def __init__(self, pipeline: Pipeline, opener: Opener, config: BatchConfig) -> None:
         self.pipeline, self.config = pipeline, config
