@@ -46,13 +46,9 @@ def regex_to_gbnf(pattern: str) -> str:
 
 
 def _group(body: str, rules: dict[str, str]) -> str:
-    """`body` as one item: in parentheses, or named as a rule when it holds groups itself."""
-    if "(" not in body and not _RULE.search(body):
-        return f"({body})"
-    return rules.setdefault(body, f"g{len(rules) + 1}")
-
-
-_RULE = re.compile(r"(?:^|[\s(|])g\d+(?=[\s)|?*+{]|$)")  # a rule name outside strings and classes
+    """`body` as one item: in parentheses, or named as a rule when it holds groups itself (a
+    "(" in a body only opens a group: strings and classes write it as a hex escape)."""
+    return rules.setdefault(body, f"g{len(rules) + 1}") if "(" in body else f"({body})"
 
 
 def _seq(items: list[tuple[Any, Any]], pattern: str, rules: dict[str, str]) -> str:
