@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-import sniffio
 
 Post = Callable[..., None]
 
@@ -25,8 +24,11 @@ def poster() -> Post:
     on asyncio it schedules `fn(*args)` on this loop in call order and returns at once
     (dropped after the loop closed: nobody is left to read it); on another anyio backend it
     waits for the loop to run `fn` (anyio has no fire-and-forget call)."""
-    if sniffio.current_async_library() == "asyncio":
+    try:
         loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on asyncio
+        loop = None
+    if loop is not None:
 
         def post(fn: Callable[..., object], *args: Any) -> None:
             try:
