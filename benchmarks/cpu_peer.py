@@ -1,7 +1,10 @@
 """parafill serve vs llama.cpp's llama-server on this CPU, side by side, same GGUF, same requests.
 
-    python benchmarks/cpu_peer.py [--weights fp32 int4] [--levels 1 4 8] [--rounds 3]
+    python benchmarks/cpu_peer.py [--weights fp32 int4 int4:native] [--levels 1 4 8] [--rounds 3]
     # -> benchmarks/results/cpu_peer_cpu.md
+
+A format may name the attention precision after a colon (`int4:native`: fp32 attention, not
+token-exact across packing modes; plain `int4` is `auto`: fp64 attention).
 
 Starts llama-server (built by scripts/build_llama_server.sh; `-np` = --slots, `-t` = --threads)
 and one `parafill serve` per weight format, all on 127.0.0.1 with the embedded
@@ -66,10 +69,18 @@ def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
     exe = str(Path(sys.executable).parent / "parafill")
     for w in args.weights:
         port = free_port()
+        fmt, attention = spec(w)
         out[f"parafill serve --weights {w}"] = (port, [
-            exe, "serve", "--port", str(port), "--weights", w, "--rows", str(rows),
+            exe, "serve", "--port", str(port), "--weights", fmt, "--attention", attention,
+            "--rows", str(rows),
             "--budget-tokens", str(ctx * rows), "--max-tokens", str(args.max_tokens)])  # fmt: skip
     return out
+
+
+def spec(w: str) -> tuple[str, str]:
+    """'int4' -> ('int4', 'auto'); 'int4:native' -> ('int4', 'native')."""
+    fmt, _, attention = w.partition(":")
+    return fmt, attention or "auto"
 
 
 async def local_level(backend: LocalBackend, n: int, max_tokens: int) -> float:
@@ -138,7 +149,10 @@ async def measure(args: argparse.Namespace) -> str:
     rows = max(args.levels)
     for w in args.weights:
         name = f"engine in-process --weights {w}"
-        config = LocalConfig(weights=w, rows=rows, budget_tokens=512 * rows)
+        fmt, attention = spec(w)
+        config = LocalConfig(
+            weights=fmt, attention=attention, rows=rows, budget_tokens=512 * rows  # type: ignore[arg-type]
+        )
         async with LocalBackend.open(config) as backend:
             await local_level(backend, 1, 16)
             for _ in range(args.rounds):

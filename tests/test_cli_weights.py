@@ -89,3 +89,33 @@ def test_router_costs_are_kept_per_weight_format():
     fp32 = api.cost_key(LocalConfig(device="cpu"))
     assert fp32 == "embedded-smollm2-rows-cpu"  # the key measured before formats existed
     assert api.cost_key(LocalConfig(device="cpu", weights="int4")) == f"{fp32}-int4"
+
+
+def test_serve_passes_the_attention_precision_and_refuses_an_unknown_one(monkeypatch):
+    served: list[LocalConfig] = []
+
+    async def fake_serve(local, settings, where):
+        served.append(local)
+
+    monkeypatch.setattr(serve_cli, "_serve", fake_serve)
+    assert runner.invoke(app, ["serve", "--weights", "int4", "--attention", "native"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--weights", "int4"]).exit_code == 0
+    assert [c.attention for c in served] == ["native", "auto"]
+    res = runner.invoke(app, ["serve", "--attention", "fp16"])
+    assert res.exit_code == 2 and "--attention must be auto, native or fp64" in res.stderr
+    assert len(served) == 2
+
+
+async def _open(config: LocalConfig) -> None:
+    async with LocalBackend.open(config):
+        pass
+
+
+def test_the_backend_refuses_an_unknown_attention_precision_before_loading(monkeypatch):
+    import anyio
+
+    from parafill.backends import local
+
+    monkeypatch.setattr(local, "load", None)  # loading would fail loudly
+    with pytest.raises(ValueError, match="attention must be auto, native or fp64, not 'fp16'"):
+        anyio.run(_open, LocalConfig(attention="fp16"))  # type: ignore[arg-type]

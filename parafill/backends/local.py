@@ -38,6 +38,7 @@ from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.limits import Limits
+from parafill.backends.engine.model import ATTENTION
 from parafill.backends.engine.quant import check_format
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import ModelNotFound, default_gguf, load
@@ -145,6 +146,8 @@ class LocalBackend:
         cfg = config or LocalConfig()
         filler = check(cfg.filler)  # before the model loads
         check_format(cfg.weights)
+        if cfg.attention not in ATTENTION:
+            raise ValueError(f"attention must be auto, native or fp64, not {cfg.attention!r}")
         device = cfg.device if cfg.device != "auto" else _auto_device()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.limits import Limits
+from parafill.backends.engine.model import ATTENTION
 from parafill.backends.engine.quant import WeightFormatError
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
@@ -85,6 +86,14 @@ def serve(
     ] = False,
     prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens fed per step.")] = 512,
     weights: WeightsOpt = None,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="Attention and KV cache precision: auto (fp64 with int8/int4 weights, so every "
+            "packing mode and filler stays token-exact) | native (the model's dtype: faster, "
+            "not exact across modes with packed weights) | fp64."
+        ),
+    ] = "auto",
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
 ) -> None:
@@ -94,6 +103,9 @@ def serve(
             f"[red]error:[/red] --mode must be rows or tree (not {mode!r}) and --decode "
             f"auto, eager or static (not {decode!r})"
         )
+        raise typer.Exit(2)
+    if attention not in ATTENTION:
+        err.print(f"[red]error:[/red] --attention must be auto, native or fp64, not {attention!r}")
         raise typer.Exit(2)
     if prefill_chunk < 1:
         err.print(f"[red]error:[/red] --prefill-chunk must be at least 1, not {prefill_chunk}")
@@ -122,6 +134,7 @@ def serve(
         compile=compile,
         prefill_chunk=prefill_chunk,
         weights=fmt,
+        attention=attention,  # type: ignore[arg-type]
         draft_model=drafter,
         self_layers=layers,
     )

@@ -1,15 +1,15 @@
 """Weight formats (quant.py, gguf_q4.py) on the real kernels: packing round trips, the embedded
 GGUF's own 4-bit blocks reproduce its loaded weights exactly (and int8 holds the same values),
 a packed head's refined top logits are the dense head's, the packed kernels are batch-invariant,
-and batched rows decoding equals one request at a time with the same weights."""
+(token-exactness across packing modes: test_quant_exact.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from engine_ref import Chat, Run, Smol, drain
+from engine_ref import Smol
 
-from parafill.backends.engine.engine import Engine, EngineConfig
+from parafill.backends.engine.engine import EngineConfig
 from parafill.backends.engine.fallback import build_engine
 from parafill.backends.engine.gguf_q4 import q4_blocks
 from parafill.backends.engine.model import REFINE, CompactLM, _refine
@@ -25,9 +25,7 @@ from parafill.backends.engine.quant import (
     pack_int8_channels,
     quantize,
 )
-from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import default_gguf
-from parafill.fillers import make
 
 
 def test_packed_weights_round_trip_within_their_step() -> None:
@@ -125,49 +123,3 @@ def test_a_weight_format_the_fallback_cannot_use_is_refused(gpt2: torch.nn.Modul
         build_engine(gpt2, EngineConfig(), 64, lambda _m: None, "int8")
     with pytest.raises(ValueError, match="unknown weight format 'int3'"):
         build_engine(gpt2, EngineConfig(), 64, lambda _m: None, "int3")
-
-
-def _engine(hf: torch.nn.Module, fmt: str, mode: str = "rows", **cfg: object) -> Engine:
-    lm = CompactLM(hf, 512)
-    blocks = q4_blocks(default_gguf(), lm) if fmt in ("int4", "int8") else None
-    quantize(lm, fmt, blocks)
-    if mode.endswith("-static"):
-        cfg["decode"] = "static"
-    config = EngineConfig(mode=mode.removesuffix("-static"), **cfg)  # type: ignore[arg-type]
-    return Engine(lm, config)
-
-
-N = 32
-
-
-@pytest.mark.parametrize("fmt", ["int8", "int4"])
-def test_batched_rows_decoding_is_exact_with_the_same_weights(
-    smol: Smol, chat: Chat, fmt: str
-) -> None:
-    hf, tok = smol
-    eos = frozenset({int(tok.eos_token_id)})
-    prompts = [
-        chat("Repeat after me: the quick brown fox jumps over the lazy dog."),
-        chat("Name three colours."),
-        chat("Write one sentence about the sea."),
-    ]
-    # the packed projections and the refined head are batch-invariant (a row's result does
-    # not depend on the others: test_packed_kernels_are_batch_invariant), but attention's fp32
-    # sums depend on the key width, and the bf16 activations can turn such a difference into
-    # a token flip. Eager rows decoding of these prompts equals one at a time; the static path
-    # (attention over the whole KV width) flipped one token with int4, as tree packing, prefix
-    # sharing and draft verification can (README: not token-exact under packed formats)
-    same = {"budget_tokens": 2048, "rows": 4, "retain": False, "min_share": 10**6}
-    solo = _engine(hf, fmt, **same)
-    want = []
-    for p in prompts:  # the reference: one request at a time, one token per forward
-        run = Run()
-        i = solo.submit(p, GenParams(N, eos_ids=eos), make("autoregressive"))
-        drain(solo, run, [i])
-        want.append(run.tokens[i])
-    for mode in ("rows",):
-        eng = _engine(hf, fmt, mode, **same)
-        ids = [eng.submit(p, GenParams(N, eos_ids=eos), make("autoregressive")) for p in prompts]
-        run = Run()
-        drain(eng, run, ids)
-        assert [run.tokens[i] for i in ids] == want, (fmt, mode)

@@ -29,7 +29,7 @@ from parafill.backends.engine.kv import (
 )
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
-from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.model import CompactLM, kv_dtype
 from parafill.backends.engine.modeldraft import ModelDrafter, make_drafter
 from parafill.backends.engine.params import check_lexical
 from parafill.backends.engine.sampling import (
@@ -63,6 +63,9 @@ class EngineConfig:
     # fixed shapes with device-side state (CUDA graphs on a GPU); "auto": static on CUDA
     decode: Literal["auto", "eager", "static"] = "auto"
     compile: bool = False  # static decode: torch.compile the step first (slow start, faster)
+    # attention's and the KV cache's precision: "auto" = fp64 where the projections are packed
+    # (bf16 / int8 / int4; model.kv_dtype says why), the model's own dtype elsewhere
+    attention: Literal["auto", "native", "fp64"] = "auto"
     # keep a finished sequence's KV as a prefix cache (like vLLM's automatic prefix caching):
     # a later request sharing its prefix reuses it instead of prefilling; evicted, least
     # recently used first, the moment its room is needed
@@ -113,15 +116,16 @@ class Engine:
                 f"self_layers {list(layers)} must be distinct layer indices of this model "
                 f"(0..{model.shapes.layers - 1})"
             )
+        kv = kv_dtype(model, cfg.attention)
         if cfg.budget_bytes is not None:
-            per_token = bytes_per_token(model.shapes, model.dtype)
+            per_token = bytes_per_token(model.shapes, kv)
             if draft is not None:
                 per_token += bytes_per_token(draft.shapes, draft.dtype)
             rows = cfg.rows if cfg.mode == "rows" else 1
             cfg = replace(cfg, budget_tokens=tokens_in(cfg.budget_bytes, per_token, rows))
             self.config = cfg
         spec = CacheSpec.from_budget(cfg.mode, cfg.budget_tokens, cfg.rows)
-        self.cache = KVCache(spec, model.shapes, model.dtype, str(model.device))
+        self.cache = KVCache(spec, model.shapes, kv, str(model.device))
         slots = spec.rows if cfg.mode == "rows" else cfg.max_seqs
         # which KV columns each slot's sequence sees; the extra last slot is for padding lanes
         self.vis = torch.zeros(slots + 1, self.cache.width, dtype=torch.bool, device=model.device)

@@ -145,7 +145,7 @@ class CompactLM:
         # make it additive once per forward, its rows 16-aligned in memory, so that no layer's
         # attention call converts or pads it again
         folded = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
-        additive = torch.where(folded, 0.0, float("-inf")).to(x.dtype)
+        additive = torch.where(folded, 0.0, float("-inf")).to(k_cache.dtype)
         mask = F.pad(additive, (0, -length % 16))[..., :length]
         if trace is not None:
             trace.append(x)
@@ -185,6 +185,7 @@ class CompactLM:
         k_cache[i, step.rows, :, step.cols] = k.to(k_cache.dtype)
         v_cache[i, step.rows, :, step.cols] = v.to(v_cache.dtype)
         r, _, nq, length = step.mask.shape
+        q = q.to(k_cache.dtype)
         if step.dense:
             qp = q.reshape(r, nq, s.heads, s.head_dim)
         else:
@@ -192,12 +193,36 @@ class CompactLM:
             qp[step.rows, step.qslots] = q
         out = _grouped_attention(
             qp, k_cache[i, :r, :, :length], v_cache[i, :r, :, :length], mask, s.kv_heads
-        )  # (R, Q, H, D)
+        ).to(h.dtype)  # (R, Q, H, D)
         if step.dense:
             out = out.reshape(n, s.heads * s.head_dim)
         else:
             out = out[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
         return _linear(out, layer.o, layer.o_bias)  # o_proj has a bias with attention_bias
+
+
+ATTENTION = ("auto", "native", "fp64")  # EngineConfig.attention
+
+
+def kv_dtype(lm: CompactLM, choice: str) -> torch.dtype:
+    """The KV cache's dtype, which attention computes in (`EngineConfig.attention`).
+
+    "auto": float64 where the projections are int8 / int4, the model's dtype elsewhere. Their
+    kernels are batch-invariant but take bf16 activations, and rounding to bf16 turns
+    attention's last-bit fp32 differences between packing modes (its sums depend on the key
+    width, the number of queries and where a tree puts a sequence's keys) into different
+    tokens; in float64 those differences stay far below fp32's last bit, and every packing mode
+    and filler gave the tokens of one-at-a-time decoding (tests/engine/test_quant.py). It costs
+    1.07x (128 keys) to 1.6x (1024 keys, 8 rows) per int4 step on the 2-core CPU (twice the KV
+    bytes). bf16 weights gain nothing from it: oneDNN's bf16 GEMM changes a row's sums with the
+    number of rows (from 24 rows at 1536 inputs), so bf16 stays inexact across modes."""
+    if choice not in ATTENTION:
+        raise ValueError(f"attention must be auto, native or fp64, not {choice!r}")
+    w = lm.layers[0].qkv
+    invariant = isinstance(w, Packed) and w.kind != "bf16"
+    if choice == "fp64" or (choice == "auto" and invariant):
+        return torch.float64
+    return lm.dtype
 
 
 def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: int) -> Tensor:
