@@ -21,7 +21,7 @@ from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from parafill.backends.base import Backend
-from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.backends.local import LocalBackend, LocalConfig, weights_for
 from parafill.errors import real_error
 from parafill.orchestrator.events import Event
 from parafill.orchestrator.plan import Plan, RunResult
@@ -102,7 +102,8 @@ def cost_key(local: LocalConfig) -> str:
     device = local.device.split(":")[0]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    fmt = "" if local.weights == "fp32" else f"-{local.weights}"
+    weights = weights_for(local, device)
+    fmt = "" if weights == "fp32" else f"-{weights}"
     return f"{local.model or 'embedded-smollm2'}-{local.mode}-{device}{fmt}"
 
 

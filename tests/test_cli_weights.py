@@ -51,7 +51,7 @@ def test_every_local_command_opens_the_engine_with_the_format_given(monkeypatch,
         assert res.exit_code == 2 and "not loading a model" in res.stderr, (command, res.output)
         assert opened[-1].weights == fmt, command
         runner.invoke(app, command)
-        assert opened[-1].weights == "fp32", command  # not given: fp32
+        assert opened[-1].weights == "auto", command  # not given: LocalConfig resolves it
     assert len(opened) == 12
 
 
@@ -82,13 +82,18 @@ def test_serve_opens_the_engine_with_the_format_given(monkeypatch):
     monkeypatch.setattr(serve_cli, "_serve", fake_serve)
     assert runner.invoke(app, ["serve", "--weights", "int8"]).exit_code == 0
     assert runner.invoke(app, ["serve"]).exit_code == 0
-    assert [c.weights for c in served] == ["int8", "fp32"]
+    assert [c.weights for c in served] == ["int8", "auto"]
 
 
 def test_router_costs_are_kept_per_weight_format():
-    fp32 = api.cost_key(LocalConfig(device="cpu"))
+    fp32 = api.cost_key(LocalConfig(device="cpu", weights="fp32"))
     assert fp32 == "embedded-smollm2-rows-cpu"  # the key measured before formats existed
     assert api.cost_key(LocalConfig(device="cpu", weights="int4")) == f"{fp32}-int4"
+    # the default: int4 for the embedded model on the CPU, fp32 for another model or an adapter
+    assert api.cost_key(LocalConfig(device="cpu")) == f"{fp32}-int4"
+    assert api.cost_key(LocalConfig(device="cpu", adapter="a")) == fp32
+    assert api.cost_key(LocalConfig(device="cpu", model="m")) == "m-rows-cpu"
+    assert api.cost_key(LocalConfig(device="cuda")) == "embedded-smollm2-rows-cuda"
 
 
 def test_serve_passes_the_attention_precision_and_refuses_an_unknown_one(monkeypatch):
@@ -98,7 +103,8 @@ def test_serve_passes_the_attention_precision_and_refuses_an_unknown_one(monkeyp
         served.append(local)
 
     monkeypatch.setattr(serve_cli, "_serve", fake_serve)
-    assert runner.invoke(app, ["serve", "--weights", "int4", "--attention", "native"]).exit_code == 0
+    native = ["serve", "--weights", "int4", "--attention", "native"]
+    assert runner.invoke(app, native).exit_code == 0
     assert runner.invoke(app, ["serve", "--weights", "int4"]).exit_code == 0
     assert [c.attention for c in served] == ["native", "auto"]
     res = runner.invoke(app, ["serve", "--attention", "fp16"])

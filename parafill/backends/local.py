@@ -60,8 +60,11 @@ class LocalConfig(EngineConfig):
     max_positions: int = 4096
     adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
     filler: str = "autoregressive"  # for requests that name none (Request.filler None)
-    # the projections' weight format on the CPU: "fp32" | "bf16" | "int8" | "int4" (quant.py)
-    weights: str = "fp32"
+    # the projections' weight format on the CPU: "fp32" | "bf16" | "int8" | "int4" (quant.py);
+    # "auto": int4 for the embedded model (no adapter) on the CPU, where it is the fastest
+    # format whose quality holds (99.3% greedy agreement with fp32, perplexity 22.569 vs
+    # 22.555) and, with float64 attention, token-exact in every mode; fp32 elsewhere
+    weights: str = "auto"
     # a second, smaller model (HF directory or .gguf) with the same tokenizer, for the `draft`
     # filler; loaded in the same device, dtype and weight format
     draft_model: str | None = None
@@ -145,10 +148,12 @@ class LocalBackend:
     ) -> AsyncIterator[LocalBackend]:
         cfg = config or LocalConfig()
         filler = check(cfg.filler)  # before the model loads
-        check_format(cfg.weights)
+        if cfg.weights != "auto":
+            check_format(cfg.weights)
         if cfg.attention not in ATTENTION:
             raise ValueError(f"attention must be auto, native or fp64, not {cfg.attention!r}")
         device = cfg.device if cfg.device != "auto" else _auto_device()
+        fmt = weights_for(cfg, device)
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         loader = partial(load, cfg.model, device, dtype, on_convert, cfg.adapter)
         hf, tok = await anyio.to_thread.run_sync(loader)
@@ -165,7 +170,7 @@ class LocalBackend:
         notify = on_convert or (lambda _msg: None)
         gguf = _gguf_source(cfg.model)
         build = partial(
-            build_engine, hf, cfg.engine(), cfg.max_positions, notify, cfg.weights, gguf, draft
+            build_engine, hf, cfg.engine(), cfg.max_positions, notify, fmt, gguf, draft
         )
         backend = cls(await anyio.to_thread.run_sync(build), tok, filler)
         if isinstance(backend.engine, Engine):  # the text the `self` drafter calibrates on
@@ -283,6 +288,14 @@ async def _chunks(recv: AsyncIterator[StepOutput], detok: Detokenizer) -> AsyncI
             yield Chunk(text, n, finish, lp, ids, lps, out.top, fill)
             return
         yield Chunk(text, n, None, lp, ids, lps, out.top, fill)
+
+
+def weights_for(cfg: LocalConfig, device: str) -> str:
+    """`cfg.weights`, with "auto" resolved for `device` (see LocalConfig.weights)."""
+    if cfg.weights != "auto":
+        return cfg.weights
+    embedded = cfg.model is None and cfg.adapter is None
+    return "int4" if embedded and device.split(":")[0] == "cpu" else "fp32"
 
 
 def _auto_device() -> str:

@@ -35,8 +35,9 @@ WeightsOpt = Annotated[
     str | None,
     typer.Option(
         "--weights",
-        help="Weight format of the local engine on the CPU: fp32 (default) | bf16 | int8 | int4 "
-        "(int4 keeps a GGUF's own 4-bit blocks).",
+        help="Weight format of the local engine on the CPU: fp32 | bf16 | int8 | int4 (int4 "
+        "keeps a GGUF's own 4-bit blocks). Default: int4 for the embedded model, fp32 for "
+        "--model or an adapter.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -123,7 +124,7 @@ class EngineOpts:
     filler: str | None = None  # overrides every node's filler
     stop_on_repeat: int = 32  # the loop guard of every node (RunConfig.stop_on_repeat)
     server: Remote | None = None
-    weights: str = "fp32"  # the local engine's projection weights (LocalConfig.weights)
+    weights: str = "auto"  # the local engine's projection weights (LocalConfig.weights)
     draft_model: str | None = None  # the `draft` filler's model (LocalConfig.draft_model)
     self_layers: tuple[int, ...] | None = None  # the `self` filler's layers; None: calibrate
 
@@ -161,7 +162,7 @@ def engine_opts(
 ) -> EngineOpts:
     """The options, or exit 2 with the reason (an unknown filler, mode or weight format, a local
     model or weight format and a server both, a bad --self-layers, a --draft-model that is not
-    there or missing for --filler draft). `weights` None: not given (fp32)."""
+    there or missing for --filler draft). `weights` None: not given ("auto")."""
     try:
         if filler is not None:
             check_filler(filler)
@@ -177,10 +178,10 @@ def engine_opts(
 
 
 def local_weights(weights: str | None, server: Remote | None = None) -> str:
-    """The `--weights` format (fp32 when not given); ValueError for an unknown one, or for one
-    given together with `--server`."""
+    """The `--weights` format ("auto" when not given: LocalConfig.weights); ValueError for an
+    unknown one, or for one given together with `--server`."""
     if weights is None:
-        return "fp32"
+        return "auto"
     try:
         fmt = check_format(weights)
     except ValueError as exc:

@@ -49,7 +49,10 @@ async def local() -> AsyncIterator[LocalBackend]:
         default_gguf()
     except ModelNotFound as exc:
         pytest.skip(str(exc))
-    async with LocalBackend.open(LocalConfig(budget_tokens=4096, rows=8)) as backend:
+    # fp32: these tests compare with the HF model's own greedy text (the default, int4, is
+    # exact against one-at-a-time decoding with its own weights: tests/engine/test_quant_exact)
+    cfg = LocalConfig(budget_tokens=4096, rows=8, weights="fp32")
+    async with LocalBackend.open(cfg) as backend:
         yield backend
 
 
