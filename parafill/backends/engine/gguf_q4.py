@@ -7,16 +7,25 @@ where the blocks reproduce the loaded fp32 weight exactly — which also settles
 HF's loader gives llama's q/k (it un-permutes llama.cpp's rotary layout) and refuses blocks
 that a merged adapter changed. Other block types (Q8_0, K-quants) are not mapped: int4 then
 quantizes those projections from the fp32 weights.
+
+Parsing a GGUF's metadata (its 49k-token vocabulary) costs ~3 s on the 2-core CPU, so the Q4
+tensors' raw blocks are cached once as safetensors beside the converted model (weights.py's
+cache, keyed by the file's path, size and mtime); later opens read them in milliseconds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import Tensor
+
+from parafill.backends.engine.weights import cache_root
 
 if TYPE_CHECKING:
     from parafill.backends.engine.model import CompactLM
@@ -33,9 +42,7 @@ PARTS = {
 def q4_blocks(path: Path, lm: CompactLM) -> dict[str, Blocks]:
     """{"layers.i.qkv": (q, d, m), ...} for the projections whose GGUF blocks are Q4_0/Q4_1
     and reproduce `lm`'s current (dense) weights exactly."""
-    import gguf
-
-    tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    tensors = _raw_tensors(path)
     s = lm.shapes
     out: dict[str, Blocks] = {}
     for i, layer in enumerate(lm.layers):
@@ -53,15 +60,39 @@ def q4_blocks(path: Path, lm: CompactLM) -> dict[str, Blocks]:
     return out
 
 
-def _read(t: Any) -> Blocks | None:
-    """A Q4_0 / Q4_1 tensor's blocks (None for any other type)."""
+def _raw_tensors(path: Path) -> dict[str, tuple[str, Tensor]]:
+    """{name: (kind, raw uint8 blocks (rows, bytes))} of the file's Q4_0 / Q4_1 tensors."""
+    from safetensors.torch import load_file, save_file
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    cached = cache_root() / "q4" / f"{path.stem}-{key.hexdigest()[:12]}.safetensors"
+    if cached.is_file():
+        with safe_open(str(cached), "pt") as f:
+            kinds = f.metadata() or {}
+        return {name: (kinds[name], t) for name, t in load_file(str(cached)).items()}
+    import gguf
+
+    out = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        if t.tensor_type.name in ("Q4_0", "Q4_1"):
+            raw = np.asarray(t.data, dtype=np.uint8)
+            out[t.name] = (t.tensor_type.name, torch.from_numpy(raw.reshape(raw.shape[0], -1)))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    kinds = {name: kind for name, (kind, _) in out.items()}
+    save_file({name: t.contiguous() for name, (_, t) in out.items()}, str(tmp), kinds)
+    tmp.replace(cached)
+    return out
+
+
+def _read(t: tuple[str, Tensor] | None) -> Blocks | None:
+    """A Q4_0 / Q4_1 tensor's blocks (None where the file has none of that name)."""
     if t is None:
         return None
-    kind = t.tensor_type.name
-    if kind not in ("Q4_0", "Q4_1"):
-        return None
+    kind, data = t
     size = 20 if kind == "Q4_1" else 18
-    raw = np.asarray(t.data, dtype=np.uint8)
+    raw = data.numpy()
     rows = raw.shape[0]
     raw = raw.reshape(rows, -1, size)
     d = raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
