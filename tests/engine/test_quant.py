@@ -123,3 +123,19 @@ def test_a_weight_format_the_fallback_cannot_use_is_refused(gpt2: torch.nn.Modul
         build_engine(gpt2, EngineConfig(), 64, lambda _m: None, "int8")
     with pytest.raises(ValueError, match="unknown weight format 'int3'"):
         build_engine(gpt2, EngineConfig(), 64, lambda _m: None, "int3")
+
+
+def test_the_ggufs_blocks_are_read_once_then_from_the_cache(
+    smol: Smol, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARAFILL_CACHE", str(tmp_path))
+    lm = CompactLM(smol[0], 64)
+    first = q4_blocks(default_gguf(), lm)  # parses the GGUF, writes the cache
+    cached = list((tmp_path / "q4").glob("*.safetensors"))  # type: ignore[operator]
+    assert len(cached) == 1
+    import gguf
+
+    monkeypatch.setattr(gguf, "GGUFReader", None)  # a second parse would fail loudly
+    again = q4_blocks(default_gguf(), lm)
+    assert first.keys() == again.keys() and len(first) == 4 * lm.shapes.layers
+    assert all(torch.equal(a, b) for k in first for a, b in zip(first[k], again[k], strict=True))
