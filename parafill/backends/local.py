@@ -169,9 +169,7 @@ class LocalBackend:
             draft = (draft_hf, _gguf_source(cfg.draft_model))
         notify = on_convert or (lambda _msg: None)
         gguf = _gguf_source(cfg.model)
-        build = partial(
-            build_engine, hf, cfg.engine(), cfg.max_positions, notify, fmt, gguf, draft
-        )
+        build = partial(build_engine, hf, cfg.engine(), cfg.max_positions, notify, fmt, gguf, draft)
         backend = cls(await anyio.to_thread.run_sync(build), tok, filler)
         if isinstance(backend.engine, Engine):  # the text the `self` drafter calibrates on
             backend.engine.calibration = backend.encode(CALIBRATION)

@@ -163,3 +163,24 @@ def test_waiting_for_a_slot_does_not_evict_the_cache(
     drain(eng, run, [ib, ic, idd])
     assert run.tokens[idd] == ref(d, 5)
     assert eng.reused >= len(a)
+
+
+def test_attention_skips_the_rows_below_the_first_with_queries(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """Retained entries hold the low rows; a later request in a higher row is attended over
+    its own row only (it once ran over every row below it: 6x the attention work at row 5)."""
+    gen = torch.Generator().manual_seed(13)
+    eng, lm = make_engine(llama, mode="rows", budget_tokens=512, rows=4)
+    run = Run()
+    for n in (20, 21, 22):  # unrelated prompts: each finished one keeps its row
+        i = eng.submit(rand_prompt(gen, n), greedy(3))
+        drain(eng, run, [i])
+    assert len(eng.cached) == 3
+    prompt = rand_prompt(gen, 25)
+    before = len(lm.steps)
+    b = eng.submit(prompt, greedy(6))
+    drain(eng, run, [b])
+    assert run.tokens[b] == ref(prompt, 6)
+    steps = lm.steps[before:]
+    assert steps and all(s.row0 == 3 and s.mask.shape[0] == 1 for s in steps)

@@ -87,6 +87,7 @@ class StepInput:
     mask: Tensor  # (R, 1, Q, L) bool: may query attend to column
     logits_at: Tensor  # (M,) indices into N whose next-token logits are wanted
     dense: bool = False  # token b is query slot b % Q of row b // Q (no scatter/gather needed)
+    row0: int = 0  # the mask's first row is this KV row (rows below it have no queries)
 
 
 class CompactLM:
@@ -147,12 +148,13 @@ class CompactLM:
         folded = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
         additive = torch.where(folded, 0.0, float("-inf")).to(k_cache.dtype)
         mask = F.pad(additive, (0, -length % 16))[..., :length]
+        qrows = step.rows - step.row0 if step.row0 else step.rows  # rows of the mask
         if trace is not None:
             trace.append(x)
         for i in range(len(self.layers)) if layers is None else layers:
             layer = self.layers[i]
             h = _rms(x, layer.ln1, self.shapes.eps)
-            x = x + self._attention(i, layer, h, cos, sin, (step, mask), k_cache, v_cache)
+            x = x + self._attention(i, layer, h, cos, sin, (step, mask, qrows), k_cache, v_cache)
             h = _rms(x, layer.ln2, self.shapes.eps)
             gu = _linear(h, layer.gate_up)
             half = gu.shape[-1] // 2
@@ -170,11 +172,11 @@ class CompactLM:
         h: Tensor,
         cos: Tensor,
         sin: Tensor,
-        inputs: tuple[StepInput, Tensor],
+        inputs: tuple[StepInput, Tensor, Tensor],
         k_cache: Tensor,
         v_cache: Tensor,
     ) -> Tensor:
-        step, mask = inputs  # mask: the step's mask folded for grouped heads
+        step, mask, qrows = inputs  # mask: the step's mask folded for grouped heads
         s = self.shapes
         n = h.shape[0]
         qkv = _linear(h, layer.qkv, layer.qkv_bias)
@@ -190,14 +192,15 @@ class CompactLM:
             qp = q.reshape(r, nq, s.heads, s.head_dim)
         else:
             qp = q.new_zeros(r, nq, s.heads, s.head_dim)
-            qp[step.rows, step.qslots] = q
+            qp[qrows, step.qslots] = q
+        rows = slice(step.row0, step.row0 + r)
         out = _grouped_attention(
-            qp, k_cache[i, :r, :, :length], v_cache[i, :r, :, :length], mask, s.kv_heads
+            qp, k_cache[i, rows, :, :length], v_cache[i, rows, :, :length], mask, s.kv_heads
         ).to(h.dtype)  # (R, Q, H, D)
         if step.dense:
             out = out.reshape(n, s.heads * s.head_dim)
         else:
-            out = out[step.rows, step.qslots].reshape(n, s.heads * s.head_dim)
+            out = out[qrows, step.qslots].reshape(n, s.heads * s.head_dim)
         return _linear(out, layer.o, layer.o_bias)  # o_proj has a bias with attention_bias
 
 

@@ -236,16 +236,21 @@ class ModelDrafter:
             if f.k > len(f.out):
                 sampling.append(f)
                 logits_at.append(len(tokens) - 1)
-        shape = (max(rows) + 1, max(per_row.values()), max(f.seq.max_col for f in feeds) + 1)
+        row0 = min(rows)
+        width = max(f.seq.max_col for f in feeds) + 1
+        shape = (max(rows) + 1 - row0, max(per_row.values()), width)
         dev = self.vis.device
         pair = _pairs(owner, order, [], dev)
         plain = [(f.seq, len(f.positions)) for f in feeds]
-        mask = _mask(plain, self.vis, owner, pair, cols, shape, rows, qslots)
+        rel = [x - row0 for x in rows]
+        mask = _mask(plain, self.vis, owner, pair, cols, shape, rel, qslots)
 
         def t(xs: list[int]) -> Tensor:
             return torch.tensor(xs, dtype=torch.long, device=self.model.device)
 
-        step = StepInput(t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at))
+        step = StepInput(
+            t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0
+        )
         return step, sampling
 
     def _choose(self, logits: Tensor, feeds: list[_Feed]) -> None:

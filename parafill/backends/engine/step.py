@@ -58,16 +58,18 @@ def _tensors(
             rows_out = s.fed + n - s.known + 1  # the last known token and each draft
             sampled.append((s, rows_out))
             logits_at += range(len(tokens) - rows_out, len(tokens))
-    r = max(rows) + 1
+    row0 = min(rows)  # attention runs over the rows row0.. only (the rows below: no queries)
+    r = max(rows) + 1 - row0
     q = max(per_row.values())
     length = max(max([s.max_col, *s.draft_cols]) for s, _ in feeds) + 1  # borrowed cols too
     pair = _pairs(owner, order, trees, vis.device)
-    mask = _mask(feeds, vis, owner, pair, cols, (r, q, length), rows, qslots)
+    rel = [x - row0 for x in rows]
+    mask = _mask(feeds, vis, owner, pair, cols, (r, q, length), rel, qslots)
 
     def t(xs: list[int]) -> Tensor:
         return torch.tensor(xs, dtype=torch.long, device=device)
 
-    step = StepInput(t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at))
+    step = StepInput(t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0)
     return step, StepPlan(written, sampled)
 
 
@@ -114,6 +116,7 @@ def _mask(
     rows: list[int],
     qslots: list[int],
 ) -> Tensor:
+    """(R, 1, Q, L) for `shape` (R, Q, L); `rows`: each new token's row of the mask."""
     r, q, length = shape
     dev = vis.device
     slots = torch.tensor([feeds[o][0].slot for o in owner], device=dev)
