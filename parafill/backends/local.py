@@ -9,9 +9,11 @@ engine.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from functools import partial
@@ -138,6 +140,7 @@ class LocalBackend:
         self.filler = filler  # for requests that name none
         self._streams: dict[int, MemoryObjectSendStream[StepOutput]] = {}
         self._info: TokenizerInfo | None = None  # the grammar library's view of the tokenizer
+        self._warming: Future[TokenizerInfo] | None = None  # ... being built by `open`
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self._eos = frozenset(int(e) for e in eos)
 
@@ -170,7 +173,10 @@ class LocalBackend:
         notify = on_convert or (lambda _msg: None)
         gguf = _gguf_source(cfg.model)
         build = partial(build_engine, hf, cfg.engine(), cfg.max_positions, notify, fmt, gguf, draft)
+        # the grammar library's tokenizer view (~0.6 s) is built while the engine is
+        warming = _warm_tokenizer(tok, int(hf.config.vocab_size))
         backend = cls(await anyio.to_thread.run_sync(build), tok, filler)
+        backend._warming = warming
         if isinstance(backend.engine, Engine):  # the text the `self` drafter calibrates on
             backend.engine.calibration = backend.encode(CALIBRATION)
         async with backend.running():
@@ -221,6 +227,12 @@ class LocalBackend:
         from parafill.constraints import compile as compile_constraint
         from parafill.constraints import tokenizer_info
 
+        if self._info is None and self._warming is not None:
+            warming, self._warming = self._warming, None
+            with contextlib.suppress(Exception):  # built again below, its error raised there
+                info = warming.result()
+                if info.n_vocab == self.limits.vocab and set(info.eos_ids) == self._eos:
+                    self._info = info
         if self._info is None:
             self._info = tokenizer_info(self.tokenizer, self.limits.vocab, sorted(self._eos))
         return compile_constraint(constraint, self._info)
@@ -286,6 +298,18 @@ async def _chunks(recv: AsyncIterator[StepOutput], detok: Detokenizer) -> AsyncI
             yield Chunk(text, n, finish, lp, ids, lps, out.top, fill)
             return
         yield Chunk(text, n, None, lp, ids, lps, out.top, fill)
+
+
+def _warm_tokenizer(tok: PreTrainedTokenizerBase, vocab: int) -> Future[TokenizerInfo] | None:
+    """Start building `tokenizer_info` for `tok` in a thread (None: the tokenizer has no eos)."""
+    from parafill.constraints import tokenizer_info
+
+    if tok.eos_token_id is None:
+        return None
+    pool = ThreadPoolExecutor(1, "parafill-tokenizer-info")
+    future = pool.submit(tokenizer_info, tok, vocab, [int(tok.eos_token_id)])
+    pool.shutdown(wait=False)
+    return future
 
 
 def weights_for(cfg: LocalConfig, device: str) -> str:

@@ -5,6 +5,11 @@ Layout (llguidance's and xgrammar's): an int32 tensor (rows, ceil(vocab/32)); to
 in a row when bit t % 32 of word t // 32 is set. Filling runs on the CPU in the library's thread
 pool (one call per step, no Python loop over tokens); applying is a few tensor ops, no loop over
 rows, so it can sit inside a compiled / CUDA-graph step.
+
+The executor's mask calls are made directly, not through `llguidance.torch`: importing that
+module wraps a kernel in `torch.compile`, which loads dynamo (~1 s on the 2-core CPU, paid by
+the first constrained step of every process: a 32-token skeleton took 1.8 s instead of 0.4).
+`_check` makes the same checks its wrappers make (2-D contiguous CPU int32).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import llguidance
-import llguidance.torch as llt
 import torch
 
 from parafill.constraints.matcher import Matcher
@@ -40,9 +44,8 @@ def fill_batch(
     idx = list(range(len(matchers))) if rows is None else [int(r) for r in rows]
     _check(bitmask, max(idx, default=-1) + 1)
     if matchers:
-        llt.fill_next_token_bitmask_par(
-            _executor(), [(m.lib, r) for m, r in zip(matchers, idx, strict=True)], bitmask
-        )
+        pairs = [(m.lib, r) for m, r in zip(matchers, idx, strict=True)]
+        _executor().unsafe_compute_mask_ptr(pairs, *_raw(bitmask))
     ok = bitmask[idx].ne(0).any(dim=1).tolist()
     return [bool(o) and m.error() is None for m, o in zip(matchers, ok, strict=True)]
 
@@ -56,9 +59,8 @@ def fill_batch_drafts(
     matchers do not move."""
     _check(bitmask, max((r + len(d) + 1 for _, r, d in items), default=0))
     if items:
-        llt.fill_next_token_bitmask_par_with_draft_tokens(
-            _executor(), [(m.lib, r, [int(t) for t in d]) for m, r, d in items], bitmask
-        )
+        triples = [(m.lib, r, [int(t) for t in d]) for m, r, d in items]
+        _executor().unsafe_compute_mask_ptr_with_draft_token(triples, *_raw(bitmask))
     counts = []
     for m, r, d in items:
         n = m.check_draft(d)
@@ -86,6 +88,12 @@ def allowed_tokens(row: torch.Tensor, n_vocab: int) -> list[int]:
     """The token ids a bitmask row allows (for tests and error messages, not the hot path)."""
     bits = (row.to(torch.int64).unsqueeze(-1) >> torch.arange(32)) & 1  # (W, 32)
     return bits.flatten()[:n_vocab].nonzero().flatten().tolist()
+
+
+def _raw(bitmask: torch.Tensor) -> tuple[int, int, int]:
+    """What the executor's mask calls take: the buffer's address, bytes per row, rows."""
+    rows, width = bitmask.shape
+    return bitmask.data_ptr(), width * 4, rows
 
 
 def _check(bitmask: torch.Tensor, rows_needed: int) -> None:

@@ -224,3 +224,20 @@ async def test_the_engine_decodes_on_while_the_event_loop_is_busy(
     chunks = [first] + [c async for c in stream]
     assert "".join(c.text for c in chunks) == alone[0][0]
     assert sum(c.tokens for c in chunks) == N
+
+
+async def test_the_grammar_tokenizer_view_is_built_while_the_engine_loads() -> None:
+    """`open` builds the grammar library's tokenizer view in a thread beside the engine; the
+    first constrained request uses it (equal to one built afterwards) and answers in shape."""
+    from parafill.constraints import regex, tokenizer_info
+
+    async with LocalBackend.open(LocalConfig(budget_tokens=1024, rows=2)) as backend:
+        warming = backend._warming
+        assert warming is not None
+        req = Request.chat("Pick a number.", sampling=Sampling(max_tokens=8))
+        req = Request(req.messages, req.sampling, constraint=regex(r"[0-9]{2}"))
+        text, _, _ = await complete(backend, req)
+        assert backend._warming is None and backend._info is warming.result()
+        fresh = tokenizer_info(backend.tokenizer, backend.limits.vocab, sorted(backend._eos))
+        assert backend._info == fresh  # same key, vocabulary width and end ids
+        assert len(text) == 2 and text.isdigit(), text
