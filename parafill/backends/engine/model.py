@@ -88,6 +88,7 @@ class StepInput:
     logits_at: Tensor  # (M,) indices into N whose next-token logits are wanted
     dense: bool = False  # token b is query slot b % Q of row b // Q (no scatter/gather needed)
     row0: int = 0  # the mask's first row is this KV row (rows below it have no queries)
+    keep: Tensor | None = None  # (L,) the KV columns the mask's columns are (None: 0..L-1)
 
 
 class CompactLM:
@@ -194,9 +195,12 @@ class CompactLM:
             qp = q.new_zeros(r, nq, s.heads, s.head_dim)
             qp[qrows, step.qslots] = q
         rows = slice(step.row0, step.row0 + r)
-        out = _grouped_attention(
-            qp, k_cache[i, rows, :, :length], v_cache[i, rows, :, :length], mask, s.kv_heads
-        ).to(h.dtype)  # (R, Q, H, D)
+        if step.keep is None:
+            keys, values = k_cache[i, rows, :, :length], v_cache[i, rows, :, :length]
+        else:  # only the columns some query sees (a tree row mostly of other sequences' KV)
+            keys = k_cache[i, rows].index_select(2, step.keep)
+            values = v_cache[i, rows].index_select(2, step.keep)
+        out = _grouped_attention(qp, keys, values, mask, s.kv_heads).to(h.dtype)  # (R, Q, H, D)
         if step.dense:
             out = out.reshape(n, s.heads * s.head_dim)
         else:

@@ -65,12 +65,28 @@ def _tensors(
     pair = _pairs(owner, order, trees, vis.device)
     rel = [x - row0 for x in rows]
     mask = _mask(feeds, vis, owner, pair, cols, (r, q, length), rel, qslots)
+    mask, keep = _compact(mask)
 
     def t(xs: list[int]) -> Tensor:
         return torch.tensor(xs, dtype=torch.long, device=device)
 
-    step = StepInput(t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0)
+    step = StepInput(
+        t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0, keep=keep
+    )
     return step, StepPlan(written, sampled)
+
+
+def _compact(mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    """One row whose columns are mostly unseen by the step's queries (tree mode: prefix-cache
+    entries and other requests' KV spread over the row): the mask over the seen columns only,
+    and which they are, so attention reads those instead of the row's whole width."""
+    if mask.shape[0] != 1:
+        return mask, None
+    seen = mask[0, 0].any(dim=0)  # (L,)
+    if int(seen.sum()) * 2 > seen.numel():
+        return mask, None
+    keep = seen.nonzero().flatten()
+    return mask.index_select(3, keep), keep
 
 
 def _feed(s: Seq, n: int) -> tuple[list[int], list[int], list[int], Tensor | None]:
