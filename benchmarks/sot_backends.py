@@ -173,7 +173,7 @@ def describe(args: argparse.Namespace) -> str:
         llama = (f"`python -m llama_cpp.server` (SmolLM2-135M Q4_1, {threads} thread(s), one "
                  "request at a time: no parallel slots in llama-cpp-python's server)")  # fmt: skip
     return (f"Cells: wall s / tokens. llama = {llama}; local = parafill LocalBackend "
-            f"(SmolLM2-135M {args.weights} weights, rows mode). Greedy; skeleton {args.skeleton_tokens}"
+            f"(SmolLM2-135M {args.weights} weights, {args.mode} mode). Greedy; skeleton {args.skeleton_tokens}"
             f", point {args.point_tokens}, direct max {args.direct_tokens} tokens. 'fell back': "
             "the skeleton did not parse and the question was answered directly.\n")  # fmt: skip
 
@@ -196,7 +196,7 @@ async def main(args: argparse.Namespace, qs: list[str]) -> str:
         cfg = OpenAIConfig(base_urls=(server.url,), model=server.model, timeout=600,
                            max_concurrency=slots, constraints=mode, share_prefix=binary)  # fmt: skip
         cfg2 = replace(cfg, base_urls=(server2.url,), share_prefix=False)
-        local_cfg = LocalConfig(weights=args.weights)
+        local_cfg = LocalConfig(weights=args.weights, mode=args.mode)
         async with (OpenAIBackend(cfg) as llama, OpenAIBackend(cfg2) as unshared,
                     LocalBackend.open(local_cfg) as local):  # fmt: skip
             for i, q in enumerate(qs, 1):
@@ -231,6 +231,7 @@ if __name__ == "__main__":
     )
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--weights", default="int4")
+    ap.add_argument("--mode", default="rows", choices=["rows", "tree"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--log", default="/tmp/parafill_llama_server.log")
     ap.add_argument("--note", default="machine state not stated")
