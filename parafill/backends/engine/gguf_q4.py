@@ -76,7 +76,7 @@ def _raw_tensors(path: Path) -> dict[str, tuple[str, Tensor]]:
     out = {}
     for t in gguf.GGUFReader(str(path)).tensors:
         if t.tensor_type.name in ("Q4_0", "Q4_1"):
-            raw = np.asarray(t.data, dtype=np.uint8)
+            raw = np.array(t.data, dtype=np.uint8)  # a copy: the reader maps the file read-only
             out[t.name] = (t.tensor_type.name, torch.from_numpy(raw.reshape(raw.shape[0], -1)))
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
