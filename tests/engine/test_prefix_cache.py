@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_ref import RefCache, Run, drain, greedy, make_engine, rand_prompt
+from engine_ref import RecordingLM, RefCache, Run, drain, greedy, make_engine, rand_prompt
+
+from parafill.backends.engine.engine import Engine
+from parafill.backends.engine.model import StepInput
 
 MODES = ["rows", "tree", "rows-static", "tree-static"]
 
@@ -172,18 +175,27 @@ def test_attention_skips_the_rows_below_the_first_with_queries(
     its own row only (it once ran over every row below it: 6x the attention work at row 5)."""
     gen = torch.Generator().manual_seed(13)
     eng, lm = make_engine(llama, mode="rows", budget_tokens=512, rows=4)
+    prompt = rand_prompt(gen, 25)
+    steps = _after_three_cached(eng, lm, ref, gen, (20, 21, 22), prompt)
+    assert steps and all(s.row0 == 3 and s.mask.shape[0] == 1 for s in steps)
+
+
+def _after_three_cached(
+    eng: Engine, lm: RecordingLM, ref: RefCache, gen: torch.Generator, sizes: tuple[int, ...],
+    prompt: list[int],
+) -> list[StepInput]:
+    """Finish unrelated prompts of `sizes` (each stays in the prefix cache), then decode
+    `prompt` (exactly the reference's tokens); the steps that decoded it."""
     run = Run()
-    for n in (20, 21, 22):  # unrelated prompts: each finished one keeps its row
+    for n in sizes:
         i = eng.submit(rand_prompt(gen, n), greedy(3))
         drain(eng, run, [i])
-    assert len(eng.cached) == 3
-    prompt = rand_prompt(gen, 25)
+    assert len(eng.cached) == len(sizes)
     before = len(lm.steps)
     b = eng.submit(prompt, greedy(6))
     drain(eng, run, [b])
     assert run.tokens[b] == ref(prompt, 6)
-    steps = lm.steps[before:]
-    assert steps and all(s.row0 == 3 and s.mask.shape[0] == 1 for s in steps)
+    return lm.steps[before:]
 
 
 def test_a_tree_row_full_of_cached_entries_is_attended_over_the_seen_columns_only(
@@ -194,17 +206,10 @@ def test_a_tree_row_full_of_cached_entries_is_attended_over_the_seen_columns_onl
     questions took 150 s instead of 35 s on the 2-core CPU)."""
     gen = torch.Generator().manual_seed(14)
     eng, lm = make_engine(llama, mode="tree", budget_tokens=512)
-    run = Run()
-    for n in (30, 31, 32):
-        i = eng.submit(rand_prompt(gen, n), greedy(3))
-        drain(eng, run, [i])
-    assert len(eng.cached) == 3
     prompt = rand_prompt(gen, 20)
-    before = len(lm.steps)
-    b = eng.submit(prompt, greedy(6))
-    drain(eng, run, [b])
-    assert run.tokens[b] == ref(prompt, 6)
-    for s in lm.steps[before:]:
+    steps = _after_three_cached(eng, lm, ref, gen, (30, 31, 32), prompt)
+    assert steps
+    for s in steps:
         assert s.keep is not None and s.mask.shape[-1] == s.keep.numel()
         assert s.keep.numel() <= 1 + len(prompt) + 6  # column 0 (padding lanes) and its own
         assert int(s.keep.max()) >= 90  # behind the three cached entries
