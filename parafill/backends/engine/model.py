@@ -218,11 +218,12 @@ def kv_dtype(lm: CompactLM, choice: str) -> torch.dtype:
     kernels are batch-invariant but take bf16 activations, and rounding to bf16 turns
     attention's last-bit fp32 differences between packing modes (its sums depend on the key
     width, the number of queries and where a tree puts a sequence's keys) into different
-    tokens; in float64 those differences stay far below fp32's last bit, and every packing mode
-    and filler gave the tokens of one-at-a-time decoding (tests/engine/test_quant.py). It costs
-    1.07x (128 keys) to 1.6x (1024 keys, 8 rows) per int4 step on the 2-core CPU (twice the KV
-    bytes). bf16 weights gain nothing from it: oneDNN's bf16 GEMM changes a row's sums with the
-    number of rows (from 24 rows at 1536 inputs), so bf16 stays inexact across modes."""
+    tokens; in float64 those differences stay far below fp32's last bit, and every packing
+    mode and filler gave the tokens of one-at-a-time decoding
+    (tests/engine/test_quant_exact.py). It costs 1.07x (128 keys) to 1.6x (1024 keys, 8
+    rows) per int4 step on the 2-core CPU (twice the KV bytes). bf16 weights gain nothing
+    from it: oneDNN's bf16 GEMM changes a row's sums with the number of rows (from 24 rows
+    at 1536 inputs), so bf16 stays inexact across modes."""
     if choice not in ATTENTION:
         raise ValueError(f"attention must be auto, native or fp64, not {choice!r}")
     w = lm.layers[0].qkv

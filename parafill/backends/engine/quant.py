@@ -1,14 +1,15 @@
 """Weight formats for the compact forward's linear layers: fp32, bf16, int8 and int4.
 
-The residual stream, norms, attention and the KV cache stay in the model's dtype; only each
-projection's weights change format, and its input is cast to bf16 for the kernel and its
-output back. Measured on the 2-core x86 CPU (benchmarks/results/quant_kernels_cpu.md, all
-projections of one SmolLM2-135M forward): fp32 through oneDNN 18 ms at 1 row, 29 at 8, 62 at
-64; int8 per channel (`_weight_int8pack_mm`) 5.6 / 10.8 / 81 and int4 per group of 32
-(`_weight_int4pack_mm_for_cpu`) 6.5 / 8.8 / 74 with bf16 activations (with fp32 activations
-both kernels take a reference path 3-100x slower, so activations are bf16); bf16 weights through
-oneDNN 18 / 18 / 37. Quantized weights win at the narrow widths where decoding lives and lose
-from ~32 rows on (the kernels' own cost grows with rows, oneDNN's barely does).
+The residual stream and norms stay in the model's dtype (attention and the KV cache too, or
+float64 with int8 / int4: model.kv_dtype); only each projection's weights change format, and its
+input is cast to bf16 for the kernel and its output back. Measured on the 2-core x86 CPU
+(benchmarks/results/quant_kernels_cpu.md, all projections of one SmolLM2-135M forward): fp32
+through oneDNN 18 ms at 1 row, 29 at 8, 62 at 64; int8 per channel (`_weight_int8pack_mm`) 5.6 /
+10.8 / 81 and int4 per group of 32 (`_weight_int4pack_mm_for_cpu`) 6.5 / 8.8 / 74 with bf16
+activations (with fp32 activations both kernels take a reference path 3-100x slower, so
+activations are bf16); bf16 weights through oneDNN 18 / 18 / 37. Quantized weights win at the
+narrow widths where decoding lives and lose from ~32 rows on (the kernels' own cost grows with
+rows, oneDNN's barely does).
 
 int4 is per group of 32 inputs, w = d*q + m (Q4_1's rule). It keeps a GGUF's own Q4_0 / Q4_1
 values where the model came from one: those blocks are exactly the kernel's (q - 8) * scale +
