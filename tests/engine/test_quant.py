@@ -139,3 +139,10 @@ def test_the_ggufs_blocks_are_read_once_then_from_the_cache(
     again = q4_blocks(default_gguf(), lm)
     assert first.keys() == again.keys() and len(first) == 4 * lm.shapes.layers
     assert all(torch.equal(a, b) for k in first for a, b in zip(first[k], again[k], strict=True))
+    monkeypatch.undo()  # the GGUF reader back, the cache where it was
+    monkeypatch.setenv("PARAFILL_CACHE", str(tmp_path))
+    cached[0].write_bytes(b"not a safetensors file")  # a damaged cache is read past, rewritten
+    third = q4_blocks(default_gguf(), lm)
+    assert all(torch.equal(a, b) for k in first for a, b in zip(first[k], third[k], strict=True))
+    assert q4_blocks(default_gguf(), lm).keys() == first.keys()  # from the rewritten cache
+    assert cached[0].stat().st_size > 10**6

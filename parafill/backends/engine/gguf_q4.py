@@ -68,9 +68,12 @@ def _raw_tensors(path: Path) -> dict[str, tuple[str, Tensor]]:
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     cached = cache_root() / "q4" / f"{path.stem}-{key.hexdigest()[:12]}.safetensors"
     if cached.is_file():
-        with safe_open(str(cached), "pt") as f:
-            kinds = f.metadata() or {}
-        return {name: (kinds[name], t) for name, t in load_file(str(cached)).items()}
+        try:
+            with safe_open(str(cached), "pt") as f:
+                kinds = f.metadata() or {}
+            return {name: (kinds[name], t) for name, t in load_file(str(cached)).items()}
+        except Exception:  # unreadable (truncated, overwritten): read the GGUF and rewrite it
+            pass
     import gguf
 
     out = {}
