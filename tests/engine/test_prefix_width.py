@@ -27,3 +27,21 @@ def test_identical_prompts_fill_every_row(
     for i, p in zip(ids, prompts, strict=True):
         assert run.tokens[i] == ref(p, 12)
     assert widest == 4  # every row decoding at once (2 while a prefix held rows)
+
+
+def test_a_step_attends_over_written_columns_only(llama: torch.nn.Module, ref: RefCache) -> None:
+    """A request holds columns for its whole budget (prompt + max_tokens) from admission; a
+    step's keys must reach only as far as what is written (and its new tokens), not over the
+    empty columns held for tokens not yet generated (two rows decoding: the mask spans both)."""
+    gen = torch.Generator().manual_seed(5)
+    prompts = [rand_prompt(gen, 20), rand_prompt(gen, 20)]
+    eng, lm = make_engine(llama, mode="rows", budget_tokens=2 * 256, rows=2, prefill_chunk=64)
+    ids = [eng.submit(p, greedy(200)) for p in prompts]
+    run = Run()
+    for _ in range(12):
+        run.take(eng.step())
+    for i, p in zip(ids, prompts, strict=True):
+        assert run.tokens[i] == ref(p, 12)
+    assert [s.mask.shape[:1] for s in lm.steps] == [(2,)] * 12
+    # step k (k >= 1) decodes the tokens at position 20 + k - 1: its keys are columns 0..20+k-1
+    assert [s.mask.shape[-1] for s in lm.steps] == [20] + [20 + k for k in range(1, 12)]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from parafill.backends.engine.schedule import Seq, lineage, main_line
+from parafill.backends.engine.schedule import Seq, lineage, main_line, reach
 from parafill.backends.engine.spec import Arms, Shape, SpecPolicy
 from parafill.fillers.base import Draft
 from parafill.fillers.model import ModelDrafts
@@ -262,7 +262,9 @@ class Drafter:
     def _shape(self, work: list[Seq], decoding: int) -> tuple[Shape, int]:
         """The coming step's shape without drafts, and its batch rows (0 in tree mode)."""
         prefill = min(sum(s.known - s.fed for s in work) - decoding, self.config.prefill_chunk)
-        length = max(s.max_col for s in work) + 1
+        # the step without drafts: each decoding sequence feeds its last token, a prefill
+        # up to its chunk (`step._extent`; drafts add their columns)
+        length = max(reach(s, s.fed + max(1, min(prefill, s.known - s.fed))) for s in work) + 1
         if self.config.mode == "tree":
             return Shape(decoding + prefill, decoding + prefill, length), 0
         rows = max(s.row for s in work) + 1

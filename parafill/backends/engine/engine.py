@@ -405,7 +405,7 @@ class Engine:
                 self.cache.copy(donor.row, shared, seq.row, cols[:m])
             self.vis[seq.slot, torch.tensor(cols[:m], device=self.vis.device)] = True
         seq.cols, seq.fed = cols, m
-        seq.max_col = max(cols)
+        seq.max_col, seq.hi, seq.hi_n = max(cols), -1, 0
         self.live.append(seq)
         return True
 

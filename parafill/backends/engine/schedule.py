@@ -33,7 +33,9 @@ class Seq:
     row: int = -1
     slot: int = -1
     cols: list[int] = field(default_factory=list)  # KV column of each position
-    max_col: int = 0
+    max_col: int = 0  # the highest column it holds (written or not)
+    hi: int = -1  # the highest column among its first `hi_n` positions (`reach`'s cache)
+    hi_n: int = 0
     fed: int = 0  # positions whose KV is written
     proposer: Proposer | None = None  # drafts tokens to verify (None: one token per step)
     matcher: Matcher | None = None  # its output constraint's state (None: unconstrained)
@@ -67,6 +69,17 @@ class Seq:
         if pos < n:
             return self.prompt[pos]
         return self.generated[pos - n]
+
+
+def reach(s: Seq, upto: int) -> int:
+    """The highest KV column among the sequence's first `upto` positions: a step attends over
+    the columns up to it (and its drafts'), not over every column the sequence holds for
+    tokens it has not generated yet. `s.cols` is fixed at placement, so the maximum is kept
+    incrementally."""
+    if upto > s.hi_n:
+        s.hi = max(s.hi, max(s.cols[s.hi_n : upto]))
+        s.hi_n = upto
+    return s.hi
 
 
 def lineage(parents: Sequence[int]) -> list[list[int]]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from parafill.backends.engine.model import StepInput
-from parafill.backends.engine.schedule import Seq, lineage, longest_match, schedule
+from parafill.backends.engine.schedule import Seq, lineage, longest_match, reach, schedule
 
 
 @dataclass
@@ -61,7 +61,7 @@ def _tensors(
     row0 = min(rows)  # attention runs over the rows row0.. only (the rows below: no queries)
     r = max(rows) + 1 - row0
     q = max(per_row.values())
-    length = max(max([s.max_col, *s.draft_cols]) for s, _ in feeds) + 1  # borrowed cols too
+    length = max(_extent(s, n) for s, n in feeds) + 1
     pair = _pairs(owner, order, trees, vis.device)
     rel = [x - row0 for x in rows]
     mask = _mask(feeds, vis, owner, pair, cols, (r, q, length), rel, qslots)
@@ -74,6 +74,13 @@ def _tensors(
         t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0, keep=keep
     )
     return step, StepPlan(written, sampled)
+
+
+def _extent(s: Seq, n: int) -> int:
+    """The highest column a feed's queries may see: its written and new positions' columns,
+    and its drafts' (borrowed side-branch columns too)."""
+    upto = s.fed + (1 if s.draft else n)
+    return max([reach(s, upto), *s.draft_cols])
 
 
 def _compact(mask: Tensor) -> tuple[Tensor, Tensor | None]:
