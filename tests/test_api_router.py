@@ -57,7 +57,8 @@ async def test_default_planner_routes_a_list_like_question_and_says_why() -> Non
         "router: skeleton-of-thought — list-like request; estimated 2.0 s decomposed vs 7.4 s "
         "direct (assumed: batching server costs)"
     )
-    assert result.notes[:2] == (route, "skeleton: 3 points")  # then: fillers the fake ignored
+    # then the fillers the fake ignored and the skeleton's note
+    assert result.notes[0] == route and "skeleton: 3 points" in result.notes
     assert result.plan.answer == ("point-1", "point-2", "point-3")
     assert result.answer.startswith("1. Spend less: ok")
 
@@ -73,7 +74,7 @@ async def test_arun_on_its_own_engine_measures_costs_once_then_reads_the_cache(
 ) -> None:
     first = await parafill.arun(LIST_LIKE, model="my-model")
     assert first.notes[0].startswith("router: skeleton-of-thought — list-like request; estimated")
-    assert first.notes[0].endswith("(measured costs)") and first.notes[1] == "skeleton: 3 points"
+    assert first.notes[0].endswith("(measured costs)") and "skeleton: 3 points" in first.notes
     assert engine.opened == [LocalConfig(model="my-model")]
     assert cache_path(api.cost_key(engine.opened[0])).exists()
     probes = sum(PROBE in c.prompt for c in engine.fake.calls)

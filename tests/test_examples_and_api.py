@@ -128,7 +128,7 @@ async def test_skeleton_parsed_and_fallback_paths_are_told_apart(path):
     fake = FakeBackend(reply=_scripted(outline), delay=0.0)
     planner = parafill.SkeletonPlanner()  # always outline (the default router would not)
     result = await parafill.arun("How to relax?", backend=fake, planner=planner, on_event=rec)
-    assert result.plan.answer == answer and result.notes[0] == note
+    assert result.plan.answer == answer and note in result.notes
     assert [n.id for n in result.plan.nodes] == ["skeleton", *answer]
     (grew,) = [e for e in rec.events if isinstance(e, PlanGrew)]
     assert (grew.node, grew.added, grew.note) == ("skeleton", answer, note)
@@ -164,7 +164,7 @@ async def test_dag_parsed_and_fallback_paths_are_told_apart(path):
     result = await parafill.arun(
         "Cost of A and B?", backend=fake, planner=DagPlanner(), on_event=rec
     )
-    assert result.plan.answer == answer and result.notes[0] == note
+    assert result.plan.answer == answer and note in result.notes
     grown = [n.id for n in result.plan.nodes[1:]]
     (grew,) = [e for e in rec.events if isinstance(e, PlanGrew)]
     assert (grew.node, grew.added, grew.note) == ("plan", tuple(grown), note)

@@ -109,6 +109,7 @@ class SkeletonPlanner:
             max_tokens=self.skeleton_tokens,
             system=SKELETON_SYSTEM,
             expand="skeleton",
+            filler="ngram",
             prefix=f"{listing}{k}.",  # start the list: small models otherwise answer in prose
             # after the outline the model tends to invent the next example; not a blank-line stop:
             # servers that cannot continue the "1." prefill may put a preamble before the list

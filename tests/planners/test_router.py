@@ -82,14 +82,19 @@ async def test_the_decision_is_recorded_in_the_result() -> None:
     assert sot.nodes[0].id == "skeleton" and sot.nodes[0].expand == "skeleton"
     assert json.loads(sot.to_json())["notes"] == list(sot.notes)  # survives the JSON boundary
     # run it (the fake backend writes a parseable outline): the router's note stays first,
-    # the skeleton's follows, and the run grew the three points from the skeleton's output
+    # then the n-gram filler's (this backend does not speculate) and the skeleton's, and the
+    # run grew the three points from the skeleton's output
     events: list[Event] = []
 
     async def emit(ev: Event) -> None:
         events.append(ev)
 
     run = await run_plan(sot, FakeBackend(reply=_outline), expanders=router.expanders, emit=emit)
-    assert run.notes[:2] == (sot.notes[0], "skeleton: 3 points")
+    assert run.notes[:3] == (
+        sot.notes[0],
+        "filler 'ngram' ignored: this backend decodes one token per step",
+        "skeleton: 3 points",
+    )
     (grew,) = [e for e in events if isinstance(e, PlanGrew)]
     assert (grew.node, grew.added) == ("skeleton", ("point-1", "point-2", "point-3"))
     assert run.plan.answer == grew.added and run.answer.startswith("1. Exercise: ok")
