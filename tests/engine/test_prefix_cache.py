@@ -213,3 +213,30 @@ def test_a_tree_row_full_of_cached_entries_is_attended_over_the_seen_columns_onl
         assert s.keep is not None and s.mask.shape[-1] == s.keep.numel()
         assert s.keep.numel() <= 1 + len(prompt) + 6  # column 0 (padding lanes) and its own
         assert int(s.keep.max()) >= 90  # behind the three cached entries
+
+
+def test_a_short_match_does_not_cut_a_long_cached_prefix(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """Rows mode with an empty row to spare: a request sharing only a cached entry's first
+    min_share tokens copies them and leaves the entry whole, so a later request sharing its
+    whole template is still served from the cache (before, the first request took the row over
+    and cut the entry to the tokens it shared)."""
+    gen = torch.Generator().manual_seed(15)
+    template = rand_prompt(gen, 40)
+    eng, lm = make_engine(llama, mode="rows", budget_tokens=4 * 128, rows=4, min_share=16)
+    run = Run()
+    a = eng.submit(template + rand_prompt(gen, 6), greedy(4))
+    drain(eng, run, [a])
+    b_prompt = template[:16] + rand_prompt(gen, 20)
+    b = eng.submit(b_prompt, greedy(4))
+    drain(eng, run, [b])
+    assert run.tokens[b] == ref(b_prompt, 4)
+    reused = eng.reused
+    c_prompt = template + rand_prompt(gen, 6)
+    fed_before = lm.fed
+    c = eng.submit(c_prompt, greedy(6))
+    drain(eng, run, [c])
+    assert run.tokens[c] == ref(c_prompt, 6)
+    assert eng.reused - reused == 40
+    assert lm.fed - fed_before == 6 + 6 - 1

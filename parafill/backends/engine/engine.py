@@ -381,7 +381,7 @@ class Engine:
     def _place_now(self, seq: Seq, donor: Seq | None, m: int) -> bool:
         total = len(seq.prompt) + seq.params.max_tokens
         tree = self.config.mode == "tree"
-        adopt = not tree and donor is not None and donor in self.cached
+        adopt = not tree and donor is not None and self._adoptable(donor, m)
         if adopt:  # rows mode, finished donor: take over its row in place, no copy
             assert donor is not None
             self.cached.remove(donor)
@@ -408,6 +408,16 @@ class Engine:
         seq.max_col, seq.hi, seq.hi_n = max(cols), -1, 0
         self.live.append(seq)
         return True
+
+    def _adoptable(self, donor: Seq, m: int) -> bool:
+        """Rows mode: take over a cached donor's row (trimmed to the m shared columns) when
+        that keeps most of what it holds, or when no row is empty; else copy the m columns
+        into an empty row and keep the donor whole (a chat template shared by every request
+        would otherwise be cut down to the first m tokens another prompt happens to share)."""
+        if donor not in self.cached:
+            return False
+        empty = any(f == self.cache.spec.cols for f in self.cache.free_cols)
+        return 2 * m >= donor.fed or not empty
 
     def _evict(self, seq: Seq) -> None:
         self.cached.remove(seq)
