@@ -73,6 +73,9 @@ class Node:
     # what the output must look like (a grammar, regex, JSON schema, span of a text); backends
     # that cannot apply it get none (the runner notes it) and the output is parsed as free text
     constraint: Constraint | None = None
+    # stop at the first line that repeats an earlier one, numbering aside, and keep the text
+    # before it (an outline that started to loop: see orchestrator/repeats.py)
+    stop_repeated_line: bool = False
 
     def arg(self, name: str, default: str | None = None) -> str:
         """The bound input `name`; without a default, a missing one is a PlanError."""

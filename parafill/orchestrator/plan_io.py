@@ -55,6 +55,7 @@ class NodeModel(BaseModel):
     fn: str | None = None
     args: dict[str, str] = Field(default_factory=dict)
     constraint: ConstraintModel | None = None
+    stop_repeated_line: bool = False
 
 
 class PlanModel(BaseModel):

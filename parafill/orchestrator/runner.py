@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -23,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from parafill.backends.base import (
     Backend,
     BackendError,
+    Chunk,
     FillStats,
     Message,
     Metered,
@@ -51,6 +52,7 @@ from parafill.orchestrator.plan import (
     check_hooks,
     render_prompt,
 )
+from parafill.orchestrator.repeats import LineGuard
 from parafill.orchestrator.scheduler import Scheduler, Status
 
 __all__ = ["Compute", "Emit", "Expander", "RunConfig", "RunFailed", "run_plan"]
@@ -263,7 +265,7 @@ async def _run_node(node: Node, request: Request, ctx: _Ctx) -> None:
             await ctx.emit(NodeStarted(node.id, attempt))
             try:
                 with _deadline(ctx.config.node_timeout):
-                    text, tokens, finish, logprob, fill = await _stream(node.id, request, ctx)
+                    text, tokens, finish, logprob, fill = await _stream(node, request, ctx)
             except Exception as exc:  # classified below; never swallowed
                 error, retryable = _describe(exc, ctx.config.node_timeout)
                 again = retryable and attempt < attempts
@@ -306,21 +308,42 @@ def _deadline(timeout: float | None) -> AbstractContextManager[object]:
 
 
 async def _stream(
-    node_id: str, request: Request, ctx: _Ctx
+    node: Node, request: Request, ctx: _Ctx
 ) -> tuple[str, int, str | None, float | None, FillStats | None]:
     parts: list[str] = []
     tokens, finish, fill = 0, None, None
     logprob: float | None = None  # stays None unless the backend reports log-probabilities
-    async for chunk in ctx.backend.stream(request):
-        parts.append(chunk.text)
-        tokens += chunk.tokens
-        finish = chunk.finish_reason or finish
-        fill = chunk.fill or fill
-        if chunk.logprob is not None:
-            logprob = (logprob or 0.0) + chunk.logprob
-        if chunk.text:
-            await ctx.emit(NodeText(node_id, chunk.text))
-    return "".join(parts), tokens, finish, logprob, fill
+    guard = LineGuard() if node.stop_repeated_line else None
+    async with _closing(ctx.backend.stream(request)) as chunks:  # a stop cancels the request
+        async for chunk in chunks:
+            parts.append(chunk.text)
+            tokens += chunk.tokens
+            finish = chunk.finish_reason or finish
+            fill = chunk.fill or fill
+            if chunk.logprob is not None:
+                logprob = (logprob or 0.0) + chunk.logprob
+            shown, stop = guard.feed(chunk.text) if guard else (chunk.text, False)
+            if shown:
+                await ctx.emit(NodeText(node.id, shown))
+            if stop:
+                finish = "stop"
+                break
+    if guard is None:
+        return "".join(parts), tokens, finish, logprob, fill
+    if last := guard.rest():
+        await ctx.emit(NodeText(node.id, last))
+    return guard.text, tokens, finish, logprob, fill
+
+
+@asynccontextmanager
+async def _closing(chunks: AsyncIterator[Chunk]) -> AsyncIterator[AsyncIterator[Chunk]]:
+    """The stream, closed on leaving (a backend's generator cancels its request when closed)."""
+    try:
+        yield chunks
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _describe(exc: Exception, timeout: float | None) -> tuple[str, bool]:

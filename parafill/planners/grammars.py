@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # parafill.constraints imports torch: imported below only whe
 
 POINT_CHARS = 70  # a skeleton point: 3-5 words asked, 12 kept by the parser
 POINT_WORDS = 12
+# banned points are refused by their first BAN_CHARS characters at most: each refused character
+# nests the regex one level deeper, and llguidance refuses regexes nested past ~55 characters
+# (a longer repeat is admitted here; the skeleton node stops at a repeated line instead)
+BAN_CHARS = 48
 STEP_CHARS = 120
 TITLE_CHARS = 60
 _END = '("\\n\\n")?'  # Lark: a list may end with the blank line the model writes after it
@@ -95,16 +99,18 @@ def unbanned_point(banned: Iterable[str]) -> str:
     texts, leaving each at a character it does not have. After a whole banned text only a
     character the parser keeps may follow (not the end, ':', '. ', a trailing '.', ...), so
     the grammar can refuse a few distinct points ("Iron Man - the hero"); it never admits a
-    repeat, except one of over 12 words written with doubled spaces (the parser drops that)."""
+    repeat, except one of over 12 words written with doubled spaces (the parser drops that) or
+    one longer than BAN_CHARS characters (the regex would nest too deep to compile)."""
     root = _Trie()
     for text in banned:
         key = text.lower()
         if not key or key[0] not in _ALNUM or any(c in _NOT_POINT for c in key):
             continue  # no point can be parsed as this text
         node = root
-        for c in key[: POINT_CHARS + 1]:
+        for c in key[:BAN_CHARS]:
             node = node.setdefault(c, _Trie())
-        node.end, node.words = True, len(key.split())
+        if len(key) <= BAN_CHARS:  # a longer one: its first BAN_CHARS lead on to any point
+            node.end, node.words = True, len(key.split())
     return _after(root, 0, False) or ""
 
 

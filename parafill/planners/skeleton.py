@@ -116,6 +116,7 @@ class SkeletonPlanner:
             stop=("\nQuestion:",),
             args=(("question", question),),
             constraint=constraint,
+            stop_repeated_line=True,  # a repeated point starts a loop; points are deduplicated
         )
 
     @property

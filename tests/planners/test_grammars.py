@@ -103,6 +103,19 @@ def test_continuation_regex_never_admits_a_repeat_and_keeps_distinct_points() ->
         assert point.fullmatch(text), text
 
 
+def test_a_long_point_refused_as_a_repeat_still_compiles(accepts) -> None:  # type: ignore[no-untyped-def]
+    """A first point of 72 characters: the continuation's grammar compiled (the regex of the
+    whole point nested 72 levels deep and llguidance refused it, failing the run); points up
+    to BAN_CHARS characters are still refused, a longer one is left to the line guard."""
+    long = "The report is a critical component of the financial analysis, and I'm a"
+    short = "Keep a regular schedule"
+    c = SkeletonPlanner(max_points=8)._skeleton_node("Q?", (long, short)).constraint
+    assert c is not None
+    assert not accepts(c, " " + short) and not accepts(c, " " + short.lower() + ".")
+    assert accepts(c, " Read the footnotes\n4. Check the totals")
+    assert accepts(c, " " + long)  # admitted: the skeleton node's line guard stops it
+
+
 def test_dag_grammar_allows_references_to_earlier_steps_only(accepts) -> None:  # type: ignore[no-untyped-def]
     c = _node(DagPlanner()).constraint
     good = " Find A.\n2. Find B.\n3. Compare $1 and $2.\n\n"
