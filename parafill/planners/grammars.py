@@ -21,9 +21,9 @@ if TYPE_CHECKING:  # parafill.constraints imports torch: imported below only whe
 
 POINT_CHARS = 70  # a skeleton point: 3-5 words asked, 12 kept by the parser
 POINT_WORDS = 12
-# banned points are refused by their first BAN_CHARS characters at most: each refused character
-# nests the regex one level deeper, and llguidance refuses regexes nested past ~55 characters
-# (a longer repeat is admitted here; the skeleton node stops at a repeated line instead)
+# banned points are told apart by their first BAN_CHARS characters at most: each character
+# nests the regex one level deeper, and llguidance refuses regexes nested past ~55 characters;
+# a point that starts with a longer banned one's first BAN_CHARS characters is refused
 BAN_CHARS = 48
 STEP_CHARS = 120
 TITLE_CHARS = 60
@@ -90,6 +90,7 @@ def _rest(used: int) -> str:
 
 class _Trie(dict[str, "_Trie"]):
     end = False  # a banned point ends here
+    dead = False  # the first BAN_CHARS characters of a longer banned point end here
     words = 0
 
 
@@ -99,8 +100,9 @@ def unbanned_point(banned: Iterable[str]) -> str:
     texts, leaving each at a character it does not have. After a whole banned text only a
     character the parser keeps may follow (not the end, ':', '. ', a trailing '.', ...), so
     the grammar can refuse a few distinct points ("Iron Man - the hero"); it never admits a
-    repeat, except one of over 12 words written with doubled spaces (the parser drops that) or
-    one longer than BAN_CHARS characters (the regex would nest too deep to compile)."""
+    repeat, except one of over 12 words written with doubled spaces (the parser drops that).
+    A banned text longer than BAN_CHARS characters refuses every point that starts with its
+    first BAN_CHARS (a regex spelling it whole would nest too deep to compile)."""
     root = _Trie()
     for text in banned:
         key = text.lower()
@@ -109,7 +111,9 @@ def unbanned_point(banned: Iterable[str]) -> str:
         node = root
         for c in key[:BAN_CHARS]:
             node = node.setdefault(c, _Trie())
-        if len(key) <= BAN_CHARS:  # a longer one: its first BAN_CHARS lead on to any point
+        if len(key) > BAN_CHARS:
+            node.dead = True  # nothing may follow its first BAN_CHARS characters
+        else:
             node.end, node.words = True, len(key.split())
     return _after(root, 0, False) or ""
 
@@ -117,6 +121,8 @@ def unbanned_point(banned: Iterable[str]) -> str:
 def _after(node: _Trie, used: int, tight: bool) -> str | None:
     """The rest of a point after `used` characters that spelled the path to `node`; `tight`:
     the parser would read what is written so far as a banned text if it ended here."""
+    if node.dead:
+        return None
     tight = tight or node.end
     kids = [c for c in node if used < POINT_CHARS + 1]
     taken = [x for c in kids for x in _cases(c)]

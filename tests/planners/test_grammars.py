@@ -22,7 +22,7 @@ from parafill.orchestrator.runner import RunConfig, run_plan
 from parafill.planners.base import Planner
 from parafill.planners.dag import DagPlanner, parse_steps
 from parafill.planners.document import DocumentPlanner, parse_outline
-from parafill.planners.grammars import unbanned_point
+from parafill.planners.grammars import BAN_CHARS, unbanned_point
 from parafill.planners.ner import NerConfig, default_adapter, extract
 from parafill.planners.reasoning import ReasoningPlanner
 from parafill.planners.skeleton import SkeletonPlanner, _clean, parse_points
@@ -104,16 +104,17 @@ def test_continuation_regex_never_admits_a_repeat_and_keeps_distinct_points() ->
 
 
 def test_a_long_point_refused_as_a_repeat_still_compiles(accepts) -> None:  # type: ignore[no-untyped-def]
-    """A first point of 72 characters: the continuation's grammar compiled (the regex of the
-    whole point nested 72 levels deep and llguidance refused it, failing the run); points up
-    to BAN_CHARS characters are still refused, a longer one is left to the line guard."""
+    """A first point of 72 characters: the continuation's grammar compiles (the regex of the
+    whole point nested 72 levels deep and llguidance refused it, failing the run). A point over
+    BAN_CHARS characters is refused by its first BAN_CHARS: so is any point starting with them."""
     long = "The report is a critical component of the financial analysis, and I'm a"
     short = "Keep a regular schedule"
     c = SkeletonPlanner(max_points=8)._skeleton_node("Q?", (long, short)).constraint
     assert c is not None
     assert not accepts(c, " " + short) and not accepts(c, " " + short.lower() + ".")
     assert accepts(c, " Read the footnotes\n4. Check the totals")
-    assert accepts(c, " " + long)  # admitted: the skeleton node's line guard stops it
+    assert not accepts(c, " " + long) and not accepts(c, " " + long[:BAN_CHARS] + "nother")
+    assert accepts(c, " " + long[: BAN_CHARS - 1] + "X and more")
 
 
 def test_dag_grammar_allows_references_to_earlier_steps_only(accepts) -> None:  # type: ignore[no-untyped-def]
