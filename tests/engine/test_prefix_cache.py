@@ -240,3 +240,23 @@ def test_a_short_match_does_not_cut_a_long_cached_prefix(
     assert run.tokens[c] == ref(c_prompt, 6)
     assert eng.reused - reused == 40
     assert lm.fed - fed_before == 6 + 6 - 1
+
+
+def test_rows_without_queries_between_live_rows_are_not_attended(
+    llama: torch.nn.Module, ref: RefCache
+) -> None:
+    """The middle request finishes first and stays cached in its row: the steps after that
+    attend over rows 0 and 2 one run at a time (`spans`), not over the cached row between."""
+    gen = torch.Generator().manual_seed(16)
+    prompts = [rand_prompt(gen, 12) for _ in range(3)]
+    eng, lm = make_engine(llama, mode="rows", budget_tokens=4 * 64, rows=4)
+    budgets = [16, 3, 16]
+    ids = [eng.submit(p, greedy(n)) for p, n in zip(prompts, budgets, strict=True)]
+    run = Run()
+    drain(eng, run, ids)
+    for i, p, n in zip(ids, prompts, budgets, strict=True):
+        assert run.tokens[i] == ref(p, n)
+    split = [s for s in lm.steps if s.spans is not None]
+    assert split and all(s.spans == ((0, 1), (2, 1)) for s in split)
+    assert all(s.mask.shape[0] == 2 for s in split)  # the mask holds the two live rows only
+    assert len(split) == 16 - 3  # every step after the middle request finished

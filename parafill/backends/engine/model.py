@@ -89,6 +89,11 @@ class StepInput:
     dense: bool = False  # token b is query slot b % Q of row b // Q (no scatter/gather needed)
     row0: int = 0  # the mask's first row is this KV row (rows below it have no queries)
     keep: Tensor | None = None  # (L,) the KV columns the mask's columns are (None: 0..L-1)
+    # rows mode with rows that have no queries between those that do: the mask holds the rows
+    # with queries only, as runs (first KV row, count) attended one run at a time, and
+    # `mrows` (N,) is each token's row of the mask (None: the mask's rows are row0..)
+    spans: tuple[tuple[int, int], ...] | None = None
+    mrows: Tensor | None = None
 
 
 class CompactLM:
@@ -149,7 +154,7 @@ class CompactLM:
         folded = step.mask[:, :, None].expand(r, 1, group, nq, length).reshape(r, 1, -1, length)
         additive = torch.where(folded, 0.0, float("-inf")).to(k_cache.dtype)
         mask = F.pad(additive, (0, -length % 16))[..., :length]
-        qrows = step.rows - step.row0 if step.row0 else step.rows  # rows of the mask
+        qrows = step.mrows if step.mrows is not None else step.rows - step.row0  # mask rows
         if trace is not None:
             trace.append(x)
         for i in range(len(self.layers)) if layers is None else layers:
@@ -194,18 +199,36 @@ class CompactLM:
         else:
             qp = q.new_zeros(r, nq, s.heads, s.head_dim)
             qp[qrows, step.qslots] = q
+        if step.spans is not None:  # one run of rows with queries at a time, then joined
+            outs, at = [], 0
+            for first, count in step.spans:
+                rows = slice(first, first + count)
+                keys, values = k_cache[i, rows, :, :length], v_cache[i, rows, :, :length]
+                part = mask[at : at + count]
+                outs.append(_grouped_attention(qp[at : at + count], keys, values, part, s.kv_heads))
+                at += count
+            out = torch.cat(outs).to(h.dtype)
+        else:
+            out = self._rows_attention(i, step, qp, mask, (k_cache, v_cache)).to(h.dtype)
+        if step.dense:
+            out = out.reshape(n, s.heads * s.head_dim)
+        else:
+            out = out[qrows, step.qslots].reshape(n, s.heads * s.head_dim)
+        return _linear(out, layer.o, layer.o_bias)  # o_proj has a bias with attention_bias
+
+    def _rows_attention(
+        self, i: int, step: StepInput, qp: Tensor, mask: Tensor, kv: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """Attention over the KV rows row0.. (all of them, or their columns `step.keep`)."""
+        k_cache, v_cache = kv
+        r, length = qp.shape[0], step.mask.shape[-1]
         rows = slice(step.row0, step.row0 + r)
         if step.keep is None:
             keys, values = k_cache[i, rows, :, :length], v_cache[i, rows, :, :length]
         else:  # only the columns some query sees (a tree row mostly of other sequences' KV)
             keys = k_cache[i, rows].index_select(2, step.keep)
             values = v_cache[i, rows].index_select(2, step.keep)
-        out = _grouped_attention(qp, keys, values, mask, s.kv_heads).to(h.dtype)  # (R, Q, H, D)
-        if step.dense:
-            out = out.reshape(n, s.heads * s.head_dim)
-        else:
-            out = out[qrows, step.qslots].reshape(n, s.heads * s.head_dim)
-        return _linear(out, layer.o, layer.o_bias)  # o_proj has a bias with attention_bias
+        return _grouped_attention(qp, keys, values, mask, self.shapes.kv_heads)  # (R, Q, H, D)
 
 
 ATTENTION = ("auto", "native", "fp64")  # EngineConfig.attention

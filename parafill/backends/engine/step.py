@@ -59,11 +59,12 @@ def _tensors(
             sampled.append((s, rows_out))
             logits_at += range(len(tokens) - rows_out, len(tokens))
     row0 = min(rows)  # attention runs over the rows row0.. only (the rows below: no queries)
-    r = max(rows) + 1 - row0
+    spans, index = _spans(per_row)
+    r = len(per_row) if spans else max(rows) + 1 - row0
     q = max(per_row.values())
     length = max(_extent(s, n) for s, n in feeds) + 1
     pair = _pairs(owner, order, trees, vis.device)
-    rel = [x - row0 for x in rows]
+    rel = [index[x] for x in rows] if spans else [x - row0 for x in rows]
     mask = _mask(feeds, vis, owner, pair, cols, (r, q, length), rel, qslots)
     mask, keep = _compact(mask)
 
@@ -71,9 +72,28 @@ def _tensors(
         return torch.tensor(xs, dtype=torch.long, device=device)
 
     step = StepInput(
-        t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0, keep=keep
-    )
+        t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0, keep=keep,
+        spans=spans, mrows=t(rel) if spans else None,
+    )  # fmt: skip
     return step, StepPlan(written, sampled)
+
+
+def _spans(per_row: dict[int, int]) -> tuple[tuple[tuple[int, int], ...] | None, dict[int, int]]:
+    """Rows mode: the runs of consecutive KV rows with queries, and each such row's index
+    among them, where the rows without queries between them outnumber the extra runs (each
+    run is one more attention call per layer; each row skipped, one KV row not read: rows of
+    finished requests kept as prefix cache sit between the live ones). None: one run."""
+    used = sorted(per_row)
+    runs: list[list[int]] = []
+    for x in used:
+        if runs and runs[-1][0] + runs[-1][1] == x:
+            runs[-1][1] += 1
+        else:
+            runs.append([x, 1])
+    gaps = used[-1] + 1 - used[0] - len(used)
+    if len(runs) < 2 or gaps < len(runs) - 1:
+        return None, {}
+    return tuple((a, n) for a, n in runs), {x: i for i, x in enumerate(used)}
 
 
 def _extent(s: Seq, n: int) -> int:
