@@ -145,7 +145,7 @@ class CompactLM:
         """`forward` without its inference-mode wrapper (for torch.compile and graph capture).
         `trace` receives the hidden state before the first layer and after each one."""
         x = F.embedding(step.tokens, self.embed)  # (N, d)
-        cos, sin = self.cos[step.positions], self.sin[step.positions]  # (N, D)
+        cos, sin = _rope_tables(self.cos[step.positions], self.sin[step.positions])
         group = self.shapes.heads // self.shapes.kv_heads
         r, _, nq, length = step.mask.shape
         # fold the G query heads sharing a KV head into the query axis: (R, 1, G*Q, L), and
@@ -263,6 +263,9 @@ def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: 
     kernel reads each KV head once (no repeated K/V, and the fused kernels accept it)."""
     r, nq, h, d = q.shape
     g = h // kv_heads
+    if nq == 1:  # one query per row (decoding): the fold is a view
+        out = F.scaled_dot_product_attention(q.view(r, kv_heads, g, d), k, v, attn_mask=mask)
+        return out.view(r, 1, h, d)
     qg = q.view(r, nq, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(r, kv_heads, g * nq, d)
     out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (R, Hkv, G*Q, D)
     return out.view(r, kv_heads, g, nq, d).permute(0, 3, 1, 2, 4).reshape(r, nq, h, d)
@@ -328,11 +331,18 @@ def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
+def _rope_tables(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Per forward, not per layer: cos (N, 1, D), and sin (N, 1, D) with its first half
+    negated, so that `_rope` rotates by one roll: x*cos + [-x2, x1]*sin, the same products
+    (-a*b equals a*-b exactly)."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+    return cos[:, None], signed[:, None]
+
+
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # x (N, H, D); cos/sin (N, D)
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    # x (N, H, D); cos / signed sin (N, 1, D) from `_rope_tables`
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
 
 
 def _rotary_table(rotary: Any, n: int, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -71,9 +71,12 @@ def _tensors(
     def t(xs: list[int]) -> Tensor:
         return torch.tensor(xs, dtype=torch.long, device=device)
 
+    dense = len(tokens) == r * q and all(
+        a == b // q and c == b % q for b, (a, c) in enumerate(zip(rel, qslots, strict=True))
+    )  # token b is query b % q of mask row b // q: no query scatter / gather
     step = StepInput(
-        t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), row0=row0, keep=keep,
-        spans=spans, mrows=t(rel) if spans else None,
+        t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), dense=dense,
+        row0=row0, keep=keep, spans=spans, mrows=t(rel) if spans else None,
     )  # fmt: skip
     return step, StepPlan(written, sampled)
 
