@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from parafill.backends.engine.schedule import Seq, lineage, main_line, reach
 from parafill.backends.engine.spec import Arms, Shape, SpecPolicy
-from parafill.fillers.base import Draft
+from parafill.fillers.base import Draft, Outcome
 from parafill.fillers.model import ModelDrafts
 
 if TYPE_CHECKING:
-    from parafill.backends.engine.engine import EngineConfig
+    from parafill.backends.engine.config import EngineConfig
     from parafill.backends.engine.modeldraft import ModelDrafter
+    from parafill.backends.engine.verify import Window
 
 BACKOFF = 16  # the most steps a sequence goes without asking its proposer after refusals
 MODEL_K = 8  # the most tokens a model drafter drafts per step (one forward each)
@@ -270,3 +271,28 @@ class Drafter:
         rows = max(s.row for s in work) + 1
         widest = max(1, min(prefill, max(s.known - s.fed for s in work)))
         return Shape(decoding + prefill, rows * widest, length), rows
+
+
+def learn(policy: SpecPolicy, w: Window) -> tuple[int, int]:
+    """After a step: the sequence's proposer observes what was kept of its drafts, and the
+    policy and the sequence's draft length and acceptance rate learn from it. Returns the
+    drafts verified and kept (the engine's totals)."""
+    seq, drafted = w.seq, len(w.seq.draft)
+    if seq.proposer is None:
+        return 0, 0
+    try:
+        outcome = Outcome(
+            tuple(seq.draft), tuple(w.predicted), w.accepted, tuple(seq.parents),
+            tuple(w.path), tuple(seq.nodes),
+        )  # fmt: skip
+        seq.proposer.observe(outcome)
+    except Exception:  # as in Drafter.propose: decode on without drafts
+        seq.proposer = None
+    if not drafted:
+        return 0, 0
+    policy.calibrate(seq.expect, w.accepted)
+    seq.drafted += drafted
+    seq.accepted += w.accepted
+    seq.k = policy.next_k(seq.k, drafted, w.accepted)
+    seq.rate = policy.next_rate(seq.rate, drafted, w.accepted)
+    return drafted, w.accepted

@@ -11,19 +11,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from parafill.backends.engine.drafts import Drafter
+from parafill.backends.engine.config import EngineConfig, StepOutput
+from parafill.backends.engine.drafts import Drafter, learn
 from parafill.backends.engine.graphs import StaticDecoder
 from parafill.backends.engine.kv import (
     BudgetError,
     CacheSpec,
     KVCache,
-    Mode,
     bytes_per_token,
     tokens_in,
 )
@@ -34,7 +34,6 @@ from parafill.backends.engine.modeldraft import ModelDrafter, make_drafter
 from parafill.backends.engine.params import check_lexical
 from parafill.backends.engine.sampling import (
     GenParams,
-    Top,
     check_bias,
     check_prompt,
     resolve_seed,
@@ -43,57 +42,11 @@ from parafill.backends.engine.schedule import Seq, longest_match
 from parafill.backends.engine.spec import Shape
 from parafill.backends.engine.step import build_step
 from parafill.backends.engine.verify import Window, decide, settle
-from parafill.fillers.base import Outcome, Proposer
+from parafill.fillers.base import Proposer
 from parafill.fillers.model import ModelDrafts
 
 if TYPE_CHECKING:
     from parafill.constraints import Compiled
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    mode: Mode = "rows"
-    budget_tokens: int = 16384  # KV slots in all
-    budget_bytes: int | None = None  # instead: K/V bytes in all (tokens = bytes / per token)
-    rows: int = 16  # rows mode: concurrent sequences (each row holds budget/rows tokens)
-    prefill_chunk: int = 512  # prompt tokens fed per step, over all sequences
-    min_share: int = 16  # shortest prefix worth sharing
-    max_seqs: int = 256  # tree mode: concurrent sequences
-    # decode-only steps: "eager" builds inputs on the host each step; "static" runs them at
-    # fixed shapes with device-side state (CUDA graphs on a GPU); "auto": static on CUDA
-    decode: Literal["auto", "eager", "static"] = "auto"
-    compile: bool = False  # static decode: torch.compile the step first (slow start, faster)
-    # attention's and the KV cache's precision: "auto" = fp64 where the projections are packed
-    # (bf16 / int8 / int4; model.kv_dtype says why), the model's own dtype elsewhere
-    attention: Literal["auto", "native", "fp64"] = "auto"
-    # keep a finished sequence's KV as a prefix cache (like vLLM's automatic prefix caching):
-    # a later request sharing its prefix reuses it instead of prefilling; evicted, least
-    # recently used first, the moment its room is needed
-    retain: bool = True
-    # verify drafted tokens of sequences submitted with a proposer: "auto" where the measured
-    # step cost says it pays, "always" whenever a proposer drafts, "off" never
-    speculate: Literal["auto", "always", "off"] = "auto"
-    # the layers the `self` filler's drafter runs (the others skipped); None: calibrated on
-    # first use (selfspec.py) and cached on disk per model
-    self_layers: tuple[int, ...] | None = None
-    # the `self` drafter's weights: "auto" = int4 on the CPU for an fp32 target (the GGUF's
-    # own 4-bit blocks where it came from one), the target's own elsewhere; "target": always
-    # the target's own (only skipping layers makes it cheaper)
-    self_weights: Literal["auto", "target"] = "auto"
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    seq_id: int
-    tokens: tuple[int, ...]
-    finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    error: str | None = None
-    logprobs: tuple[float, ...] = ()  # log p of each of `tokens` (the model's distribution)
-    top: tuple[Top, ...] = ()  # per token, the most likely alternatives (params.top_logprobs)
-    # the sequence so far: forward passes that fed it, drafted tokens, drafts kept
-    passes: int = 0
-    drafted: int = 0
-    accepted: int = 0
 
 
 class Engine:
@@ -299,30 +252,9 @@ class Engine:
         return out if finish is None else self._retire(seq, finish, out=out)
 
     def _learn(self, w: Window) -> None:
-        seq, drafted = w.seq, len(w.seq.draft)
-        if seq.proposer is None:
-            return
-        try:
-            seq.proposer.observe(
-                Outcome(
-                    tuple(seq.draft),
-                    tuple(w.predicted),
-                    w.accepted,
-                    tuple(seq.parents),
-                    tuple(w.path),
-                    tuple(seq.nodes),
-                )  # fmt: skip
-            )
-        except Exception:  # as in Drafter.propose: decode on without drafts
-            seq.proposer = None
-        if drafted:
-            self.policy.calibrate(seq.expect, w.accepted)
-            self.drafted += drafted
-            self.accepted += w.accepted
-            seq.drafted += drafted
-            seq.accepted += w.accepted
-            seq.k = self.policy.next_k(seq.k, drafted, w.accepted)
-            seq.rate = self.policy.next_rate(seq.rate, drafted, w.accepted)
+        drafted, accepted = learn(self.policy, w)
+        self.drafted += drafted
+        self.accepted += accepted
 
     # ---- admission, sharing, retirement --------------------------------------------------
 
