@@ -37,6 +37,18 @@ def _prefilled(log: Path, since: int) -> list[int]:
     return [int(n) for n in _PREFILLED.findall(log.read_text(errors="replace")[since:])]
 
 
+async def _logged(log: Path, since: int, want: int) -> list[int]:
+    """The server's prefill lines since `since`, once `want` of them are there (llama-server
+    writes a request's timings after its response is sent; reading at once raced it) or after
+    10 s with what there is (the test's count assertion then says what was missing)."""
+    for _ in range(200):
+        got = _prefilled(log, since)
+        if len(got) >= want:
+            break
+        await anyio.sleep(0.05)
+    return got
+
+
 async def _together(
     server: LlamaServer, requests: list[Request], share: bool
 ) -> tuple[list[int], int]:
@@ -47,7 +59,8 @@ async def _together(
             for r in requests:
                 tg.start_soon(complete, backend, r)
         shared = backend._share.shared if backend._share else 0
-    return _prefilled(server.log, since), shared
+    # each request's line; shared: the prefix request and the cache trigger's too
+    return await _logged(server.log, since, len(requests) + (2 if shared else 0)), shared
 
 
 async def test_siblings_prefill_only_their_own_tails_when_shared(llama_binary: LlamaServer) -> None:
