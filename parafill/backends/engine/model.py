@@ -94,6 +94,9 @@ class StepInput:
     # `mrows` (N,) is each token's row of the mask (None: the mask's rows are row0..)
     spans: tuple[tuple[int, int], ...] | None = None
     mrows: Tensor | None = None
+    # every new token in one KV row at consecutive columns: (row, first column), so that the
+    # K/V writes are slices (one request's step) rather than scattered index writes
+    write: tuple[int, int] | None = None
 
 
 class CompactLM:
@@ -145,7 +148,10 @@ class CompactLM:
         """`forward` without its inference-mode wrapper (for torch.compile and graph capture).
         `trace` receives the hidden state before the first layer and after each one."""
         x = F.embedding(step.tokens, self.embed)  # (N, d)
-        cos, sin = _rope_tables(self.cos[step.positions], self.sin[step.positions])
+        # q / k / v are computed in the cache's dtype from the projection on (its output cast
+        # once, not q, k and v each): RoPE in that dtype too
+        kv = k_cache.dtype
+        cos, sin = _rope_tables(self.cos[step.positions].to(kv), self.sin[step.positions].to(kv))
         group = self.shapes.heads // self.shapes.kv_heads
         r, _, nq, length = step.mask.shape
         # fold the G query heads sharing a KV head into the query axis: (R, 1, G*Q, L), and
@@ -185,15 +191,19 @@ class CompactLM:
         step, mask, qrows = inputs  # mask: the step's mask folded for grouped heads
         s = self.shapes
         n = h.shape[0]
-        qkv = _linear(h, layer.qkv, layer.qkv_bias)
+        qkv = _linear(h, layer.qkv, layer.qkv_bias, k_cache.dtype)
         nqk = (s.heads + s.kv_heads) * s.head_dim
         qk = _rope(qkv[:, :nqk].view(n, s.heads + s.kv_heads, s.head_dim), cos, sin)
         q, k = qk[:, : s.heads], qk[:, s.heads :]
         v = qkv[:, nqk:].view(n, s.kv_heads, s.head_dim)
-        k_cache[i, step.rows, :, step.cols] = k.to(k_cache.dtype)
-        v_cache[i, step.rows, :, step.cols] = v.to(v_cache.dtype)
+        if step.write is not None:
+            row, c0 = step.write
+            k_cache[i, row, :, c0 : c0 + n] = k.transpose(0, 1)
+            v_cache[i, row, :, c0 : c0 + n] = v.transpose(0, 1)
+        else:
+            k_cache[i, step.rows, :, step.cols] = k
+            v_cache[i, step.rows, :, step.cols] = v
         r, _, nq, length = step.mask.shape
-        q = q.to(k_cache.dtype)
         if step.dense:
             qp = q.reshape(r, nq, s.heads, s.head_dim)
         else:
@@ -207,14 +217,16 @@ class CompactLM:
                 part = mask[at : at + count]
                 outs.append(_grouped_attention(qp[at : at + count], keys, values, part, s.kv_heads))
                 at += count
-            out = torch.cat(outs).to(h.dtype)
+            out = torch.cat(outs)
         else:
-            out = self._rows_attention(i, step, qp, mask, (k_cache, v_cache)).to(h.dtype)
+            out = self._rows_attention(i, step, qp, mask, (k_cache, v_cache))
         if step.dense:
             out = out.reshape(n, s.heads * s.head_dim)
         else:
             out = out[qrows, step.qslots].reshape(n, s.heads * s.head_dim)
-        return _linear(out, layer.o, layer.o_bias)  # o_proj has a bias with attention_bias
+        # o_proj has a bias with attention_bias; a packed kernel takes `out` in the cache's
+        # dtype (it casts to bf16 itself), and gives the residual stream's
+        return _linear(out, layer.o, layer.o_bias, h.dtype)
 
     def _rows_attention(
         self, i: int, step: StepInput, qp: Tensor, mask: Tensor, kv: tuple[Tensor, Tensor]
@@ -310,15 +322,20 @@ def _refine(logits: Tensor, x: Tensor, dense: Tensor) -> Tensor:
     return logits.scatter_(1, top, exact)
 
 
-def _linear(x: Tensor, w: Weight, b: Tensor | None = None) -> Tensor:
+def _linear(
+    x: Tensor, w: Weight, b: Tensor | None = None, out: torch.dtype | None = None
+) -> Tensor:
     """x @ w.T (+ b). On CPU in fp32 oneDNN's kernel streams the weights once for 1..8 rows
     at about the cost of one row, where the default (MKL) costs 1.6-2x more from 2 rows on:
     measured on 2 cores over SmolLM2-135M's 30 layers of projections, 16-18 ms vs 26-50 ms
     for 1-8 rows (and the LM head 2.3 vs 6.9 ms at 1 row). That is what makes verifying
-    drafted tokens nearly free here. Elsewhere, `F.linear`; packed weights, their kernel."""
+    drafted tokens nearly free here. Elsewhere, `F.linear`; packed weights, their kernel.
+    `out`: the result's dtype (default x's)."""
     if isinstance(w, Packed):
-        y = w.matmul(x)
+        y = w.matmul(x, out)
         return y if b is None else y + b
+    if out is not None and out != x.dtype:
+        return _linear(x.to(w.dtype), w, b).to(out)
     if _ONEDNN is not None and x.device.type == "cpu" and x.dtype == torch.float32:
         # not under torch.compile: inductor cannot lower this op (every request failed)
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling():

@@ -64,7 +64,9 @@ class Packed:
     scales: Tensor | None  # int4: (K/GROUP, N, 2) bf16 (scale, zero) | int8: two
     shape: tuple[int, int]  # (N, K): output and input features
 
-    def matmul(self, x: Tensor) -> Tensor:
+    def matmul(self, x: Tensor, out: torch.dtype | None = None) -> Tensor:
+        """x @ W.T in `out` (default x's dtype): x is cast to bf16 for the kernel."""
+        out = out or x.dtype
         a = x.to(_ACT)
         if self.kind == "bf16":
             y = _bf16_linear(a, self.data)
@@ -73,14 +75,14 @@ class Packed:
             mm = torch.ops.aten._weight_int4pack_mm_for_cpu
             hi: Tensor = mm(a, self.data[0], GROUP, self.scales[0])
             lo: Tensor = mm(a, self.data[1], GROUP, self.scales[1])
-            return (hi.float() + lo.float()).to(x.dtype)
+            return (hi.float() + lo.float()).to(out)
         elif self.kind == "int8c":
             assert self.scales is not None
             y = torch._weight_int8pack_mm(a, self.data, self.scales)
         else:
             assert self.scales is not None
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(a, self.data, GROUP, self.scales)
-        return y.to(x.dtype)
+        return y.to(out)
 
     @property
     def nbytes(self) -> int:

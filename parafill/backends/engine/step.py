@@ -74,9 +74,11 @@ def _tensors(
     dense = len(tokens) == r * q and all(
         a == b // q and c == b % q for b, (a, c) in enumerate(zip(rel, qslots, strict=True))
     )  # token b is query b % q of mask row b // q: no query scatter / gather
+    one_run = len(per_row) == 1 and cols == list(range(cols[0], cols[0] + len(cols)))
     step = StepInput(
         t(tokens), t(pos), t(rows), t(cols), t(qslots), mask, t(logits_at), dense=dense,
         row0=row0, keep=keep, spans=spans, mrows=t(rel) if spans else None,
+        write=(rows[0], cols[0]) if one_run else None,
     )  # fmt: skip
     return step, StepPlan(written, sampled)
 
