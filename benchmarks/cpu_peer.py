@@ -13,6 +13,11 @@ same requests through LocalBackend, no HTTP). Each round runs every level agains
 others idle): N concurrent streaming chat completions, greedy, --max-tokens each, prompts cycled
 from serve_load.py's eight; tokens/s = completion tokens of all N (usage) / wall time. Medians of
 --rounds. Only one server computes at a time.
+
+`--ngram`: also both with n-gram speculation (lossless at temperature 0): `parafill serve
+--filler ngram` (the first --weights format) beside llama-server `--spec-type ngram-simple`, with
+its defaults (12-token lookup, 48-token drafts) and with a short lookup (3 tokens, 8-token drafts);
+tokens/s counts emitted tokens, whatever the number of forward passes.
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
         llama_binary(), "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
         "--threads", str(args.threads), "--parallel", str(slots),
         "--ctx-size", str(ctx * slots)])  # fmt: skip
+    if args.ngram:
+        base = out["llama-server"][1]
+        simple = ["--spec-type", "ngram-simple"]
+        short = [*simple, "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "8"]
+        for name, extra in (("ngram-simple", simple), ("ngram-simple n3 m8", short)):
+            port = free_port()
+            cmd = [*base, *extra]
+            cmd[cmd.index("--port") + 1] = str(port)
+            out[f"llama-server {name}"] = (port, cmd)
     exe = str(Path(sys.executable).parent / "parafill")
     for w in args.weights:
         port = free_port()
@@ -74,6 +88,12 @@ def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
             exe, "serve", "--port", str(port), "--weights", fmt, "--attention", attention,
             "--rows", str(rows),
             "--budget-tokens", str(ctx * rows), "--max-tokens", str(args.max_tokens)])  # fmt: skip
+    if args.ngram:
+        port = free_port()
+        name, cmd = next((k, c) for k, (_, c) in out.items() if k.startswith("parafill"))
+        cmd = [*cmd, "--filler", "ngram"]
+        cmd[cmd.index("--port") + 1] = str(port)
+        out[f"{name} --filler ngram"] = (port, cmd)
     return out
 
 
@@ -147,7 +167,7 @@ async def measure(args: argparse.Namespace) -> str:
     # then the engine in this process, one format at a time (with two engines open in one
     # process, the computing one ran at 0.6x its speed alone on this CPU)
     rows = max(args.levels)
-    for w in args.weights:
+    for w in [] if args.no_local else args.weights:
         name = f"engine in-process --weights {w}"
         fmt, attention = spec(w)
         config = LocalConfig(
@@ -187,6 +207,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ngram", action="store_true", help="also both with n-gram speculation")
+    ap.add_argument("--no-local", action="store_true", help="skip the in-process engines")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu_peer_cpu.md"))
     args = ap.parse_args()
     report = anyio.run(measure, args)

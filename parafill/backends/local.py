@@ -36,6 +36,7 @@ from parafill.backends.base import (
     Sampling,
     chat_ids,
 )
+from parafill.backends.detok import Detokenizer
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError
@@ -96,36 +97,6 @@ CALIBRATION = (
         "at every stage so that it is safe to drink.",
     ),
 )  # what the `self` filler's layer calibration reads (selfspec.py): a typical chat answer
-
-
-class Detokenizer:
-    """Turns token ids into text increments; holds back text that may start a stop string."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str]) -> None:
-        self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
-        self.ids: list[int] = []
-        self.sent = 0
-
-    def add(self, ids: Sequence[int], final: bool = False) -> tuple[str, bool]:
-        """Returns (new text, stopped)."""
-        self.ids += ids
-        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
-        lead = len(text) - len(text.lstrip())  # stops never match in leading whitespace
-        for s in self.stop:
-            cut = text.find(s, lead)
-            if cut >= 0:
-                return self._emit(text[:cut]), True
-        if final:
-            return self._emit(text), False
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more tokens
-            return "", False
-        hold = max((len(s) - 1 for s in self.stop), default=0)
-        return self._emit(text[: len(text) - hold] if hold else text), False
-
-    def _emit(self, text: str) -> str:
-        new = text[self.sent :]
-        self.sent = max(self.sent, len(text))
-        return new
 
 
 class LocalBackend:
