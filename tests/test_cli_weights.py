@@ -125,3 +125,47 @@ def test_the_backend_refuses_an_unknown_attention_precision_before_loading(monke
     monkeypatch.setattr(local, "load", None)  # loading would fail loudly
     with pytest.raises(ValueError, match="attention must be auto, native or fp64, not 'fp16'"):
         anyio.run(_open, LocalConfig(attention="fp16"))  # type: ignore[arg-type]
+
+
+def batch_commands(tmp_path) -> list[list[str]]:
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(json.dumps({"question": "hi", "topic": "tides", "text": "Paris"}) + "\n")
+    out = str(tmp_path / "out.jsonl")
+    return [["batch", name, "--input", str(lines), "--output", out, "--overwrite"]
+            for name in ("run", "write", "ner", "dag", "reason")]
+
+
+def test_every_local_command_passes_the_attention_precision(monkeypatch, plan_file, tmp_path):
+    opened: list[LocalConfig] = []
+
+    def fake_open(cls, config, on_convert=None):
+        opened.append(config)
+        raise ModelNotFound("not loading a model in this test")
+
+    monkeypatch.setattr(LocalBackend, "open", classmethod(fake_open))
+    for command in commands(plan_file):
+        res = runner.invoke(app, [*command, "--attention", "native"])
+        assert res.exit_code == 2 and "not loading a model" in res.stderr, (command, res.output)
+        assert opened[-1].attention == "native", command
+        runner.invoke(app, command)
+        assert opened[-1].attention == "auto", command
+    for command in batch_commands(tmp_path):
+        before = len(opened)
+        runner.invoke(app, [*command, "--attention", "fp64"])
+        assert len(opened) == before + 1, (command, opened)
+        assert opened[-1].attention == "fp64", command
+
+
+def test_an_unknown_or_remote_attention_precision_is_refused_before_loading(
+    monkeypatch, plan_file, tmp_path
+):
+    monkeypatch.setattr(LocalBackend, "open", None)  # opening it would fail loudly
+    for command in [*commands(plan_file), *batch_commands(tmp_path)]:
+        res = runner.invoke(app, [*command, "--attention", "fp16"])
+        assert res.exit_code == 2, (command, res.output)
+        assert "--attention must be auto, native or fp64, not 'fp16'" in res.stderr, command
+        res = runner.invoke(app, [*command, "--attention", "native", "--server",
+                                  "http://127.0.0.1:9"])
+        assert res.exit_code == 2, (command, res.output)
+        assert "--attention applies to the local engine" in res.stderr, command
+        assert "Traceback" not in res.output

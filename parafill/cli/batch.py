@@ -15,6 +15,7 @@ import typer
 from parafill.cli.batch_docs import group
 from parafill.cli.common import (
     ApiKeyOpt,
+    AttentionOpt,
     DraftModelOpt,
     EngineOpts,
     FillerOpt,
@@ -82,6 +83,7 @@ def batch_run(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -99,7 +101,8 @@ def batch_run(
     skeleton = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers)
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers,
+                       attention)  # fmt: skip
     _questions(f, planner, opts)
 
 
@@ -122,6 +125,7 @@ def batch_sot(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -135,7 +139,8 @@ def batch_sot(
               max_chars, as_json)  # fmt: skip
     planner = SkeletonPlanner(max_points, 2, skeleton_tokens, point_tokens, direct_tokens)
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers)
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers,
+                       attention)  # fmt: skip
     _questions(f, planner, opts)
 
 
@@ -160,6 +165,7 @@ def batch_dag(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -175,7 +181,8 @@ def batch_dag(
     )
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     _questions(f, planner, opts)
 
 
@@ -199,6 +206,7 @@ def batch_reason(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -219,7 +227,8 @@ def batch_reason(
                                join_tokens=join_tokens, temperature=temperature)  # fmt: skip
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     _questions(f, planner, opts)
 
 

@@ -12,6 +12,7 @@ import typer
 from parafill.backends.local import LocalConfig
 from parafill.cli.common import (
     ApiKeyOpt,
+    AttentionOpt,
     DraftModelOpt,
     FillerOpt,
     JsonOpt,
@@ -23,6 +24,7 @@ from parafill.cli.common import (
     WeightsOpt,
     engine_opts,
     fail,
+    local_attention,
     local_drafting,
     local_weights,
     remote,
@@ -100,6 +102,7 @@ def batch_write(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -121,7 +124,8 @@ def batch_write(
         fail(str(exc))
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     run, local, server_ = engine(opts)
     go(f, Documents(planner, run), local, server_)
 
@@ -141,6 +145,7 @@ def batch_plan(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -154,7 +159,8 @@ def batch_plan(
               max_chars, as_json)  # fmt: skip
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     run, local, server_ = engine(opts)
     go(f, Plans(run), local, server_)
 
@@ -181,6 +187,7 @@ def batch_ner(
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -202,6 +209,7 @@ def batch_ner(
         if filler is not None:
             check_filler(filler)
         fmt = local_weights(weights, at)
+        precision = local_attention(attention, at)
         drafter, layers = local_drafting(draft_model, self_layers, filler, at)
         if at is not None and (model or adapter):
             raise ValueError("--model / --adapter are local: with --server, use --server-model")
@@ -209,6 +217,11 @@ def batch_ner(
         fail(str(exc))
     chosen = None if no_adapter or at else adapter or default_adapter(model)
     local = LocalConfig(
-        model=model, adapter=chosen, weights=fmt, draft_model=drafter, self_layers=layers
+        model=model,
+        adapter=chosen,
+        weights=fmt,
+        draft_model=drafter,
+        self_layers=layers,
+        attention=precision,  # type: ignore[arg-type]
     )
     go(f, Entities(cfg, mode, RunConfig(filler=filler)), local, at)

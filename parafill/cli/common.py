@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from parafill.backends.engine.model import ATTENTION
 from parafill.backends.engine.quant import WeightFormatError, check_format
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalConfig
@@ -38,6 +39,15 @@ WeightsOpt = Annotated[
         help="Weight format of the local engine on the CPU: fp32 | bf16 | int8 | int4 (int4 "
         "keeps a GGUF's own 4-bit blocks). Default: int4 for the embedded model, fp32 for "
         "--model or an adapter.",
+    ),
+]
+AttentionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--attention",
+        help="Attention and KV cache precision of the local engine: auto (fp64 with int8/int4 "
+        "weights, so every packing mode and filler stays token-exact) | native (the model's "
+        "dtype: faster, not exact across modes with packed weights) | fp64.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -127,6 +137,7 @@ class EngineOpts:
     weights: str = "auto"  # the local engine's projection weights (LocalConfig.weights)
     draft_model: str | None = None  # the `draft` filler's model (LocalConfig.draft_model)
     self_layers: tuple[int, ...] | None = None  # the `self` filler's layers; None: calibrate
+    attention: str = "auto"  # LocalConfig.attention
 
     def local(self) -> LocalConfig:
         mode = self.mode  # checked by engine_opts
@@ -136,6 +147,7 @@ class EngineOpts:
             weights=self.weights,
             draft_model=self.draft_model,
             self_layers=self.self_layers,
+            attention=self.attention,  # type: ignore[arg-type]
         )
 
 
@@ -159,22 +171,25 @@ def engine_opts(
     weights: str | None = None,
     draft_model: str | None = None,
     self_layers: str | None = None,
+    attention: str | None = None,
 ) -> EngineOpts:
     """The options, or exit 2 with the reason (an unknown filler, mode or weight format, a local
     model or weight format and a server both, a bad --self-layers, a --draft-model that is not
-    there or missing for --filler draft). `weights` None: not given ("auto")."""
+    there or missing for --filler draft, --attention with a server). `weights` / `attention`
+    None: not given ("auto")."""
     try:
         if filler is not None:
             check_filler(filler)
         if mode not in ("rows", "tree"):
             raise ValueError(f"--mode must be rows or tree, not {mode!r}")
         fmt = local_weights(weights, server)
+        precision = local_attention(attention, server)
         drafter, layers = local_drafting(draft_model, self_layers, filler, server)
         if server is not None and model is not None:
             raise ValueError("--model is a local model: with --server, use --server-model")
     except ValueError as exc:
         fail(str(exc))
-    return EngineOpts(model, mode, filler, stop_on_repeat, server, fmt, drafter, layers)
+    return EngineOpts(model, mode, filler, stop_on_repeat, server, fmt, drafter, layers, precision)
 
 
 def local_weights(weights: str | None, server: Remote | None = None) -> str:
@@ -189,6 +204,18 @@ def local_weights(weights: str | None, server: Remote | None = None) -> str:
     if server is not None:
         raise ValueError("--weights applies to the local engine, not to --server")
     return fmt
+
+
+def local_attention(attention: str | None, server: Remote | None = None) -> str:
+    """The `--attention` precision ("auto" when not given: LocalConfig.attention); ValueError
+    for an unknown one, or for one given together with `--server`."""
+    if attention is None:
+        return "auto"
+    if attention not in ATTENTION:
+        raise ValueError(f"--attention must be auto, native or fp64, not {attention!r}")
+    if server is not None:
+        raise ValueError("--attention applies to the local engine, not to --server")
+    return attention
 
 
 def local_drafting(

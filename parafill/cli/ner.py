@@ -26,6 +26,7 @@ from parafill.backends.local import LocalConfig
 from parafill.cli.backend import open_backend
 from parafill.cli.common import (
     ApiKeyOpt,
+    AttentionOpt,
     DraftModelOpt,
     FillerOpt,
     Remote,
@@ -35,6 +36,7 @@ from parafill.cli.common import (
     ServerUnavailable,
     WeightsOpt,
     err,
+    local_attention,
     local_drafting,
     local_weights,
     remote,
@@ -61,6 +63,7 @@ def ner(
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     max_mentions: Annotated[int, typer.Option(help="Most mentions per label.")] = 4,
@@ -90,6 +93,7 @@ def ner(
         if filler is not None:
             check_filler(filler)
         fmt = local_weights(weights, at)
+        precision = local_attention(attention, at)
         drafter, layers = local_drafting(draft_model, self_layers, filler, at)
         if at is not None and (model or adapter):
             raise ValueError("--model / --adapter are local: with --server, use --server-model")
@@ -99,7 +103,12 @@ def ner(
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     local = LocalConfig(
-        model=model, adapter=chosen, weights=fmt, draft_model=drafter, self_layers=layers
+        model=model,
+        adapter=chosen,
+        weights=fmt,
+        draft_model=drafter,
+        self_layers=layers,
+        attention=precision,  # type: ignore[arg-type]
     )
     pipeline = Entities(cfg, mode, RunConfig(filler=filler))
     if text is not None:

@@ -16,6 +16,7 @@ import typer
 from parafill.cli.answer import answer
 from parafill.cli.common import (
     ApiKeyOpt,
+    AttentionOpt,
     CompareOpt,
     DraftModelOpt,
     FillerOpt,
@@ -49,6 +50,7 @@ def dag(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -64,7 +66,8 @@ def dag(
     direct = DirectPlanner(direct_tokens) if compare else None
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -81,6 +84,7 @@ def reason(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -104,7 +108,8 @@ def reason(
     direct = DirectPlanner(direct_tokens) if compare else None
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 

@@ -16,6 +16,7 @@ import typer
 from parafill.cli.answer import answer
 from parafill.cli.common import (
     ApiKeyOpt,
+    AttentionOpt,
     CompareOpt,
     DraftModelOpt,
     FillerOpt,
@@ -54,6 +55,7 @@ def run(
     direct_tokens: int = 512,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     plan: Annotated[
@@ -74,7 +76,8 @@ def run(
     planner = RouterPlanner(plan, skeleton=skeleton, direct=DirectPlanner(direct_tokens))  # type: ignore[arg-type]
     direct = DirectPlanner(direct_tokens) if compare else None
     at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers)
+    opts = engine_opts(model, mode, filler, stop_on_repeat, at, weights, draft_model, self_layers,
+                       attention)  # fmt: skip
     guard(lambda: anyio.run(answer, question, planner, direct, opts, as_json))
 
 
@@ -84,6 +87,7 @@ def run_plan_file(
     as_json: JsonOpt = False,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     filler: FillerOpt = None,
@@ -94,7 +98,8 @@ def run_plan_file(
     """Run a hand-written JSON plan (nodes with dependencies; see README)."""
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     try:
         plan = Plan.from_json(path.read_text())
         check_hooks(plan.nodes, ())  # a plan file runs with no expand hooks

@@ -17,6 +17,7 @@ from parafill.backends.engine.weights import ModelNotFound
 from parafill.cli.backend import open_backend
 from parafill.cli.common import (
     ApiKeyOpt,
+    AttentionOpt,
     DraftModelOpt,
     EngineOpts,
     EngineRefused,
@@ -51,6 +52,7 @@ def write(
     model: ModelOpt = None,
     mode: ModeOpt = "rows",
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
     draft_model: DraftModelOpt = None,
     self_layers: SelfLayersOpt = None,
     max_sections: Annotated[int, typer.Option(help="Cap on top-level sections.")] = 5,
@@ -80,7 +82,8 @@ def write(
         raise typer.Exit(2) from exc
     at = remote(server, server_model, api_key)
     opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers)  # fmt: skip
+                       draft_model=draft_model, self_layers=self_layers,
+                       attention=attention)  # fmt: skip
     try:
         result = anyio.run(_write, topic, planner, opts)
     except (ModelNotFound, ServerUnavailable, EngineRefused) as exc:
