@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from parafill.backends.local import LocalConfig
 from parafill.cli.common import (
     ApiKeyOpt,
     AttentionOpt,
@@ -24,9 +23,7 @@ from parafill.cli.common import (
     WeightsOpt,
     engine_opts,
     fail,
-    local_attention,
-    local_drafting,
-    local_weights,
+    ner_engine,
     remote,
 )
 from parafill.cli.jobs import (
@@ -43,11 +40,10 @@ from parafill.cli.jobs import (
     files,
     go,
 )
-from parafill.fillers import check as check_filler
 from parafill.jobs import Documents, Entities, Plans, RayConfig
 from parafill.orchestrator.runner import RunConfig
 from parafill.planners.document import DocumentPlanner, OutlineLimits
-from parafill.planners.ner import NerConfig, check_config, default_adapter
+from parafill.planners.ner import NerConfig, check_config
 from parafill.planners.ner_data import WNUT_LABELS
 
 group = typer.Typer(
@@ -206,22 +202,8 @@ def batch_ner(
         check_config(cfg)
         if mode not in ("parallel", "ar"):
             raise ValueError(f"unknown mode {mode!r}: use parallel or ar")
-        if filler is not None:
-            check_filler(filler)
-        fmt = local_weights(weights, at)
-        precision = local_attention(attention, at)
-        drafter, layers = local_drafting(draft_model, self_layers, filler, at)
-        if at is not None and (model or adapter):
-            raise ValueError("--model / --adapter are local: with --server, use --server-model")
+        drafting = (draft_model, self_layers, filler)
+        local = ner_engine(model, (adapter, no_adapter), weights, attention, drafting, at)
     except ValueError as exc:
         fail(str(exc))
-    chosen = None if no_adapter or at else adapter or default_adapter(model)
-    local = LocalConfig(
-        model=model,
-        adapter=chosen,
-        weights=fmt,
-        draft_model=drafter,
-        self_layers=layers,
-        attention=precision,  # type: ignore[arg-type]
-    )
     go(f, Entities(cfg, mode, RunConfig(filler=filler)), local, at)

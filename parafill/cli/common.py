@@ -24,6 +24,7 @@ from parafill.errors import real_error
 from parafill.fillers import check as check_filler
 from parafill.orchestrator.plan import PlanError
 from parafill.orchestrator.runner import RunFailed
+from parafill.planners.ner import default_adapter
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -216,6 +217,38 @@ def local_attention(attention: str | None, server: Remote | None = None) -> str:
     if server is not None:
         raise ValueError("--attention applies to the local engine, not to --server")
     return attention
+
+
+def ner_engine(
+    model: str | None,
+    adapter: tuple[str | None, bool],
+    weights: str | None,
+    attention: str | None,
+    drafting: tuple[str | None, str | None, str | None],
+    server: Remote | None,
+) -> LocalConfig:
+    """The local engine of `parafill ner` and `parafill batch ner`: `adapter` (--adapter,
+    --no-adapter; neither: the shipped one for the embedded model; none with a server, which runs
+    its own model as it is), `drafting` (--draft-model,
+    --self-layers, --filler). ValueError for what the options refuse."""
+    draft_model, self_layers, filler = drafting
+    if filler is not None:
+        check_filler(filler)
+    fmt = local_weights(weights, server)
+    precision = local_attention(attention, server)
+    drafter, layers = local_drafting(draft_model, self_layers, filler, server)
+    given, no_adapter = adapter
+    if server is not None and (model or given):
+        raise ValueError("--model / --adapter are local: with --server, use --server-model")
+    chosen = None if no_adapter or server else given or default_adapter(model)
+    return LocalConfig(
+        model=model,
+        adapter=chosen,
+        weights=fmt,
+        draft_model=drafter,
+        self_layers=layers,
+        attention=precision,  # type: ignore[arg-type]
+    )
 
 
 def local_drafting(

@@ -36,18 +36,15 @@ from parafill.cli.common import (
     ServerUnavailable,
     WeightsOpt,
     err,
-    local_attention,
-    local_drafting,
-    local_weights,
+    ner_engine,
     remote,
 )
 from parafill.cli.jobs import FileRun, OutputOpt, OverwriteOpt, ResumeOpt, run_file
 from parafill.errors import real_error
-from parafill.fillers import check as check_filler
 from parafill.jobs import BatchConfig, DocDone, Entities, JobEvent, Started
 from parafill.jobs.records import check_output
 from parafill.orchestrator.runner import RunConfig
-from parafill.planners.ner import NerConfig, NerResult, check_config, default_adapter, extract
+from parafill.planners.ner import NerConfig, NerResult, check_config, extract
 from parafill.planners.ner_data import WNUT_LABELS
 
 
@@ -82,34 +79,19 @@ def ner(
     names = tuple(s.strip() for s in labels.split(",") if s.strip())
     cfg = NerConfig(names, max_mentions=max_mentions, max_nodes=max_nodes)
     at = remote(server, server_model, api_key)
-    # the LoRA adapter is the local model's; a server runs its own model as it is
-    chosen = None if no_adapter or at else adapter or default_adapter(model)
     try:
         check_config(cfg)
         if mode not in ("parallel", "ar"):
             raise ValueError(f"unknown mode {mode!r}: use parallel or ar")
         if (text is None) == (input is None):
             raise ValueError("give either TEXT or --input FILE (not both)")
-        if filler is not None:
-            check_filler(filler)
-        fmt = local_weights(weights, at)
-        precision = local_attention(attention, at)
-        drafter, layers = local_drafting(draft_model, self_layers, filler, at)
-        if at is not None and (model or adapter):
-            raise ValueError("--model / --adapter are local: with --server, use --server-model")
+        drafting = (draft_model, self_layers, filler)
+        local = ner_engine(model, (adapter, no_adapter), weights, attention, drafting, at)
         if input is not None:  # refused here too, so a bad --output never waits for a model
             check_output(input, output, resume, overwrite)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    local = LocalConfig(
-        model=model,
-        adapter=chosen,
-        weights=fmt,
-        draft_model=drafter,
-        self_layers=layers,
-        attention=precision,  # type: ignore[arg-type]
-    )
     pipeline = Entities(cfg, mode, RunConfig(filler=filler))
     if text is not None:
         _one_text(text, pipeline, local, at)
