@@ -11,11 +11,12 @@ backend's lifetime belongs to the caller (the CLI or a test).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
@@ -37,7 +38,7 @@ from parafill.server.schemas import (
     ModelList,
     unsupported,
 )
-from parafill.server.sse import EventStream
+from parafill.server.sse import EventStream, unless_gone
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,21 @@ def create_app(backend: LocalBackend, settings: ServerSettings | None = None) ->
         return ModelList(data=[ModelCard(id=i, created=born) for i in ids])
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(req: ChatRequest) -> Response:
-        return await _chat(backend, cfg, req)
+    async def chat(req: ChatRequest, request: Request) -> Response:
+        return await _unless_gone(request, lambda: _chat(backend, cfg, req))
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(req: CompletionRequest) -> Response:
-        return await _text(backend, cfg, req)
+    async def completions(req: CompletionRequest, request: Request) -> Response:
+        return await _unless_gone(request, lambda: _text(backend, cfg, req))
 
     return app
+
+
+async def _unless_gone(request: Request, answer: Callable[[], Awaitable[Response]]) -> Response:
+    """The handler's response; cancelled (whole responses included, not only streams) the
+    moment the client disconnects, so nothing decodes on for nobody."""
+    got = await unless_gone(request.receive, answer)
+    return got if got is not None else Response(status_code=499)  # nobody reads it
 
 
 async def _chat(backend: LocalBackend, cfg: ServerSettings, req: ChatRequest) -> Response:

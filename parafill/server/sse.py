@@ -9,14 +9,19 @@ after the headers went out is reported in-band as an OpenAI error event; `[DONE]
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio import CancelScope
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from parafill.errors import real_error
+
+T = TypeVar("T")
+log = logging.getLogger("parafill.server")
 Write = Callable[[str], Awaitable[None]]
 Produce = Callable[[Write], Awaitable[None]]
 Describe = Callable[[Exception], dict[str, Any]]
@@ -48,10 +53,27 @@ class EventStream(Response):
             try:
                 await self.produce(write)
             except Exception as exc:  # the status line is gone: say it in the stream
+                log.error("a stream failed after its headers were sent", exc_info=exc)
                 await write(event(json.dumps(self.describe(exc))))
             await write(event("[DONE]"))
             tg.cancel_scope.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def unless_gone(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
+    """`work()`'s result, or None once the client has disconnected: a whole (non-streaming)
+    response is cancelled the moment its client leaves, like a stream, so an abandoned
+    request frees its engine room at once instead of decoding to its end for nobody."""
+    done: list[T] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch, receive, tg.cancel_scope)
+            done.append(await work())
+            tg.cancel_scope.cancel()
+    except Exception as exc:  # the handler's own error, as if no watcher ran beside it
+        real = real_error(exc)
+        raise (real if isinstance(real, Exception) else exc) from None
+    return done[0] if done else None
 
 
 async def _watch(receive: Receive, scope: CancelScope) -> None:

@@ -130,3 +130,43 @@ def test_a_constraint_that_allows_nothing_fails_only_its_request(
             break
     assert finish[bad] == "error" and "constraint allows no token" in str(errors[bad])
     assert finish[fine] == "length" and len(fine_tokens) == 6
+
+
+RECURSIVE = [
+    {  # an object that must hold itself: no finite output satisfies it
+        "$ref": "#/$defs/n",
+        "$defs": {
+            "n": {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}, "required": ["c"]}
+        },
+    },
+    {  # an array whose every item is a non-empty array of the same kind
+        "$ref": "#/$defs/a",
+        "$defs": {"a": {"type": "array", "items": {"$ref": "#/$defs/a"}, "minItems": 1}},
+    },
+]
+
+
+@pytest.mark.parametrize("schema", RECURSIVE, ids=["object", "array"])
+@pytest.mark.parametrize("mode", ["rows", "tree"])
+def test_an_unsatisfiable_schema_ends_only_its_own_request(
+    smol: Smol, chat: Chat, info: C.TokenizerInfo, mode: str, schema: dict[str, object]
+) -> None:
+    """A schema with no finite instance reaches a dead end mid-output; that request ends with
+    an error and its six step-mates decode exactly what they decode alone."""
+    hf, tok = smol
+    eos = frozenset({int(tok.eos_token_id)})
+    c = C.compile(C.json_schema(schema), info)
+    prompts = [chat(f"Count to {i}.") for i in range(2, 8)]
+    alone, _ = make_engine(hf, mode=mode, budget_tokens=4096, rows=8)
+    ref = Run()
+    ids = [alone.submit(p, GenParams(24, eos_ids=eos)) for p in prompts]
+    drain(alone, ref, ids, 400)
+    eng, _ = make_engine(hf, mode=mode, budget_tokens=4096, rows=8)
+    run = Run(errors_ok=True)
+    bad = eng.submit(chat("Write JSON."), GenParams(200, eos_ids=eos), None, c)
+    mates = [eng.submit(p, GenParams(24, eos_ids=eos)) for p in prompts]
+    drain(eng, run, [bad, *mates], 400)
+    assert run.finish[bad] == "error", run.tokens[bad]
+    assert "output constraint" in str(run.errors[bad])
+    assert [run.tokens[i] for i in mates] == [ref.tokens[i] for i in ids]
+    assert [run.finish[i] for i in mates] == [ref.finish[i] for i in ids]

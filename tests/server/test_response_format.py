@@ -103,3 +103,43 @@ def test_a_schema_the_library_cannot_take_is_a_400(client: OpenAI) -> None:
     assert body["param"] == "response_format" and body["code"] == "invalid_value"
     ok = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4)
     assert ok.choices[0].message.content is not None  # still serving
+
+
+DEAD_END = {
+    "$ref": "#/$defs/n",
+    "$defs": {
+        "n": {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}, "required": ["c"]}
+    },
+}
+
+
+def test_an_unsatisfiable_schema_fails_alone(
+    client: OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seven requests decode together; the one whose schema has no finite instance fails with
+    a clear reason (logged with its traceback), the six beside it answer as usual."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad_format: Any = {"type": "json_schema", "json_schema": {"name": "n", "schema": DEAD_END}}
+
+    def ask(i: int) -> str:
+        if i == 0:
+            try:
+                client.chat.completions.create(
+                    model=MODEL, messages=ASK, max_tokens=200, temperature=0,
+                    response_format=bad_format,
+                )  # fmt: skip
+            except openai.APIStatusError as exc:
+                return f"{exc.status_code} {exc.message}"
+            return "answered"
+        got = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Count to {i}."}],
+            max_tokens=24, temperature=0,
+        )  # fmt: skip
+        return str(got.choices[0].finish_reason)
+
+    with caplog.at_level("ERROR", logger="parafill.server"), ThreadPoolExecutor(7) as pool:
+        outcomes = list(pool.map(ask, range(7)))
+    assert outcomes[0].startswith("500") and "output constraint" in outcomes[0]
+    assert all(o in ("stop", "length") for o in outcomes[1:]), outcomes
+    assert any("output constraint" in r.getMessage() and r.exc_info for r in caplog.records)

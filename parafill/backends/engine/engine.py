@@ -41,7 +41,7 @@ from parafill.backends.engine.sampling import (
 from parafill.backends.engine.schedule import Seq, longest_match
 from parafill.backends.engine.spec import Shape
 from parafill.backends.engine.step import build_step
-from parafill.backends.engine.verify import Window, decide, settle
+from parafill.backends.engine.verify import DeadEnd, Window, decide, settle
 from parafill.fillers.base import Proposer
 from parafill.fillers.model import ModelDrafts
 
@@ -201,7 +201,15 @@ class Engine:
         else:
             windows = self._eager_forward(work, decode_only)
         self.steps += 1
-        return [self._emit(w) for w in windows]
+        return [self._emit_alone(w) for w in windows]
+
+    def _emit_alone(self, w: Window) -> StepOutput:
+        """One sequence's outcome; whatever goes wrong with it ends that request alone."""
+        try:
+            return self._emit(w)
+        except Exception as exc:  # DeadEnd, or a defect in settling one request
+            why = str(exc) if isinstance(exc, DeadEnd) else f"{type(exc).__name__}: {exc}"
+            return self._retire(w.seq, "error", why)
 
     def _eager_forward(self, work: list[Seq], decode_only: bool) -> list[Window]:
         step, plan = build_step(work, self.vis, self.config.prefill_chunk, self.model.device)

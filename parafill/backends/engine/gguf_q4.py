@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,10 +83,14 @@ def _raw_tensors(path: Path) -> dict[str, tuple[str, Tensor]]:
             raw = np.array(t.data, dtype=np.uint8)  # a copy: the reader maps the file read-only
             out[t.name] = (t.tensor_type.name, torch.from_numpy(raw.reshape(raw.shape[0], -1)))
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
     kinds = {name: kind for name, (kind, _) in out.items()}
-    save_file({name: t.contiguous() for name, (_, t) in out.items()}, str(tmp), kinds)
-    tmp.replace(cached)
+    fd, tmp = tempfile.mkstemp(prefix=cached.name + ".tmp", dir=cached.parent)
+    os.close(fd)
+    try:  # a unique name per writer; the rename is atomic, so readers see a whole file
+        save_file({name: t.contiguous() for name, (_, t) in out.items()}, tmp, kinds)
+        os.replace(tmp, cached)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return out
 
 

@@ -158,10 +158,17 @@ def _constrain(
     return out, dead
 
 
+class DeadEnd(Exception):
+    """A sequence's output constraint refused the token chosen for it: that sequence cannot go
+    on (a schema no finite output satisfies, or a grammar library whose mask and acceptance
+    disagree). It ends that request only, never its step-mates'."""
+
+
 def settle(w: Window) -> tuple[int, str | None]:
     """Append a window's chosen tokens to its sequence, as plain decoding would one by one:
     an EOS stops it (not emitted), then the loop guard, the constraint reaching its end, and
-    max_tokens. Returns how many tokens are emitted and the finish reason (None: go on)."""
+    max_tokens. Returns how many tokens are emitted and the finish reason (None: go on).
+    Raises DeadEnd when the sequence's constraint refuses a chosen token."""
     seq, p = w.seq, w.seq.params
     n, finish = 0, None
     for tok in [w.predicted[r] for r in w.rows]:
@@ -170,7 +177,8 @@ def settle(w: Window) -> tuple[int, str | None]:
             return n, "stop"
         n += 1
         if seq.matcher is not None and not seq.matcher.accept(tok):
-            raise RuntimeError(f"token {tok} was chosen against the output constraint")
+            why = (seq.matcher.error() or f"token {tok} is refused").splitlines()[0]
+            raise DeadEnd(f"the output constraint cannot continue: {why}")
         if repeats(seq.generated, p.stop_on_repeat, seq.seen):
             return n, "stop"  # looping: the guard ends it like a stop string would
         if seq.matcher is not None and seq.matcher.is_terminated():

@@ -12,10 +12,12 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -68,20 +70,34 @@ def _converted(gguf: Path, on_convert: Callable[[str], None] | None) -> Path:
     out = cache_root() / "models" / f"{gguf.stem}-{key.hexdigest()[:12]}"
     if (out / "config.json").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one conversion per cache entry across processes (two first runs, a pool of batch
+    # actors): the others wait here, then find the finished directory
+    with FileLock(str(out) + ".lock"):
+        if not (out / "config.json").is_file():
+            _convert(gguf, out, on_convert)
+    return out
+
+
+def _convert(gguf: Path, out: Path, on_convert: Callable[[str], None] | None) -> None:
+    """Dequantize `gguf` into a fresh directory beside `out`, then move it in place; a failed
+    or interrupted conversion leaves no directory behind."""
     if on_convert:
         on_convert(f"converting {gguf.name} to safetensors once (cached in {out}) …")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    kw = {"gguf_file": gguf.name, "local_files_only": True}
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-    setattr(model, "hf_quantizer", None)  # noqa: B010 -- dequantized fp32 weights; drop the gguf marker to save
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    tmp.replace(out)
-    return out
+    shutil.rmtree(out, ignore_errors=True)  # a partial entry (no config.json) left by a crash
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    try:
+        kw = {"gguf_file": gguf.name, "local_files_only": True}
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+        setattr(model, "hf_quantizer", None)  # noqa: B010 -- dequantized fp32 weights; drop the gguf marker to save
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load(
