@@ -19,13 +19,14 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 import networkx as nx
 
 from parafill.backends.base import FillStats
 from parafill.fillers import FILLERS
+from parafill.orchestrator.checks import Fields
 from parafill.orchestrator.compute import BUILTINS
 
 if TYPE_CHECKING:  # parafill.constraints imports torch: loaded only when a plan file has one
@@ -48,6 +49,10 @@ class PlanError(ValueError):
     def __init__(self, message: str, node: str | None = None) -> None:
         super().__init__(message)
         self.node = node
+
+
+# field checks of values whose errors name no node (a node's own, once its id is known, do)
+_NODE, _PLAN, _GROWTH = (Fields(owner, PlanError) for owner in ("Node", "Plan", "Growth"))
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,28 @@ class Node:
     # before it (an outline that started to loop: see orchestrator/repeats.py)
     stop_repeated_line: bool = False
 
+    def __post_init__(self) -> None:
+        """Each field's type and form, checked once here (a plan file, a planner, a hook, a
+        caller): sequences become tuples, and a bare str is refused (it would be split)."""
+        _NODE.text("id", self.id, blank=False)
+        check = Fields(f"node {self.id!r}: Node", partial(PlanError, node=self.id))
+        for name in ("prompt", "prefix", "kind"):
+            check.text(name, getattr(self, name))
+        for name in ("filler", "system", "expand", "fn"):  # known names: `validate`
+            check.text(name, getattr(self, name), optional=True)
+        check.integer("max_tokens", self.max_tokens, 1)
+        check.real("temperature", self.temperature)  # its range: `validate`
+        check.seed("seed", self.seed)
+        check.flag("stop_repeated_line", self.stop_repeated_line)
+        set_ = partial(object.__setattr__, self)  # frozen: normalize once, here
+        set_("deps", check.texts("deps", self.deps))
+        set_("stop", check.texts("stop", self.stop, empty=False))  # servers refuse ""
+        set_("args", check.pairs("args", self.args))
+        if self.constraint is not None:
+            from parafill.constraints.spec import Constraint  # loaded: a constraint exists
+
+            check.instance("constraint", self.constraint, Constraint, "None or a Constraint")
+
     def arg(self, name: str, default: str | None = None) -> str:
         """The bound input `name`; without a default, a missing one is a PlanError."""
         found = next((v for k, v in self.args if k == name), default)
@@ -96,6 +123,13 @@ class Plan:
     answer: tuple[str, ...] = ()  # node ids joined into the answer, in order
     separator: str = "\n\n"
     notes: tuple[str, ...] = ()  # planner decisions (e.g. the router's), kept in the result
+
+    def __post_init__(self) -> None:
+        set_ = partial(object.__setattr__, self)  # frozen: normalize once, here
+        set_("nodes", _PLAN.items("nodes", self.nodes, Node, "Node"))
+        set_("answer", _PLAN.texts("answer", self.answer))
+        _PLAN.text("separator", self.separator)
+        set_("notes", _PLAN.texts("notes", self.notes))
 
     def node(self, node_id: str) -> Node:
         return self._index[node_id]
@@ -129,6 +163,13 @@ class Growth:
     nodes: tuple[Node, ...] = ()
     answer: tuple[str, ...] | None = None
     note: str | None = None  # e.g. why a planner fell back
+
+    def __post_init__(self) -> None:
+        set_ = partial(object.__setattr__, self)
+        set_("nodes", _GROWTH.items("nodes", self.nodes, Node, "Node"))
+        if self.answer is not None:
+            set_("answer", _GROWTH.texts("answer", self.answer))
+        _GROWTH.text("note", self.note, optional=True)
 
 
 @dataclass(frozen=True)
@@ -214,13 +255,9 @@ def validate_growth(growth: Growth, known: Container[str]) -> None:
 
 def _check(nodes: Sequence[Node], answer: Iterable[str], known: Container[str]) -> None:
     new: dict[str, tuple[str, ...]] = {}  # id -> deps, of the nodes being checked
-    for n in nodes:
-        if not n.id or not n.id.strip():
-            raise PlanError("a node has an empty id", node=n.id)
+    for n in nodes:  # each node's fields were checked when it was made (Node.__post_init__)
         if n.id in known or n.id in new:
             raise PlanError(f"duplicate node id {n.id!r}", node=n.id)
-        if n.max_tokens < 1:
-            raise PlanError(f"node {n.id!r} has max_tokens {n.max_tokens} (< 1)", node=n.id)
         if not TEMPERATURES[0] <= n.temperature <= TEMPERATURES[1]:  # NaN fails too
             lo, hi = TEMPERATURES
             raise PlanError(

@@ -31,6 +31,8 @@ from parafill.backends.base import (
     Sampling,
     applies,
 )
+from parafill.fillers import FILLERS
+from parafill.orchestrator.checks import Fields
 from parafill.orchestrator.compute import BUILTINS
 from parafill.orchestrator.events import (
     Event,
@@ -78,6 +80,18 @@ class RunConfig:
     # output (the local engine; a remote server gets the penalty but not the guard)
     repetition_penalty: float = 1.0
     stop_on_repeat: int = 32
+
+    def __post_init__(self) -> None:
+        check = Fields("RunConfig")
+        check.integer("max_concurrency", self.max_concurrency, 1)
+        if self.node_timeout is not None:  # None: no deadline
+            check.number("node_timeout", self.node_timeout, 0.0, open_=True)
+        check.integer("retries", self.retries, 0)  # -1 would make no attempt at all
+        check.number("retry_delay", self.retry_delay, 0.0)
+        check.seed("seed", self.seed)
+        check.choice("filler", self.filler, FILLERS)
+        check.number("repetition_penalty", self.repetition_penalty, 0.0, open_=True)
+        check.integer("stop_on_repeat", self.stop_on_repeat, 0)
 
 
 class RunFailed(RuntimeError):
@@ -224,7 +238,7 @@ async def _expand(
         check_hooks(growth.nodes, hooks.expanders)
         check_computes(growth.nodes, hooks.computes)
         sched.grow(growth, node.id)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # a Node or Growth the hook made badly, too
         return _Failure(node.id, f"growth from node output is invalid: {exc}")
     labels = tuple(n.prefix or n.id for n in growth.nodes)
     await emit(PlanGrew(node.id, tuple(n.id for n in growth.nodes), growth.note, labels))
