@@ -3,12 +3,12 @@
 JSONL in: one object per line with "text" (and optionally "id"); out: the same id and text
 with "entities" and "notes", in input order. The file runs on `parafill.jobs`, the runner of
 `parafill batch` (`parafill batch ner` is the same job with error records): `--concurrency`
-documents are in flight at once, so the engine decodes their nodes together. A bad line is
-reported on stderr with its line number and skipped (no record; exit 1 at the end); each
-record names its input `id` (the line number when the line has none), so `--resume` after a
-killed run keeps the finished records (a half-written last line is cut off) and processes only
-the ids that have none. An --output that is the --input, or that already holds records without
---resume or --overwrite, is refused before the model loads.
+documents are in flight at once, so the engine decodes their nodes together. A bad line (not
+UTF-8, not JSON, no "text") is reported on stderr with its line number and skipped (no record;
+exit 1 at the end); each record names its input `id` (the line number when the line has none),
+so `--resume` after a killed run keeps the finished records (a half-written last line is cut
+off) and processes only the ids that have none. An --output that is the --input, or that
+already holds records without --resume or --overwrite, is refused before the model loads.
 """
 
 from __future__ import annotations

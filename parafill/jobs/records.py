@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,31 @@ def key_of(id_: object) -> str:
     return json.dumps(id_)
 
 
-def parse_lines(lines: list[str]) -> list[Doc]:
-    """Every non-blank line as a Doc, in input order."""
-    return [_doc(no, text) for no, text in enumerate(lines, 1) if text.strip()]
+def parse_lines(lines: Iterable[str | bytes]) -> list[Doc]:
+    """Every non-blank line as a Doc, in input order. Lines of bytes are decoded one by one:
+    a line that is not UTF-8 is a Doc whose problem names the bad byte's offset in the line
+    and in the input (the lines' bytes before it), and the other lines are read as usual."""
+    docs: list[Doc] = []
+    offset = 0  # bytes of the input before this line (str lines: never reported)
+    for no, line in enumerate(lines, 1):
+        try:
+            text = line if isinstance(line, str) else line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            size = len(exc.object.rstrip(b"\r\n"))
+            docs.append(Doc(no, no, {}, _not_utf8(exc, offset), size))
+        else:
+            if text.strip():
+                docs.append(_doc(no, text))
+        offset += len(line)
+    return docs
+
+
+def _not_utf8(exc: UnicodeDecodeError, offset: int) -> str:
+    byte = exc.object[exc.start]
+    return (
+        f"not UTF-8: byte 0x{byte:02x} at offset {exc.start} of the line (offset "
+        f"{offset + exc.start} of the file): {exc.reason}"
+    )
 
 
 def _doc(no: int, text: str) -> Doc:
@@ -80,8 +103,9 @@ def check_unique(docs: list[Doc]) -> None:
 
 def read_input(src: Path) -> list[Doc]:
     """All of `src` (read before the output is opened or the model loads), ids checked."""
-    with src.open(encoding="utf-8") as fin:
-        docs = parse_lines(fin.readlines())
+    # bytes, split where the text reader splits (\n, \r\n, \r): one line that is not UTF-8
+    # is that line's error, not the whole file's (UTF-8 never puts \r or \n inside a character)
+    docs = parse_lines(src.read_bytes().splitlines(keepends=True))
     check_unique(docs)
     return docs
 

@@ -1,8 +1,9 @@
 """The batch runner: every document of a JSONL file through one pipeline, `concurrency` at a
 time (so the engine batches their nodes), each record appended as it finishes (`ordered`: in
 input order) and flushed, file work in worker threads. A document that cannot be read or run
-(bad line, missing field, too long, timed out, a node failed for good) becomes an error record
-and the job goes on. Every record names its input id, so a resumed job runs only missing ids.
+(a line not UTF-8 or not a JSON object, missing field, too long, timed out, a node failed for
+good) becomes an error record and the job goes on. Every record names its input id, so a
+resumed job runs only missing ids.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class Job:
 
 async def load_job(src: Path, dst: Path | None, config: BatchConfig = BatchConfig()) -> Job:
     """Read and check the input and the output (before any model loads): InputError for
-    duplicate ids or an output that would erase work; OSError / UnicodeError as they come."""
+    duplicate ids or an output that would erase work; OSError as it comes (a line that is
+    not UTF-8 is a bad line, like one that is not JSON)."""
     return await anyio.to_thread.run_sync(_load, src, dst, config)
 
 
