@@ -2,8 +2,10 @@
 
 Requests go to the base URL with the fewest outstanding requests, under a concurrency cap per
 URL. 408 / 409 / 429 / 5xx / connection failures are retried with jittered exponential backoff
-(honouring Retry-After up to `retry_after_max` seconds) only while nothing has been yielded; a
-stream that breaks later raises a retryable `BackendError` so the runner can redo the whole node.
+(honouring Retry-After, seconds or a date, up to `retry_after_max` seconds) only while nothing
+has been yielded; a stream that breaks later raises a retryable `BackendError` so the runner
+can redo the whole node. A stream is read no further than the request's max_tokens (a server
+that ignores it is cut off there: finish_reason "length", the text kept).
 Errors a retry cannot fix (other 4xx, context_length_exceeded, invalid_request_error, a 200 body
 that is not a stream) are raised at once, not retryable. Each request has a total `deadline`.
 No tokenizing or chat templating here.
@@ -305,7 +307,7 @@ class OpenAIBackend:
         mode = await self.prefix_mode() if prefix and cfg.endpoint == "chat" else "drop"
         slot = await self._share.slot(request.messages) if self._share else None
         body = encode_body(cfg, request, mode, slot)
-        async with aclosing(self._stream_body(body)) as raw:
+        async with aclosing(self._stream_body(body, request.sampling.max_tokens)) as raw:
             async for chunk in strip_prefix(raw, prefix if mode == "drop" else ""):
                 yield chunk
 
@@ -323,14 +325,14 @@ class OpenAIBackend:
                 self._continues = continuation(infos)
         return self._continues or "drop"
 
-    async def _stream_body(self, body: bytes) -> AsyncGenerator[Chunk, None]:
+    async def _stream_body(self, body: bytes, budget: int) -> AsyncGenerator[Chunk, None]:
         backoff = Backoff(self._config, self._rng)
         clock = Clock(self._config.deadline)
         avoid: Endpoint | None = None
         while True:
             endpoint = self._pick(avoid)
             try:
-                attempt = aclosing(self._attempt(endpoint.url, body, clock))
+                attempt = aclosing(self._attempt(endpoint.url, body, clock, budget))
                 async with endpoint.slot(clock), attempt as chunks:
                     async for chunk in chunks:
                         yield chunk
@@ -345,10 +347,14 @@ class OpenAIBackend:
                 raise clock.error(endpoint.url, backoff.failures + 1, str(late)) from None
             await anyio.sleep(delay)
 
-    async def _attempt(self, url: str, body: bytes, clock: Clock) -> AsyncGenerator[Chunk, None]:
-        """One HTTP request. Fails with RetryableFailure only if nothing was yielded yet."""
+    async def _attempt(
+        self, url: str, body: bytes, clock: Clock, budget: int
+    ) -> AsyncGenerator[Chunk, None]:
+        """One HTTP request. Fails with RetryableFailure only if nothing was yielded yet. Reads
+        no further than `budget` tokens (max_tokens): a server that ignores it is cut off there
+        and the node ends with "length", keeping what arrived."""
         assert self._client is not None
-        parser, sse = ChunkParser(self._config.endpoint), SSEDecoder()
+        parser, sse = ChunkParser(self._config.endpoint, budget), SSEDecoder()
         request = self._client.build_request("POST", url, content=body, headers=self._headers)
         try:
             with clock.bound("waiting for the response headers"):
@@ -365,6 +371,8 @@ class OpenAIBackend:
                         if chunk is None:
                             break
                         yield chunk
+                        if parser.full:
+                            break
                 sse.check_end(response.headers.get("content-type"))
                 final = parser.final()
             finally:
@@ -386,6 +394,6 @@ async def _next_chunk(
         chunk = parser.parse(data) if data is not None else None
         if chunk is not None:
             return chunk
-        if parser.done:
+        if parser.done or parser.full:  # full: usage alone said the budget is spent
             return None
     return None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Literal, NoReturn
 
 from parafill.backends.base import BackendError, Chunk, FinishReason
@@ -107,13 +109,27 @@ class RetryableFailure(Exception):
         self.retry_after = retry_after
 
 
-def retry_after(value: str | None) -> float | None:
-    """A Retry-After header's seconds (None if absent or an HTTP date)."""
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header's seconds: its delay-seconds, or the time from `now` (default: the
+    clock) until its HTTP date, 0 for a date already past. None if absent or unreadable: the
+    caller falls back to backoff."""
     try:
         seconds = float(value or "")
     except ValueError:
-        return None  # absent, or an HTTP date: fall back to backoff
+        return _until(value, now or datetime.now(timezone.utc)) if value else None
     return seconds if seconds >= 0 else None
+
+
+def _until(date: str, now: datetime) -> float | None:
+    """Seconds from `now` until an HTTP date (any of RFC 9110's three forms); None if it is
+    not one. A date without a zone (asctime) is GMT, as the RFC says."""
+    try:
+        when = parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - now).total_seconds())
 
 
 class Backoff:
@@ -187,14 +203,24 @@ class SSEDecoder:
 
 
 class ChunkParser:
-    """Turns event payloads into Chunks: one token per text chunk unless usage says more."""
+    """Turns event payloads into Chunks: one token per text chunk unless usage says more.
+    `budget` (the request's max_tokens): `full` once that many tokens have arrived, so a
+    server that ignores max_tokens can be cut off there; `final` then says "length"."""
 
-    def __init__(self, kind: EndpointKind) -> None:
+    def __init__(self, kind: EndpointKind, budget: int | None = None) -> None:
         self._kind = kind
+        self._budget = budget
         self.tokens = 0
         self.usage: int | None = None
         self.finish: FinishReason | None = None
         self.done = False
+
+    @property
+    def full(self) -> bool:
+        """The budget is spent: by the server's own count where it sends one as it goes
+        (vLLM's continuous usage), else by the chunks (a text chunk is at least one token)."""
+        spent = max(self.tokens, self.usage or 0)
+        return self._budget is not None and spent >= self._budget
 
     def parse(self, data: str) -> Chunk | None:
         if data.strip() == "[DONE]":
@@ -237,6 +263,8 @@ class ChunkParser:
         return Chunk(text, tokens=1)
 
     def final(self) -> Chunk:
+        if self.finish is None and self.full:  # cut at the budget (openai_http stops reading)
+            self.finish = "length"
         if self.finish is None:  # also after a bare [DONE]: some servers cut streams that way
             end = "[DONE]" if self.done else "end of stream"
             raise ProtocolError(f"{end} after {self.tokens} chunks without a finish_reason")

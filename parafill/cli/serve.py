@@ -1,19 +1,26 @@
 """`parafill serve`: the OpenAI-compatible HTTP server (parafill.server) run by uvicorn.
 
 Opens the local engine once, then serves until Ctrl-C; binds 127.0.0.1 unless told otherwise.
-The API key comes from --api-key or PARAFILL_API_KEY (none: no key is asked for).
+The API key comes from --api-key or PARAFILL_API_KEY (none: no key is asked for). A connection
+whose request line and headers take longer than --header-timeout is closed (uvicorn has no such
+limit of its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import anyio
+import h11
 import typer
 import uvicorn
 from rich.markup import escape
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.limits import Limits
@@ -36,6 +43,64 @@ from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import ServerSettings, create_app
 
 _QUANT = re.compile(r"\.(q\d\w*|f16|f32|bf16)$", re.I)
+
+
+class _HeadDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request's head (request line and
+    headers), counted from the connection or the request's first byte, not reset by later
+    bytes: the connection is closed when it passes. uvicorn has no such timeout (its
+    keep-alive timer runs only between requests, and stops at the first byte of the next), so
+    a client that sends half a head, or trickles it, or nothing, holds a connection forever."""
+
+    head_timeout = 30.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:  # the head is not all here yet
+            self._arm()
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        # a timer on the protocol's loop, as uvicorn's keep-alive timer is: protocol callbacks
+        # run outside any task, so there is no task group or cancel scope to put it in
+        if self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.head_timeout, self._late)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where uvicorn serves, and how long a request's head (its line and headers) may take."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "warning"
+    header_timeout: float = 30.0
+
+    def config(self, app: ASGIApp) -> uvicorn.Config:
+        http = type("HeadDeadline", (_HeadDeadline,), {"head_timeout": self.header_timeout})
+        return uvicorn.Config(
+            app, host=self.host, port=self.port, log_level=self.log_level, http=http
+        )
 
 
 def served_name(model: str | None) -> str:
@@ -67,6 +132,10 @@ def serve(
     name: Annotated[str | None, typer.Option(help="Model id in /v1/models.")] = None,
     skeleton_tokens: Annotated[int, typer.Option(help="parafill-sot skeleton cap.")] = 128,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    header_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a request's line and headers may take (then: closed)."),
+    ] = 30.0,
     filler: Annotated[
         str,
         typer.Option(
@@ -106,6 +175,9 @@ def serve(
         raise typer.Exit(2)
     if attention not in ATTENTION:
         err.print(f"[red]error:[/red] --attention must be auto, native or fp64, not {attention!r}")
+        raise typer.Exit(2)
+    if not 0 < header_timeout < float("inf"):
+        err.print(f"[red]error:[/red] --header-timeout must be seconds > 0, not {header_timeout}")
         raise typer.Exit(2)
     if prefill_chunk < 1:
         err.print(f"[red]error:[/red] --prefill-chunk must be at least 1, not {prefill_chunk}")
@@ -147,7 +219,7 @@ def serve(
         sot=SkeletonPlanner(skeleton_tokens=skeleton_tokens),
     )
     try:
-        anyio.run(_serve, local, settings, (host, port, log_level))
+        anyio.run(_serve, local, settings, Listen(host, port, log_level, header_timeout))
     except (ModelNotFound, BudgetError, WeightFormatError, EngineRefused) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
@@ -165,13 +237,13 @@ def _size(flag: str, text: str) -> int:
     return size
 
 
-async def _serve(local: LocalConfig, settings: ServerSettings, where: tuple[str, int, str]) -> None:
-    host, port, log_level = where
+async def _serve(local: LocalConfig, settings: ServerSettings, where: Listen) -> None:
+    host, port = where.host, where.port
     opened = False
     try:
         async with LocalBackend.open(local, on_convert=converting) as b:
             opened = True
-            uv = uvicorn.Config(create_app(b, settings), host=host, port=port, log_level=log_level)
+            uv = where.config(create_app(b, settings))
             key = " (API key required)" if settings.api_key else ""
             err.print(
                 f"parafill serve: {settings.model_name!r} and 'parafill-sot' on "

@@ -49,8 +49,12 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
+    if exc.status >= 500:  # the server's failure, not the client's: keep its traceback
+        cause = exc.__cause__ or exc
+        log.error("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message,
+                  exc_info=cause)  # fmt: skip
     return exc.response()
 
 
@@ -76,16 +80,18 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return APIError(exc.status_code, str(exc.detail)).response()
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected server error", exc_info=exc)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     real = real_error(exc)
     if isinstance(real, APIError):  # raised inside a task group
-        return real.response()
+        return await _api_error(request, real)
+    log.error("%s %s -> 500: %s: %s", request.method, request.url.path, type(real).__name__, real,
+              exc_info=exc)  # fmt: skip
     return APIError(500, f"internal error: {type(real).__name__}: {real}").response()
 
 
 class APIKeyGate:
-    """Refuses /v1 requests without `Authorization: Bearer <key>` (401, OpenAI error body)."""
+    """Refuses /v1 requests without `Authorization: Bearer <key>` (401, OpenAI error body),
+    and those that send the header more than once: neither copy may win."""
 
     def __init__(self, app: ASGIApp, key: str) -> None:
         self.app, self.key = app, key.encode()
@@ -94,13 +100,10 @@ class APIKeyGate:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v1"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        got = headers.get(b"authorization", b"")
-        scheme, _, token = got.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+        why = self._refusal([v for k, v in scope.get("headers") or [] if k == b"authorization"])
+        if why is None:
             await self.app(scope, receive, send)
             return
-        why = "missing API key" if not got else "incorrect API key"
         body = json.dumps(
             APIError(401, f"{why}: send Authorization: Bearer <key>", code="invalid_api_key").body()
         ).encode()
@@ -116,3 +119,13 @@ class APIKeyGate:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    def _refusal(self, sent: list[bytes]) -> str | None:
+        """Why the request's Authorization headers (ASGI lowercases names) are refused; None:
+        exactly one, with the key."""
+        if len(sent) > 1:
+            return f"more than one Authorization header ({len(sent)} sent)"
+        scheme, _, token = (sent[0] if sent else b"").partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+            return None
+        return "missing API key" if not sent or not sent[0] else "incorrect API key"

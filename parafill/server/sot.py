@@ -4,7 +4,10 @@ The question is the last user message. The skeleton, its parsed points, notes an
 tokens/seconds go in the response's extra top-level `parafill` field. Streaming sends each
 answer paragraph (point) whole as soon as it and every point before it are done, in point order,
 so the streamed text equals the non-streamed answer. Decoding is greedy (the planner's nodes set
-their own temperature); request max_tokens caps each point (and a direct fallback answer).
+their own temperature). Request max_tokens caps the answer returned, in the model's tokens: the
+points share what is left after their numbered starts, and the joined answer is cut there
+(finish_reason "length"). Usage counts the returned answer; the skeleton's tokens, which are
+not returned, show in the `parafill` nodes only.
 """
 
 from __future__ import annotations
@@ -25,16 +28,75 @@ from parafill.server.sse import Produce, Write
 NAME = "parafill-sot"
 
 
-def planner_for(base: SkeletonPlanner, max_tokens: int | None) -> SkeletonPlanner:
+@dataclass(frozen=True)
+class Budgeted:
+    """A request's planner and the cap on its returned answer (None: no cap)."""
+
+    planner: SkeletonPlanner
+    max_tokens: int | None = None
+
+    @property
+    def point_tokens(self) -> int:
+        return self.planner.point_tokens
+
+
+def planner_for(base: SkeletonPlanner, max_tokens: int | None) -> Budgeted:
     if max_tokens is None:
-        return base
-    return replace(base, point_tokens=max_tokens, direct_tokens=max_tokens)
+        return Budgeted(base)
+    capped = replace(base, point_tokens=max_tokens, direct_tokens=max_tokens)
+    return Budgeted(capped, max_tokens)
+
+
+@dataclass
+class _Cap:
+    """The answer as released, held to `limit` tokens of the model's tokenizer (re-encoded as a
+    whole, so usage is what the client gets); past the limit, nothing more is released."""
+
+    tokenizer: Any
+    limit: int | None
+    text: str = ""
+    tokens: int = 0
+    cut: bool = False
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def take(self, part: str) -> str:
+        """What of `part` fits; cuts the answer (and everything after) at the limit."""
+        if self.cut:
+            return ""
+        ids = self.tokenizer.encode(self.text + part, add_special_tokens=False)
+        if self.limit is not None and len(ids) > self.limit:
+            self.cut = True
+            kept = self.tokenizer.decode(ids[: self.limit], clean_up_tokenization_spaces=False)
+            kept = kept.rstrip("\ufffd").rstrip()  # \ufffd: a character the cut split in two
+            part = kept[len(self.text) :] if kept.startswith(self.text) else ""
+            ids = self.tokenizer.encode(self.text + part, add_special_tokens=False)
+        self.text, self.tokens = self.text + part, len(ids)
+        return part
+
+    def share(self, growth: Growth) -> Growth:
+        """Answer nodes get equal parts of the tokens left after their prefixes, so a capped
+        answer holds every point, shortened, rather than its first points whole."""
+        ids = set(growth.answer or ())
+        answer = [n for n in growth.nodes if n.id in ids]
+        if self.limit is None or not answer:
+            return growth
+        frame = self.count("\n\n".join(f"{n.prefix} " for n in answer))
+        each = max(1, (self.limit - self.tokens - frame) // len(answer))
+        nodes = tuple(
+            replace(n, max_tokens=min(n.max_tokens, each)) if n.id in ids else n
+            for n in growth.nodes
+        )
+        return replace(growth, nodes=nodes)
 
 
 @dataclass
 class _Order:
-    """Answer paragraphs in plan order, released as soon as every earlier one is done."""
+    """Answer paragraphs in plan order, released (through the cap) as soon as every earlier one
+    is done."""
 
+    cap: _Cap
     grown: dict[str, Node] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     done: dict[str, str] = field(default_factory=dict)
@@ -42,7 +104,7 @@ class _Order:
 
     def record(self, hook: Expander) -> Expander:
         def wrapped(node: Node, text: str) -> Growth:
-            growth = hook(node, text)
+            growth = self.cap.share(hook(node, text))
             self.grown.update((n.id, n) for n in growth.nodes)
             self.order = list(growth.answer or ())
             return growth
@@ -54,9 +116,10 @@ class _Order:
             self.done[ev.result.id] = _paragraph(self.grown[ev.result.id], ev.result.text)
         out = []
         while self.sent < len(self.order) and self.order[self.sent] in self.done:
-            out.append(("\n\n" if self.sent else "") + self.done[self.order[self.sent]])
+            sep = "\n\n" if self.sent else ""
+            out.append(self.cap.take(sep + self.done[self.order[self.sent]]))
             self.sent += 1
-        return out
+        return [text for text in out if text]
 
 
 _paragraph = answer_part  # the same joining as the run's answer (stream == whole answer)
@@ -108,26 +171,32 @@ def _node(r: Any) -> dict[str, Any]:
     }
 
 
-def _finish(result: RunResult) -> str:
+def _finish(result: RunResult, cap: _Cap) -> str:
     answer: Mapping[str, Any] = {a: result.results.get(a) for a in result.plan.answer}
     hit = any(r is not None and r.finish_reason == "length" for r in answer.values())
-    return "length" if hit else "stop"
+    return "length" if hit or cap.cut else "stop"
 
 
-async def complete(
-    backend: LocalBackend, planner: SkeletonPlanner, question: str, job: Job
-) -> Completion:
-    result = await _run(backend, planner, question, _Order(), None, job)
-    whole = job.whole(result.answer, _finish(result), Usage.of(len(job.prompt), result.tokens))
-    return whole.model_copy(update={"parafill": extra(result, planner)})
+def _order(backend: LocalBackend, sot: Budgeted) -> _Order:
+    return _Order(_Cap(backend.tokenizer, sot.max_tokens))
 
 
-def stream(backend: LocalBackend, planner: SkeletonPlanner, question: str, job: Job) -> Produce:
+async def complete(backend: LocalBackend, sot: Budgeted, question: str, job: Job) -> Completion:
+    order = _order(backend, sot)
+    result = await _run(backend, sot.planner, question, order, None, job)
+    usage = Usage.of(len(job.prompt), order.cap.tokens)
+    whole = job.whole(order.cap.text, _finish(result, order.cap), usage)
+    return whole.model_copy(update={"parafill": extra(result, sot.planner)})
+
+
+def stream(backend: LocalBackend, sot: Budgeted, question: str, job: Job) -> Produce:
     async def produce(write: Write) -> None:
         await write(job.chunk("", first=True))
-        result = await _run(backend, planner, question, _Order(), write, job)
-        await write(job.chunk(None, _finish(result), extra=extra(result, planner)))
+        order = _order(backend, sot)
+        result = await _run(backend, sot.planner, question, order, write, job)
+        finish = _finish(result, order.cap)
+        await write(job.chunk(None, finish, extra=extra(result, sot.planner)))
         if job.include_usage:
-            await write(job.usage_chunk(Usage.of(len(job.prompt), result.tokens)))
+            await write(job.usage_chunk(Usage.of(len(job.prompt), order.cap.tokens)))
 
     return produce

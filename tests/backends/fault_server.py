@@ -3,7 +3,8 @@
 Plain anyio sockets speaking just enough HTTP/1.1: each request takes the next `Reply` from
 the script (then the default), which may be an error status with headers, a stall before the
 headers, a slow stream, a stream whose connection is dropped part way, a stream of keep-alive
-comments and nothing else, an error event, or a 200 body that is not a stream at all. One
+comments and nothing else, a stream that ignores max_tokens and never ends, an error event, or
+a 200 body that is not a stream at all. One
 connection per request (`Connection: close`). It records what it saw and which reply answered
 each request; it never leaves the loopback address. `GET /v1/models` (a backend asking what
 the server is) is answered apart, outside the script: a model list naming `owned_by` (or
@@ -36,6 +37,7 @@ class Reply:
     finish: str | None = "stop"  # None: a final event without finish_reason
     logprobs: tuple[object, ...] | None = None  # each chunk's choice "logprobs" block, as sent
     keepalive: float | None = None  # 200, then only ": keep-alive" comments this far apart, forever
+    forever: bool = False  # ignore max_tokens: send `chunks` again and again until a hang-up
     error: dict[str, object] | None = None  # {"error": this}: the first event, or the error body
     body: str | None = None  # a 200 body sent as it is, with `content_type` (not a stream)
     content_type: str = "text/event-stream"
@@ -149,7 +151,21 @@ async def _respond(stream: SocketStream, reply: Reply, *, chat: bool) -> None:
     if reply.error is not None:
         await stream.send(_event({"error": reply.error}) + b"0\r\n\r\n")
         return
+    if reply.forever:
+        await _stream_forever(stream, reply, chat=chat)
+        return
     await _stream_chunks(stream, reply, chat=chat)
+
+
+async def _stream_forever(stream: SocketStream, reply: Reply, *, chat: bool) -> None:
+    """A server that ignores max_tokens: text events, never a finish, until the client hangs up."""
+    while True:
+        for i, text in enumerate(reply.chunks):
+            choice = _choice(text, None, chat)
+            if reply.logprobs is not None:
+                choice["logprobs"] = reply.logprobs[i]
+            await stream.send(_event({"choices": [choice]}))
+            await anyio.sleep(reply.chunk_delay)
 
 
 async def _stream_chunks(stream: SocketStream, reply: Reply, *, chat: bool) -> None:
