@@ -78,11 +78,14 @@ def test_a_packed_heads_top_logits_are_the_dense_heads() -> None:
 
 
 def test_packed_kernels_are_batch_invariant() -> None:
-    """Each packed format's matmul, and a packed head with its refined top logits, give a row
-    the same bits whatever rows are beside it (oneDNN's fp32 kernel does not)."""
+    """Each packed format the engine calls exact (int4, int8, the int8 head with its refined
+    top logits) gives a row the same bits whatever rows are beside it, on any x86-64 CPU: the
+    kernels compute each row on its own. bf16 is left out: it runs through oneDNN's bf16 GEMM,
+    whose blocking depends on the CPU and the row count (one Xeon without avx512_bf16 changed
+    a row's bits at 5 rows), so bf16 is documented as inexact and nothing relies on it."""
     torch.manual_seed(3)
     w, x = torch.randn(384, 256) * 0.05, torch.randn(24, 256)
-    for p in (pack_int4(w), pack_int8(w), pack_int8_channels(w), pack_bf16(w)):
+    for p in (pack_int4(w), pack_int8(w), pack_int8_channels(w)):
         alone = torch.cat([p.matmul(x[i : i + 1]) for i in range(24)])
         for m in (2, 5, 8, 24):
             assert torch.equal(p.matmul(x[:m]), alone[:m]), (p.kind, m)
