@@ -1,4 +1,4 @@
-"""Per-step cost of a JSON-schema output constraint in the engine (issue 13; goal <= 5%).
+"""Per-step cost of a JSON-schema output constraint in the engine (target: at most 5% of a step).
 
     python benchmarks/constraints_step.py [--widths 1,8,32] [--steps 24] [--reps 3] [--profile]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the engine in one command (issue 3's GPU goals), results under
+# Every GPU check of the engine in one command (targets: docs/benchmarks.md), results under
 # benchmarks/results/gpu-<date>/ with the device's name in each file:
 #
 #     bash benchmarks/gpu.sh            # ~15 min on an H100 (compiles dominate)
