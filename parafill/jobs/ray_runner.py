@@ -7,13 +7,16 @@ filter: only the missing ids go to Ray), makes a dataset of those documents, and
 once (the local engine, or an OpenAI-compatible server) and runs parafill's pipeline on every
 document of a batch at once. A document's failure is an error record made in the actor (Ray
 does not retry Python exceptions); an actor that dies is restarted and its batch run again.
-The driver writes each record to the one JSONL output as the batches come back.
+The driver writes each record to the one JSONL output as the batches come back, each index
+once. When a whole node is lost, Ray Data gives up on the dataset: the driver then runs the
+documents it has not written yet in a new dataset, on the nodes that are left.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import sys
 import time
@@ -36,6 +39,8 @@ from parafill.jobs.records import Doc, dump
 from parafill.jobs.runner import BatchConfig, Job, load_job, run_document
 
 Opener = Callable[[], AbstractAsyncContextManager[Backend]]
+log = logging.getLogger("parafill.jobs")
+RERUN_WAIT_S = 5.0  # before the first rerun after a lost node, doubled for each further one
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,9 @@ class RayConfig:
     gpus_per_actor: float = 0.0
     num_cpus: int | None = None  # "local" only
     batch_size: int = 4  # documents per actor call, run at once inside it
-    max_restarts: int = 3  # a crashed actor is restarted (and its batch retried) this often
+    # a crashed actor is restarted (and its batch retried) this often; a dataset that fails
+    # because a node or an actor was lost is run again (the unwritten documents) this often
+    max_restarts: int = 3
     # calls (batches) one actor runs at once, all on its one backend: a batch waiting for its
     # slowest document does not leave the engine with nothing else to do
     calls_per_actor: int = 2
@@ -83,13 +90,41 @@ def ray_batch(
     if job.docs:
         open_ = opener or partial(LocalBackend.open, local or LocalConfig())
         with _ray(ray_config), _sink(job) as write:
-            for row in _records(job, pipeline, open_, ray_config):
-                _take(row, job, write, counts, report)
+            take = partial(_take, job=job, write=write, counts=counts, report=report)
+            _run_all(job, pipeline, open_, ray_config, take)
     done, failed, tokens = counts
     summary = Summary(job.total, job.skipped, done, failed, tokens, time.monotonic() - start,
                       len(job.kept.failed))  # fmt: skip
     _tell(report, Finished(summary))
     return summary
+
+
+def _run_all(job: Job, pipeline: Pipeline, opener: Opener, rc: RayConfig,
+             take: Callable[[dict[str, Any]], None]) -> None:  # fmt: skip
+    """Every document's row to `take` once. Ray Data gives up on a dataset when a node dies
+    under it (the actors there unreachable, blocks lost): the documents not yet taken run
+    again in a new dataset, at most `rc.max_restarts` times, after a wait (until Ray has
+    marked the node dead, it may place a new actor there). A row that comes back twice (a
+    batch retried after its first rows arrived) is taken once."""
+    import ray.exceptions as rex
+
+    lost = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)
+    taken: set[int] = set()
+    for attempt in range(rc.max_restarts + 1):
+        todo = [i for i in range(len(job.docs)) if i not in taken]
+        try:
+            for row in _records(job, todo, pipeline, opener, rc):
+                if (i := int(row["i"])) not in taken:
+                    taken.add(i)
+                    take(row)
+            return
+        except lost as exc:  # not a Python exception of the pipeline's (RayTaskError)
+            if attempt == rc.max_restarts:
+                raise
+            left, wait = len(job.docs) - len(taken), RERUN_WAIT_S * 2**attempt
+            log.warning("Ray lost a node or an actor (%s): running the %d documents not "
+                        "written yet again in %g s", type(exc).__name__, left, wait)  # fmt: skip
+            time.sleep(wait)  # Ray marks a dead node dead only after missed health checks
 
 
 def _take(row: dict[str, Any], job: Job, write: Callable[[str], None], counts: list[int],
@@ -131,15 +166,16 @@ def _ray(rc: RayConfig) -> Iterator[None]:
 
 
 def _records(
-    job: Job, pipeline: Pipeline, opener: Opener, rc: RayConfig
+    job: Job, todo: list[int], pipeline: Pipeline, opener: Opener, rc: RayConfig
 ) -> Iterator[dict[str, Any]]:
-    """Each document's row {i, record, tokens, error} as the actors finish it."""
+    """Each document's row {i, record, tokens, error} as the actors finish it (the documents
+    `todo` of `job.docs`, by index)."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = job.config.ordered
-    items = [{"i": i, "doc": json.dumps(asdict(d))} for i, d in enumerate(job.docs)]
+    items = [{"i": i, "doc": json.dumps(asdict(job.docs[i]))} for i in todo]
     blocks = max(1, min(len(items), rc.actors * 8))
     with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60
         warnings.simplefilter("ignore", DeprecationWarning)
