@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from parafill import constraints as C
-from parafill.backends.engine import engine as engine_mod
+from parafill.backends.engine import runner as runner_mod
 from parafill.backends.engine import verify
 from parafill.backends.engine.engine import Engine, EngineConfig
 from parafill.backends.engine.model import CompactLM
@@ -151,7 +151,7 @@ def profile(
     """Steps timed, and ms per step in each wrapped function over the timed steps."""
     p = Profile()
     p.wrap(CompactLM, "forward", "forward")
-    p.wrap(engine_mod, "decide", "decide (choose tokens)")
+    p.wrap(runner_mod, "decide", "decide (choose tokens)")
     p.wrap(verify, "_constrain", "  _constrain")
     p.wrap(C, "fill_batch", "    fill_batch (llguidance)")
     p.wrap(C, "allocate_bitmask", "    allocate_bitmask")

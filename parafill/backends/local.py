@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import torch
@@ -71,6 +71,8 @@ class LocalConfig(EngineConfig):
     # a second, smaller model (HF directory or .gguf) with the same tokenizer, for the `draft`
     # filler; loaded in the same device, dtype and weight format
     draft_model: str | None = None
+    # the CPU step's intra-op threads (EngineConfig.threads): tuned to the cores free now
+    threads: int | Literal["auto"] | None = "auto"
 
     def engine(self) -> EngineConfig:
         return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(EngineConfig)})

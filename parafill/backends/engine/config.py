@@ -39,6 +39,15 @@ class EngineConfig:
     # own 4-bit blocks where it came from one), the target's own elsewhere; "target": always
     # the target's own (only skipping layers makes it cheaper)
     self_weights: Literal["auto", "target"] = "auto"
+    # intra-op threads of the CPU step: an int fixes the count; "auto" times the candidates
+    # now and then and keeps the fastest (threads.py: beside a busy process, fewer threads
+    # than cores win by far); None leaves torch's own setting alone
+    threads: int | Literal["auto"] | None = None
+
+    def __post_init__(self) -> None:
+        t = self.threads
+        if not (t is None or t == "auto" or (type(t) is int and t >= 1)):
+            raise ValueError(f"threads must be an integer >= 1, 'auto' or None, got {t!r}")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""The tensors of one forward, from the feeds `schedule` chose (see schedule.py).
+"""The tensors of one forward, from a step plan's feeds (chosen by `schedule`, schedule.py);
+it builds inputs only, the model runner (runner.py) runs them.
 
-The attention mask is each sequence's visible
-columns plus causal visibility of its own new tokens, drafts included (a draft sees the
-sequence and its ancestor drafts — the drafts before it in a chain — never another
-sequence's); it is the same code for batch rows (one sequence per row) and tree packing (all
-in one row).
+The attention mask is each sequence's visible columns plus causal visibility of its own new
+tokens, drafts included (a draft sees the sequence and its ancestor drafts — the drafts
+before it in a chain — never another sequence's); it is the same code for batch rows (one
+sequence per row) and tree packing (all in one row).
 """
 
 from __future__ import annotations
@@ -15,25 +15,19 @@ import torch
 from torch import Tensor
 
 from parafill.backends.engine.model import StepInput
-from parafill.backends.engine.schedule import Seq, lineage, longest_match, reach, schedule
+from parafill.backends.engine.schedule import Seq, lineage, reach
 
 
-@dataclass
-class StepPlan:
+@dataclass(frozen=True)
+class Layout:
     written: list[tuple[Seq, list[int]]]  # columns each sequence writes this step
     sampled: list[tuple[Seq, int]]  # sequences choosing tokens, in logits order, and how
     # many logits rows each has (1 + its drafts)
 
 
 def build_step(
-    work: list[Seq], vis: Tensor, prefill_chunk: int, device: torch.device
-) -> tuple[StepInput, StepPlan]:
-    return _tensors(schedule(work, prefill_chunk), vis, device)
-
-
-def _tensors(
     feeds: list[tuple[Seq, int]], vis: Tensor, device: torch.device
-) -> tuple[StepInput, StepPlan]:
+) -> tuple[StepInput, Layout]:
     tokens: list[int] = []
     pos, rows, cols, qslots, owner, order = [], [], [], [], [], []
     per_row: dict[int, int] = {}
@@ -80,7 +74,7 @@ def _tensors(
         row0=row0, keep=keep, spans=spans, mrows=t(rel) if spans else None,
         write=(rows[0], cols[0]) if one_run else None,
     )  # fmt: skip
-    return step, StepPlan(written, sampled)
+    return step, Layout(written, sampled)
 
 
 def _spans(per_row: dict[int, int]) -> tuple[tuple[tuple[int, int], ...] | None, dict[int, int]]:
@@ -178,4 +172,4 @@ def _mask(
     return mask[:, None]  # (R, 1, Q, L)
 
 
-__all__ = ["Seq", "StepPlan", "build_step", "longest_match"]
+__all__ = ["Layout", "build_step"]
