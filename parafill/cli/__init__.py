@@ -5,9 +5,11 @@ Progress goes to stderr (a live view on a terminal, plain lines when piped); the
 summary and `--json` output go to stdout.
 """
 
-# This docstring is the app's --help text. The package: common.py (the consoles, shared options,
-# error handling), answer.py + view.py (running and showing a plan), and one module per command
-# group, each with `register(app)`; they import from common, never from here.
+# This docstring is the app's --help text. The package: common.py (the consoles, the values
+# options become, error handling), groups.py (`@takes`: a group of options into a command),
+# options.py (the engine's and the server's options), planning.py (the planners' options),
+# answer.py + view.py (running and showing a plan), and one module per command group, each with
+# `register(app)`; they import from those, never from here.
 
 from __future__ import annotations
 

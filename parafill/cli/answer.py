@@ -26,7 +26,7 @@ async def answer(
     as_json: bool,
 ) -> None:
     """Run `target` (planned by `planner` if a question), and with `direct` too if given."""
-    run = RunConfig(filler=opts.filler, stop_on_repeat=opts.stop_on_repeat)
+    run = opts.run_config()
     local = opts.local()
     async with open_backend(local, opts.server) as b:
         if planner is not None:

@@ -1,16 +1,16 @@
 """What every `parafill` command shares: the one pair of consoles (answers to stdout, progress
-and errors to stderr), the options of commands that open the local engine (`--model`, `--mode`,
-`--weights`, `--filler`, `--draft-model`, `--self-layers`, `--json`, `--compare`) or a server
-instead (`--server`, `--server-model`, `--api-key`), checked before anything loads, and the
-error handling that turns a failed run into a message and an exit code. No command lives here.
+and errors to stderr), the values the shared options become (`LocalOpts`, `EngineOpts`,
+`Remote`) and the checks of each option, and the error handling that turns a failed run into a
+message and an exit code. The options themselves are declared in `parafill.cli.options`; no
+command lives here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,89 +23,10 @@ from parafill.backends.local import LocalConfig
 from parafill.errors import real_error
 from parafill.fillers import check as check_filler
 from parafill.orchestrator.plan import PlanError
-from parafill.orchestrator.runner import RunFailed
-from parafill.planners.ner import default_adapter
+from parafill.orchestrator.runner import RunConfig, RunFailed
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Local HF model directory or .gguf file.")
-]
-ModeOpt = Annotated[str, typer.Option("--mode", help="Engine packing: rows | tree.")]
-WeightsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--weights",
-        help="Weight format of the local engine on the CPU: fp32 | bf16 | int8 | int4 (int4 "
-        "keeps a GGUF's own 4-bit blocks). Default: int4 for the embedded model, fp32 for "
-        "--model or an adapter.",
-    ),
-]
-AttentionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--attention",
-        help="Attention and KV cache precision of the local engine: auto (fp64 with int8/int4 "
-        "weights, so every packing mode and filler stays token-exact) | native (the model's "
-        "dtype: faster, not exact across modes with packed weights) | fp64.",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-CompareOpt = Annotated[bool, typer.Option(help="Also answer directly; print both times.")]
-FillerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--filler",
-        help="How every node decodes: autoregressive | ngram | jacobi | self | draft "
-        "(default: each node's own, chosen by the planner). self: the model drafts for itself "
-        "with layers skipped (--self-layers); draft: --draft-model drafts.",
-    ),
-]
-DraftModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--draft-model",
-        help="A smaller local model (HF directory or .gguf) with the same tokenizer, for "
-        "--filler draft (or nodes and requests that name it).",
-    ),
-]
-SelfLayersOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--self-layers",
-        help="Layers the self filler drafts with, comma-separated (e.g. 0,2,4,29); the "
-        "others are skipped (default: calibrated on first use and cached).",
-    ),
-]
-
-
-GuardOpt = Annotated[
-    int,
-    typer.Option(
-        "--stop-on-repeat",
-        min=0,
-        help="Loop guard: a node stops once its last N output tokens already occurred in "
-        "its output (0: off). --compare uses it on both sides.",
-    ),
-]
-
-
-ServerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--server",
-        help="Run on an OpenAI-compatible server at this URL (llama.cpp's llama-server, vLLM, "
-        "parafill serve, ...) instead of the local engine.",
-    ),
-]
-ServerModelOpt = Annotated[
-    str | None,
-    typer.Option("--server-model", help="Model name to ask --server for (default: its first)."),
-]
-ApiKeyOpt = Annotated[
-    str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Key for --server.")
-]
 
 
 @dataclass(frozen=True)
@@ -127,147 +48,87 @@ class EngineRefused(ValueError):
 
 
 @dataclass(frozen=True)
-class EngineOpts:
-    """What the backend is opened with, from the command line: the local engine, or `server`."""
+class LocalOpts:
+    """The local engine's own options (`--model`, `--weights`, `--attention`, `--draft-model`,
+    `--self-layers`), each checked; None: not given (LocalConfig's default)."""
 
     model: str | None = None
-    mode: str = "rows"
+    weights: str | None = None
+    attention: str | None = None
+    draft_model: str | None = None
+    self_layers: tuple[int, ...] | None = None
+
+    def config(self, **engine: Any) -> LocalConfig:
+        """The local engine's config: these options and `engine`'s fields (mode, ...)."""
+        given = {f.name: getattr(self, f.name) for f in fields(self)}
+        return LocalConfig(**{k: v for k, v in given.items() if v is not None}, **engine)
+
+    def refuse_server(self, server: Remote | None) -> None:
+        """ValueError if one of the engine's options (but --model) is given with a server."""
+        flags = ("--weights", "--attention", "--draft-model", "--self-layers")
+        values = (self.weights, self.attention, self.draft_model, self.self_layers)
+        for flag, value in zip(flags, values, strict=True):
+            if value is not None and server is not None:
+                raise ValueError(f"{flag} applies to the local engine, not to --server")
+
+
+@dataclass(frozen=True)
+class EngineOpts:
+    """What a command runs on, from its options: the local engine's config, or `server`; and
+    how every node runs (the filler that overrides each node's, the loop guard)."""
+
+    config: LocalConfig = field(default_factory=LocalConfig)
     filler: str | None = None  # overrides every node's filler
     stop_on_repeat: int = 32  # the loop guard of every node (RunConfig.stop_on_repeat)
     server: Remote | None = None
-    weights: str = "auto"  # the local engine's projection weights (LocalConfig.weights)
-    draft_model: str | None = None  # the `draft` filler's model (LocalConfig.draft_model)
-    self_layers: tuple[int, ...] | None = None  # the `self` filler's layers; None: calibrate
-    attention: str = "auto"  # LocalConfig.attention
 
     def local(self) -> LocalConfig:
-        mode = self.mode  # checked by engine_opts
-        return LocalConfig(
-            model=self.model,
-            mode=mode,  # type: ignore[arg-type]
-            weights=self.weights,
-            draft_model=self.draft_model,
-            self_layers=self.self_layers,
-            attention=self.attention,  # type: ignore[arg-type]
-        )
+        return self.config
+
+    def run_config(self) -> RunConfig:
+        return RunConfig(filler=self.filler, stop_on_repeat=self.stop_on_repeat)
 
 
-def remote(server: str | None, model: str | None, api_key: str | None) -> Remote | None:
-    """The `--server` options (None without --server), or exit 2 with the reason."""
-    if server is None:
-        if model is not None:
-            fail("--server-model needs --server")
-        return None
-    if not server.startswith(("http://", "https://")):
-        fail(f"--server must be an http:// or https:// URL, not {server!r}")
-    return Remote(server, model, api_key)
+def check_mode(mode: str) -> str:
+    """The engine's packing `--mode`; ValueError unless rows or tree."""
+    if mode not in ("rows", "tree"):
+        raise ValueError(f"--mode must be rows or tree, not {mode!r}")
+    return mode
 
 
-def engine_opts(
-    model: str | None,
-    mode: str,
-    filler: str | None,
-    stop_on_repeat: int = 32,
-    server: Remote | None = None,
-    weights: str | None = None,
-    draft_model: str | None = None,
-    self_layers: str | None = None,
-    attention: str | None = None,
-) -> EngineOpts:
-    """The options, or exit 2 with the reason (an unknown filler, mode or weight format, a local
-    model or weight format and a server both, a bad --self-layers, a --draft-model that is not
-    there or missing for --filler draft, --attention with a server). `weights` / `attention`
-    None: not given ("auto")."""
-    try:
-        if filler is not None:
-            check_filler(filler)
-        if mode not in ("rows", "tree"):
-            raise ValueError(f"--mode must be rows or tree, not {mode!r}")
-        fmt = local_weights(weights, server)
-        precision = local_attention(attention, server)
-        drafter, layers = local_drafting(draft_model, self_layers, filler, server)
-        if server is not None and model is not None:
-            raise ValueError("--model is a local model: with --server, use --server-model")
-    except ValueError as exc:
-        fail(str(exc))
-    return EngineOpts(model, mode, filler, stop_on_repeat, server, fmt, drafter, layers, precision)
+def check_fill(filler: str | None, local: LocalOpts, server: Remote | None) -> None:
+    """ValueError for an unknown `--filler`, or `draft` with no model to draft with."""
+    if filler is not None:
+        check_filler(filler)
+    if filler == "draft" and local.draft_model is None and server is None:
+        raise ValueError("--filler draft needs a draft model: add --draft-model PATH")
 
 
-def local_weights(weights: str | None, server: Remote | None = None) -> str:
-    """The `--weights` format ("auto" when not given: LocalConfig.weights); ValueError for an
-    unknown one, or for one given together with `--server`."""
+def local_weights(weights: str | None) -> str | None:
+    """The `--weights` format (None: not given, LocalConfig's "auto"); ValueError for an
+    unknown one."""
     if weights is None:
-        return "auto"
+        return None
     try:
-        fmt = check_format(weights)
+        return check_format(weights)
     except ValueError as exc:
         raise ValueError(f"--weights: {exc}") from exc
-    if server is not None:
-        raise ValueError("--weights applies to the local engine, not to --server")
-    return fmt
 
 
-def local_attention(attention: str | None, server: Remote | None = None) -> str:
-    """The `--attention` precision ("auto" when not given: LocalConfig.attention); ValueError
-    for an unknown one, or for one given together with `--server`."""
-    if attention is None:
-        return "auto"
-    if attention not in ATTENTION:
+def local_attention(attention: str | None) -> str | None:
+    """The `--attention` precision (None: not given, LocalConfig's "auto"); ValueError for an
+    unknown one."""
+    if attention is not None and attention not in ATTENTION:
         raise ValueError(f"--attention must be auto, native or fp64, not {attention!r}")
-    if server is not None:
-        raise ValueError("--attention applies to the local engine, not to --server")
     return attention
 
 
-def ner_engine(
-    model: str | None,
-    adapter: tuple[str | None, bool],
-    weights: str | None,
-    attention: str | None,
-    drafting: tuple[str | None, str | None, str | None],
-    server: Remote | None,
-) -> LocalConfig:
-    """The local engine of `parafill ner` and `parafill batch ner`: `adapter` (--adapter,
-    --no-adapter; neither: the shipped one for the embedded model; none with a server, which runs
-    its own model as it is), `drafting` (--draft-model,
-    --self-layers, --filler). ValueError for what the options refuse."""
-    draft_model, self_layers, filler = drafting
-    if filler is not None:
-        check_filler(filler)
-    fmt = local_weights(weights, server)
-    precision = local_attention(attention, server)
-    drafter, layers = local_drafting(draft_model, self_layers, filler, server)
-    given, no_adapter = adapter
-    if server is not None and (model or given):
-        raise ValueError("--model / --adapter are local: with --server, use --server-model")
-    chosen = None if no_adapter or server else given or default_adapter(model)
-    return LocalConfig(
-        model=model,
-        adapter=chosen,
-        weights=fmt,
-        draft_model=drafter,
-        self_layers=layers,
-        attention=precision,  # type: ignore[arg-type]
-    )
-
-
-def local_drafting(
-    draft_model: str | None,
-    self_layers: str | None,
-    filler: str | None,
-    server: Remote | None = None,
-) -> tuple[str | None, tuple[int, ...] | None]:
-    """The `--draft-model` path and the `--self-layers` indices (None: not given); ValueError
-    for either given with `--server`, a draft model that does not exist, layers that are not
-    distinct non-negative integers, or `filler` draft without a draft model."""
-    for flag, given in (("--draft-model", draft_model), ("--self-layers", self_layers)):
-        if given is not None and server is not None:
-            raise ValueError(f"{flag} applies to the local engine, not to --server")
+def local_drafting(draft_model: str | None, self_layers: str | None) -> tuple[int, ...] | None:
+    """The `--self-layers` indices (None: not given); ValueError for a `--draft-model` that
+    does not exist, or layers that are not distinct non-negative integers."""
     if draft_model is not None and not Path(draft_model).exists():
         raise ValueError(f"--draft-model {draft_model!r}: no such file or directory")
-    if filler == "draft" and draft_model is None and server is None:
-        raise ValueError("--filler draft needs a draft model: add --draft-model PATH")
-    return draft_model, None if self_layers is None else parse_layers(self_layers)
+    return None if self_layers is None else parse_layers(self_layers)
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

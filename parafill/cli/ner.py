@@ -14,6 +14,7 @@ already holds records without --resume or --overwrite, is refused before the mod
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -22,93 +23,61 @@ import typer
 from rich.markup import escape
 
 from parafill.backends.engine.weights import ModelNotFound
-from parafill.backends.local import LocalConfig
 from parafill.cli.backend import open_backend
-from parafill.cli.common import (
-    ApiKeyOpt,
-    AttentionOpt,
-    DraftModelOpt,
-    FillerOpt,
-    Remote,
-    SelfLayersOpt,
-    ServerModelOpt,
-    ServerOpt,
-    ServerUnavailable,
-    WeightsOpt,
-    err,
-    ner_engine,
-    remote,
+from parafill.cli.common import EngineOpts, ServerUnavailable, err, fail
+from parafill.cli.groups import takes
+from parafill.cli.jobs import (
+    ConcurrencyOpt,
+    FileRun,
+    OutputOpt,
+    OverwriteOpt,
+    ResumeOpt,
+    run_file,
 )
-from parafill.cli.jobs import FileRun, OutputOpt, OverwriteOpt, ResumeOpt, run_file
+from parafill.cli.options import ner_engine_options
+from parafill.cli.planning import ner_options
 from parafill.errors import real_error
 from parafill.jobs import BatchConfig, DocDone, Entities, JobEvent, Started
 from parafill.jobs.records import check_output
-from parafill.orchestrator.runner import RunConfig
-from parafill.planners.ner import NerConfig, NerResult, check_config, extract
-from parafill.planners.ner_data import WNUT_LABELS
+from parafill.planners.ner import NerResult, extract
 
 
+@takes(task=ner_options, engine=ner_engine_options)
 def ner(
     text: Annotated[str | None, typer.Argument(help="The text (or use --input).")] = None,
-    labels: Annotated[str, typer.Option(help="Comma-separated entity types.")] = ",".join(
-        WNUT_LABELS
-    ),
+    *,
     input: Annotated[Path | None, typer.Option("--input", help="JSONL of {text, id}.")] = None,
     output: OutputOpt = None,
-    mode: Annotated[str, typer.Option(help="parallel (PaDeLLM) | ar (one output).")] = "parallel",
-    model: Annotated[str | None, typer.Option(help="Local HF model dir or .gguf.")] = None,
-    adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory.")] = None,
-    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Plain model.")] = False,
-    weights: WeightsOpt = None,
-    attention: AttentionOpt = None,
-    draft_model: DraftModelOpt = None,
-    self_layers: SelfLayersOpt = None,
-    max_mentions: Annotated[int, typer.Option(help="Most mentions per label.")] = 4,
-    max_nodes: Annotated[int, typer.Option(help="Most plan nodes.")] = 64,
-    concurrency: Annotated[
-        int, typer.Option(help="--input: documents in flight at once.", min=1)
-    ] = 8,
+    task: Entities,
+    engine: EngineOpts,
+    concurrency: ConcurrencyOpt = 8,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
-    filler: FillerOpt = None,
-    server: ServerOpt = None,
-    server_model: ServerModelOpt = None,
-    api_key: ApiKeyOpt = None,
 ) -> None:
     """Extract named entities (PaDeLLM-NER: counts, then every mention in parallel)."""
-    names = tuple(s.strip() for s in labels.split(",") if s.strip())
-    cfg = NerConfig(names, max_mentions=max_mentions, max_nodes=max_nodes)
-    at = remote(server, server_model, api_key)
-    try:
-        check_config(cfg)
-        if mode not in ("parallel", "ar"):
-            raise ValueError(f"unknown mode {mode!r}: use parallel or ar")
-        if (text is None) == (input is None):
-            raise ValueError("give either TEXT or --input FILE (not both)")
-        drafting = (draft_model, self_layers, filler)
-        local = ner_engine(model, (adapter, no_adapter), weights, attention, drafting, at)
-        if input is not None:  # refused here too, so a bad --output never waits for a model
-            check_output(input, output, resume, overwrite)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
-    pipeline = Entities(cfg, mode, RunConfig(filler=filler))
+    if (text is None) == (input is None):
+        fail("give either TEXT or --input FILE (not both)")
+    pipeline = replace(task, run_config=engine.run_config())
     if text is not None:
-        _one_text(text, pipeline, local, at)
+        _one_text(text, pipeline, engine)
         return
     assert input is not None
+    try:  # refused here too, so a bad --output never waits for a model
+        check_output(input, output, resume, overwrite)
+    except ValueError as exc:
+        fail(str(exc))
     # one runner for every pipeline; `parafill ner --input` keeps its own messages and writes
     # no error records (a bad line is reported and run again by --resume)
     batch = BatchConfig(concurrency, ordered=True, resume=resume, overwrite=overwrite,
                         error_records=False)  # fmt: skip
-    run = FileRun(input, output, batch, local, at, logprobs=True)
+    run = FileRun(input, output, batch, engine.local(), engine.server, logprobs=True)
     if not run_file(run, pipeline, _Report()).ok:
         raise typer.Exit(1)
 
 
-def _one_text(text: str, pipeline: Entities, local: LocalConfig, at: Remote | None) -> None:
+def _one_text(text: str, pipeline: Entities, engine: EngineOpts) -> None:
     async def main() -> NerResult:
-        async with open_backend(local, at, logprobs=True) as backend:
+        async with open_backend(engine.local(), engine.server, logprobs=True) as backend:
             return await extract(text, backend, pipeline.config, pipeline.mode,
                                  pipeline.run_config)  # fmt: skip
 

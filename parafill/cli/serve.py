@@ -18,27 +18,26 @@ import anyio
 import h11
 import typer
 import uvicorn
-from rich.markup import escape
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from parafill.backends.engine.kv import BudgetError, parse_size
 from parafill.backends.engine.limits import Limits
-from parafill.backends.engine.model import ATTENTION
 from parafill.backends.engine.quant import WeightFormatError
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.cli.common import (
-    DraftModelOpt,
     EngineRefused,
-    SelfLayersOpt,
-    WeightsOpt,
+    LocalOpts,
+    check_fill,
+    check_mode,
     converting,
     err,
-    local_drafting,
-    local_weights,
+    fail,
 )
-from parafill.fillers import check as check_filler
+from parafill.cli.groups import takes
+from parafill.cli.options import ModeOpt, ServeFillerOpt, local_options
+from parafill.cli.planning import SkeletonTokensOpt
 from parafill.planners.skeleton import SkeletonPlanner
 from parafill.server import ServerSettings, create_app
 
@@ -111,16 +110,15 @@ def served_name(model: str | None) -> str:
     return _QUANT.sub("", path.stem if path.suffix == ".gguf" else path.name)
 
 
+@takes(local=local_options)
 def serve(
-    model: Annotated[
-        str | None, typer.Option(help="Local HF model directory or .gguf file.")
-    ] = None,
+    local: LocalOpts,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[
         str | None, typer.Option(envvar="PARAFILL_API_KEY", help="Require this Bearer key.")
     ] = None,
-    mode: Annotated[str, typer.Option(help="Engine packing: rows | tree.")] = "rows",
+    mode: ModeOpt = "rows",
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 1024,
     default_max_tokens: Annotated[int, typer.Option(help="When a request does not say.")] = 256,
     budget_tokens: Annotated[int, typer.Option(help="KV cache size in tokens.")] = 16384,
@@ -130,19 +128,13 @@ def serve(
     ] = None,
     rows: Annotated[int, typer.Option(help="rows mode: concurrent sequences.")] = 16,
     name: Annotated[str | None, typer.Option(help="Model id in /v1/models.")] = None,
-    skeleton_tokens: Annotated[int, typer.Option(help="parafill-sot skeleton cap.")] = 128,
+    skeleton_tokens: SkeletonTokensOpt = 128,  # parafill-sot's
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     header_timeout: Annotated[
         float,
         typer.Option(help="Seconds a request's line and headers may take (then: closed)."),
     ] = 30.0,
-    filler: Annotated[
-        str,
-        typer.Option(
-            help="How requests decode unless they say (field 'filler'): "
-            "autoregressive | ngram | jacobi | self | draft (draft: needs --draft-model)."
-        ),
-    ] = "autoregressive",
+    filler: ServeFillerOpt = "autoregressive",
     max_body_size: Annotated[
         str, typer.Option(help="Largest request body, e.g. 4MiB, 16MB (larger: HTTP 413).")
     ] = "4MiB",
@@ -154,75 +146,40 @@ def serve(
         bool, typer.Option(help="Static decode: torch.compile the step first (slow start).")
     ] = False,
     prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens fed per step.")] = 512,
-    weights: WeightsOpt = None,
-    attention: Annotated[
-        str,
-        typer.Option(
-            help="Attention and KV cache precision: auto (fp64 with int8/int4 weights, so every "
-            "packing mode and filler stays token-exact) | native (the model's dtype: faster, "
-            "not exact across modes with packed weights) | fp64."
-        ),
-    ] = "auto",
-    draft_model: DraftModelOpt = None,
-    self_layers: SelfLayersOpt = None,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible)."""
-    if mode not in ("rows", "tree") or decode not in ("auto", "eager", "static"):
-        err.print(
-            f"[red]error:[/red] --mode must be rows or tree (not {mode!r}) and --decode "
-            f"auto, eager or static (not {decode!r})"
-        )
-        raise typer.Exit(2)
-    if attention not in ATTENTION:
-        err.print(f"[red]error:[/red] --attention must be auto, native or fp64, not {attention!r}")
-        raise typer.Exit(2)
-    if not 0 < header_timeout < float("inf"):
-        err.print(f"[red]error:[/red] --header-timeout must be seconds > 0, not {header_timeout}")
-        raise typer.Exit(2)
-    if prefill_chunk < 1:
-        err.print(f"[red]error:[/red] --prefill-chunk must be at least 1, not {prefill_chunk}")
-        raise typer.Exit(2)
+    try:
+        check_mode(mode)
+        check_fill(filler, local, None)
+        _check_serving(decode, header_timeout, prefill_chunk)
+    except ValueError as exc:
+        fail(str(exc))
     budget_bytes = _size("--kv-budget", kv_budget) if kv_budget is not None else None
-    max_body = _size("--max-body-size", max_body_size)
-    try:
-        check_filler(filler)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] --filler: {exc}")
-        raise typer.Exit(2) from exc
-    try:
-        fmt = local_weights(weights)
-        drafter, layers = local_drafting(draft_model, self_layers, filler)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
-    local = LocalConfig(
-        filler=filler,
-        model=model,
-        mode=mode,  # type: ignore[arg-type]
-        budget_tokens=budget_tokens,
-        budget_bytes=budget_bytes,
-        rows=rows,
-        decode=decode,  # type: ignore[arg-type]
-        compile=compile,
-        prefill_chunk=prefill_chunk,
-        weights=fmt,
-        attention=attention,  # type: ignore[arg-type]
-        draft_model=drafter,
-        self_layers=layers,
-    )
+    config = local.config(filler=filler, mode=mode, budget_tokens=budget_tokens,
+                          budget_bytes=budget_bytes, rows=rows, decode=decode, compile=compile,
+                          prefill_chunk=prefill_chunk)  # fmt: skip
     settings = ServerSettings(
-        model_name=name or served_name(model),
+        model_name=name or served_name(local.model),
         max_tokens=max_tokens,
         default_max_tokens=default_max_tokens,
         api_key=api_key or None,
-        max_body=max_body,
+        max_body=_size("--max-body-size", max_body_size),
         sot=SkeletonPlanner(skeleton_tokens=skeleton_tokens),
     )
     try:
-        anyio.run(_serve, local, settings, Listen(host, port, log_level, header_timeout))
+        anyio.run(_serve, config, settings, Listen(host, port, log_level, header_timeout))
     except (ModelNotFound, BudgetError, WeightFormatError, EngineRefused) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        fail(str(exc))
+
+
+def _check_serving(decode: str, header_timeout: float, prefill_chunk: int) -> None:
+    """ValueError for a --decode, --header-timeout or --prefill-chunk that cannot be."""
+    if decode not in ("auto", "eager", "static"):
+        raise ValueError(f"expected --decode auto, eager or static (not {decode!r})")
+    if not 0 < header_timeout < float("inf"):
+        raise ValueError(f"--header-timeout must be seconds > 0, not {header_timeout}")
+    if prefill_chunk < 1:
+        raise ValueError(f"--prefill-chunk must be at least 1, not {prefill_chunk}")
 
 
 def _size(flag: str, text: str) -> int:

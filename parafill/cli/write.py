@@ -15,77 +15,35 @@ import typer
 
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.cli.backend import open_backend
-from parafill.cli.common import (
-    ApiKeyOpt,
-    AttentionOpt,
-    DraftModelOpt,
-    EngineOpts,
-    EngineRefused,
-    FillerOpt,
-    ModelOpt,
-    ModeOpt,
-    SelfLayersOpt,
-    ServerModelOpt,
-    ServerOpt,
-    ServerUnavailable,
-    WeightsOpt,
-    engine_opts,
-    err,
-    out,
-    remote,
-)
+from parafill.cli.common import EngineOpts, EngineRefused, ServerUnavailable, err, out
+from parafill.cli.groups import takes
+from parafill.cli.options import engine_options
+from parafill.cli.planning import document_options
 from parafill.cli.view import RunView, summary
 from parafill.orchestrator.plan import RunResult
-from parafill.orchestrator.runner import RunConfig, RunFailed, run_plan
-from parafill.planners.document import DocumentPlanner, OutlineLimits
+from parafill.orchestrator.runner import RunFailed, run_plan
+from parafill.planners.document import DocumentPlanner
 
 
 def register(app: typer.Typer) -> None:
     app.command("write")(write)
 
 
+@takes(planner=document_options, engine=engine_options)
 def write(
     topic: str,
+    planner: DocumentPlanner,
+    engine: EngineOpts,
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Markdown file to write (default: print it).")
     ] = None,
-    model: ModelOpt = None,
-    mode: ModeOpt = "rows",
-    weights: WeightsOpt = None,
-    attention: AttentionOpt = None,
-    draft_model: DraftModelOpt = None,
-    self_layers: SelfLayersOpt = None,
-    max_sections: Annotated[int, typer.Option(help="Cap on top-level sections.")] = 5,
-    max_subsections: Annotated[int, typer.Option(help="Cap on subsections per section.")] = 3,
-    section_tokens: Annotated[int, typer.Option(help="Token budget per (sub)section.")] = 160,
-    outline_tokens: Annotated[int, typer.Option(help="Token budget of the outline.")] = 120,
-    filler: FillerOpt = None,
-    server: ServerOpt = None,
-    server_model: ServerModelOpt = None,
-    api_key: ApiKeyOpt = None,
 ) -> None:
     """Write a Markdown document on TOPIC: outline, then every section filled in parallel."""
     if out_path is not None and not out_path.parent.is_dir():
         err.print(f"[red]error:[/red] cannot write {str(out_path)!r}: its folder does not exist")
         raise typer.Exit(2)
     try:
-        limits = OutlineLimits(max_sections=max_sections, max_subsections=max_subsections)
-        planner = DocumentPlanner(
-            limits,
-            outline_tokens=outline_tokens,
-            section_tokens=section_tokens,
-            summary_tokens=max(8, section_tokens // 4),
-            frame_tokens=section_tokens,
-        )
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    at = remote(server, server_model, api_key)
-    opts = engine_opts(model, mode, filler, server=at, weights=weights,
-                       draft_model=draft_model, self_layers=self_layers,
-                       attention=attention)  # fmt: skip
-    try:
-        result = anyio.run(_write, topic, planner, opts)
+        result = anyio.run(_write, topic, planner, engine)
     except (ModelNotFound, ServerUnavailable, EngineRefused) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -104,7 +62,7 @@ async def _write(topic: str, planner: DocumentPlanner, opts: EngineOpts) -> RunR
             return await run_plan(
                 plan,
                 backend,
-                RunConfig(filler=opts.filler),
+                opts.run_config(),
                 expanders=planner.expanders,
                 emit=view,
             )
