@@ -10,6 +10,7 @@ and keeps the fastest. Pure bookkeeping plus `torch.set_num_threads`; the engine
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import median
@@ -124,6 +125,7 @@ def threads_for(setting: int | Literal["auto"] | None, device: torch.device) -> 
     """What sets the step's threads for `setting` (None: nothing; a GPU step: nothing)."""
     if setting is None or device.type != "cpu":
         return None
-    if setting == "auto":
-        return ThreadTuner(torch.get_num_threads())
+    if setting == "auto":  # up to the cores this process may run on (torch's own default)
+        return ThreadTuner(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                           else os.cpu_count() or 1)  # fmt: skip
     return FixedThreads(setting)
