@@ -89,7 +89,8 @@ def _row(r, tok, args) -> str:
 def _report(rows, tok, args) -> None:
     ratios = [one.seconds / sot.seconds for _, sot, one, _ in rows]
     print(f"\nhardware: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, fp32; filler "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, LocalConfig defaults "
+          f"(embedded model int4, threads auto); filler "
           f"{args.filler}, loop guard stop_on_repeat={args.guard}")
     print(f"median speed-up (direct time / SoT time, same engine): "
           f"{statistics.median(ratios):.2f}× over {len(rows)} questions")
