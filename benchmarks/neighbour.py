@@ -24,9 +24,8 @@ from pathlib import Path
 
 import anyio
 import torch
-from serve_load import PROMPTS
+from cpu_peer import local_level
 
-from parafill.backends.base import Request, Sampling, complete
 from parafill.backends.local import LocalBackend, LocalConfig
 
 OUT = Path(__file__).parent / "results" / "neighbour_cpu.md"
@@ -40,21 +39,6 @@ def cpu() -> str:
     flags = next((x.split(":", 1)[1].split() for x in info.splitlines() if x.startswith("flags")), [])
     simd = " ".join(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f)
     return f"{name or platform.processor()} ({os.cpu_count()} cores; {simd or 'no AVX flags'})"
-
-
-async def rate(backend: LocalBackend, width: int, tokens: int) -> float:
-    done = [0] * width
-
-    async def one(i: int) -> None:
-        req = Request.chat(PROMPTS[i % len(PROMPTS)])
-        req = Request(req.messages, Sampling(max_tokens=tokens, temperature=0.0))
-        done[i] = (await complete(backend, req))[1]
-
-    t0 = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for i in range(width):
-            tg.start_soon(one, i)
-    return sum(done) / (time.perf_counter() - t0)
 
 
 def neighbour(kind: str, setting: str) -> subprocess.Popen[bytes] | None:
@@ -71,13 +55,13 @@ async def measure(args: argparse.Namespace) -> dict[tuple[str, str, int], float]
     rates: dict[tuple[str, str, int], list[float]] = {}
     for name, threads in SETTINGS.items():
         async with LocalBackend.open(LocalConfig(threads=threads)) as backend:  # type: ignore[arg-type]
-            await rate(backend, 1, 8)  # warm-up
+            await local_level(backend, 1, 8)  # warm-up
             for kind in ("idle", "spin", "twin"):
                 proc = neighbour(kind, name)
                 try:
                     for _ in range(args.rounds):
                         for w in args.widths:
-                            got = await rate(backend, w, args.tokens)
+                            got = await local_level(backend, w, args.tokens)
                             rates.setdefault((kind, name, w), []).append(got)
                 finally:
                     if proc is not None:
@@ -89,7 +73,7 @@ async def measure(args: argparse.Namespace) -> dict[tuple[str, str, int], float]
 async def twin(setting: str) -> None:
     async with LocalBackend.open(LocalConfig(threads=SETTINGS[setting])) as backend:  # type: ignore[arg-type]
         while True:
-            await rate(backend, 4, 64)
+            await local_level(backend, 4, 64)
 
 
 def report(med: dict[tuple[str, str, int], float], args: argparse.Namespace) -> str:
