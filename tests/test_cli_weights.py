@@ -11,8 +11,18 @@ from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.cli import app
 from parafill.cli import serve as serve_cli
 
-SMALL = ["--plan", "always", "--max-points", "3", "--point-tokens", "12", "--skeleton-tokens", "40",
-         "--direct-tokens", "16"]
+SMALL = [
+    "--plan",
+    "always",
+    "--max-points",
+    "3",
+    "--point-tokens",
+    "12",
+    "--skeleton-tokens",
+    "40",
+    "--direct-tokens",
+    "16",
+]
 runner = CliRunner()
 
 
@@ -24,15 +34,22 @@ def plan_file(tmp_path):
 
 
 def commands(plan_file: str) -> list[list[str]]:
-    return [["run", "hi"], ["plan", plan_file], ["dag", "hi"], ["reason", "hi"],
-            ["write", "tides"], ["ner", "Paris is nice"]]
+    return [
+        ["run", "hi"],
+        ["plan", plan_file],
+        ["dag", "hi"],
+        ["reason", "hi"],
+        ["write", "tides"],
+        ["ner", "Paris is nice"],
+    ]
 
 
 def test_run_on_int4_weights_answers_from_the_ggufs_own_blocks():
-    res = runner.invoke(app, ["run", "What are good ways to save money?", "--weights", "int4",
-                              *SMALL])
+    res = runner.invoke(
+        app, ["run", "What are good ways to save money?", "--weights", "int4", *SMALL]
+    )
     assert res.exit_code == 0, res.output
-    assert "weights int4: projections" in res.stderr and "GGUF's own Q4 blocks" in res.stderr
+    assert "weights int4: projections" in res.stderr and "GGUF's own blocks" in res.stderr
     assert "1. " in res.stdout and "[point-1] done:" in res.output
     assert any(ln.startswith("parafill: nodes") for ln in res.stdout.splitlines()), res.stdout
 
@@ -108,7 +125,10 @@ def test_serve_passes_the_attention_precision_and_refuses_an_unknown_one(monkeyp
     assert runner.invoke(app, ["serve", "--weights", "int4"]).exit_code == 0
     assert [c.attention for c in served] == ["native", "auto"]
     res = runner.invoke(app, ["serve", "--attention", "fp16"])
-    assert res.exit_code == 2 and "--attention must be auto, native or fp64" in res.stderr
+    assert (
+        res.exit_code == 2
+        and "--attention must be one of auto, ordered, native, fp64" in res.stderr
+    )
     assert len(served) == 2
 
 
@@ -123,7 +143,9 @@ def test_the_backend_refuses_an_unknown_attention_precision_before_loading(monke
     from parafill.backends import local
 
     monkeypatch.setattr(local, "load", None)  # loading would fail loudly
-    with pytest.raises(ValueError, match="attention must be auto, native or fp64, not 'fp16'"):
+    with pytest.raises(
+        ValueError, match="attention must be one of auto, ordered, native, fp64, not 'fp16'"
+    ):
         anyio.run(_open, LocalConfig(attention="fp16"))  # type: ignore[arg-type]
 
 
@@ -131,8 +153,10 @@ def batch_commands(tmp_path) -> list[list[str]]:
     lines = tmp_path / "in.jsonl"
     lines.write_text(json.dumps({"question": "hi", "topic": "tides", "text": "Paris"}) + "\n")
     out = str(tmp_path / "out.jsonl")
-    return [["batch", name, "--input", str(lines), "--output", out, "--overwrite"]
-            for name in ("run", "write", "ner", "dag", "reason")]
+    return [
+        ["batch", name, "--input", str(lines), "--output", out, "--overwrite"]
+        for name in ("run", "write", "ner", "dag", "reason")
+    ]
 
 
 def test_every_local_command_passes_the_attention_precision(monkeypatch, plan_file, tmp_path):
@@ -163,9 +187,12 @@ def test_an_unknown_or_remote_attention_precision_is_refused_before_loading(
     for command in [*commands(plan_file), *batch_commands(tmp_path)]:
         res = runner.invoke(app, [*command, "--attention", "fp16"])
         assert res.exit_code == 2, (command, res.output)
-        assert "--attention must be auto, native or fp64, not 'fp16'" in res.stderr, command
-        res = runner.invoke(app, [*command, "--attention", "native", "--server",
-                                  "http://127.0.0.1:9"])
+        assert "--attention must be one of auto, ordered, native, fp64, not 'fp16'" in res.stderr, (
+            command
+        )
+        res = runner.invoke(
+            app, [*command, "--attention", "native", "--server", "http://127.0.0.1:9"]
+        )
         assert res.exit_code == 2, (command, res.output)
         assert "--attention applies to the local engine" in res.stderr, command
         assert "Traceback" not in res.output

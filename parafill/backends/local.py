@@ -37,11 +37,12 @@ from parafill.backends.base import (
     chat_ids,
 )
 from parafill.backends.detok import Detokenizer
+from parafill.backends.engine import kernels
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
 from parafill.backends.engine.fallback import FallbackEngine, build_engine
 from parafill.backends.engine.kv import BudgetError
 from parafill.backends.engine.limits import Limits
-from parafill.backends.engine.model import ATTENTION
+from parafill.backends.engine.model import ATTENTION, supports
 from parafill.backends.engine.quant import check_format
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import ModelNotFound, default_gguf, load
@@ -64,9 +65,10 @@ class LocalConfig(EngineConfig):
     adapter: str | None = None  # a LoRA adapter directory, merged into the weights at load
     filler: str = "autoregressive"  # for requests that name none (Request.filler None)
     # the projections' weight format on the CPU: "fp32" | "bf16" | "int8" | "int4" (quant.py);
-    # "auto": int4 for the embedded model (no adapter) on the CPU, where it is the fastest
-    # format whose quality holds (99.3% greedy agreement with fp32, perplexity 22.569 vs
-    # 22.555) and, with float64 attention, token-exact in every mode; fp32 elsewhere
+    # "auto": int4 for every model on the CPU where parafill's kernels are built (a GGUF's own
+    # blocks kept, its wider tensors at 8 bits; other weights quantized on load): the fastest
+    # format, token-exact in every mode with ordered attention; without the kernels, int4 for
+    # the embedded model only (fp64 attention); fp32 elsewhere (GPUs: the model's dtype)
     weights: str = "auto"
     # a second, smaller model (HF directory or .gguf) with the same tokenizer, for the `draft`
     # filler; loaded in the same device, dtype and weight format
@@ -127,7 +129,9 @@ class LocalBackend:
         if cfg.weights != "auto":
             check_format(cfg.weights)
         if cfg.attention not in ATTENTION:
-            raise ValueError(f"attention must be auto, native or fp64, not {cfg.attention!r}")
+            raise ValueError(
+                f"attention must be one of {', '.join(ATTENTION)}, not {cfg.attention!r}"
+            )
         device = cfg.device if cfg.device != "auto" else _auto_device()
         fmt = weights_for(cfg, device)
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -144,6 +148,8 @@ class LocalBackend:
                 )
             draft = (draft_hf, _gguf_source(cfg.draft_model))
         notify = on_convert or (lambda _msg: None)
+        if cfg.weights == "auto" and not supports(hf):
+            fmt = "fp32"  # the HF fallback takes its own weights only
         gguf = _gguf_source(cfg.model)
         build = partial(build_engine, hf, cfg.engine(), cfg.max_positions, notify, fmt, gguf, draft)
         # the grammar library's tokenizer view (~0.6 s) is built while the engine is
@@ -289,8 +295,12 @@ def weights_for(cfg: LocalConfig, device: str) -> str:
     """`cfg.weights`, with "auto" resolved for `device` (see LocalConfig.weights)."""
     if cfg.weights != "auto":
         return cfg.weights
+    if device.split(":")[0] != "cpu":
+        return "fp32"
+    if kernels.available():  # any model a user brings, packed (a GGUF's own blocks kept)
+        return "int4"
     embedded = cfg.model is None and cfg.adapter is None
-    return "int4" if embedded and device.split(":")[0] == "cpu" else "fp32"
+    return "int4" if embedded else "fp32"
 
 
 def _auto_device() -> str:

@@ -119,7 +119,7 @@ def local_attention(attention: str | None) -> str | None:
     """The `--attention` precision (None: not given, LocalConfig's "auto"); ValueError for an
     unknown one."""
     if attention is not None and attention not in ATTENTION:
-        raise ValueError(f"--attention must be auto, native or fp64, not {attention!r}")
+        raise ValueError(f"--attention must be one of {', '.join(ATTENTION)}, not {attention!r}")
     return attention
 
 

@@ -76,9 +76,11 @@ def local_options(
         typer.Option(
             "--attention",
             rich_help_panel=ENGINE,
-            help="Attention and KV cache precision of the local engine: auto (fp64 with "
-            "int8/int4 weights, so every packing mode and filler stays token-exact) | native "
-            "(the model's dtype: faster, not exact across modes with packed weights) | fp64.",
+            help="Attention and KV cache precision of the local engine: auto (ordered fp32 "
+            "attention on the CPU, token-exact in every packing mode and filler; fp64 with "
+            "int8/int4 weights where parafill's CPU kernels cannot be built) | ordered | native "
+            "(torch's kernels in the model's dtype: not exact across modes with packed weights) "
+            "| fp64.",
         ),
     ] = None,
     draft_model: Annotated[

@@ -97,7 +97,7 @@ def test_self_drafts_on_smollm2_equal_plain_decoding(
     for mode in ("rows", "tree"):
         eng, _ = make_engine(
             hf, mode=mode, budget_tokens=1024, rows=4, speculate="always",
-            self_layers=tuple(range(0, 30, 2)) + (29,),
+            self_layers=tuple(i for i in range(30) if i not in (9, 14, 19)),
         )  # fmt: skip
         run = Run()
         ids = [eng.submit(list(p), greedy(24), make("self")) for p in prompts]
@@ -265,7 +265,9 @@ def test_the_drafters_keep_rate_is_learned_from_verdicts(
     assert drafter is not None
     # the bins below 1/2 that got 3+ verdicts: kept far more often than their centre says
     low = [kept / seen for kept, seen in drafter.bins[:5] if seen >= 5]
-    assert len(low) >= 2 and all(rate >= 0.6 for rate in low), drafter.bins
+    # (at least 1/2, above every such bin's centre: the int4 drafter rounds its activations to
+    # int8 per group, as llama.cpp does, and agrees with the fp32 target a little less)
+    assert len(low) >= 2 and all(rate >= 0.5 for rate in low), drafter.bins
     assert eng.accepted / max(1, eng.drafted) > 0.8
 
 

@@ -145,9 +145,7 @@ def test_a_failed_forward_is_not_cached(llama: torch.nn.Module) -> None:
     assert eng.reused == 0
 
 
-def test_waiting_for_a_slot_does_not_evict_the_cache(
-    llama: torch.nn.Module, ref: RefCache
-) -> None:
+def test_waiting_for_a_slot_does_not_evict_the_cache(llama: torch.nn.Module, ref: RefCache) -> None:
     """Tree mode, 2 sequence slots: a request waiting for a slot leaves the cache alone
     (evicting could not give it a slot), then reuses the cached prefix once admitted."""
     gen = torch.Generator().manual_seed(17)
@@ -174,14 +172,20 @@ def test_attention_skips_the_rows_below_the_first_with_queries(
     """Retained entries hold the low rows; a later request in a higher row is attended over
     its own row only (it once ran over every row below it: 6x the attention work at row 5)."""
     gen = torch.Generator().manual_seed(13)
-    eng, lm = make_engine(llama, mode="rows", budget_tokens=512, rows=4)
+    eng, lm = make_engine(
+        llama, mode="rows", budget_tokens=512, rows=4, attention="native"
+    )  # the mask path (ordered: key lists)
     prompt = rand_prompt(gen, 25)
     steps = _after_three_cached(eng, lm, ref, gen, (20, 21, 22), prompt)
     assert steps and all(s.row0 == 3 and s.mask.shape[0] == 1 for s in steps)
 
 
 def _after_three_cached(
-    eng: Engine, lm: RecordingLM, ref: RefCache, gen: torch.Generator, sizes: tuple[int, ...],
+    eng: Engine,
+    lm: RecordingLM,
+    ref: RefCache,
+    gen: torch.Generator,
+    sizes: tuple[int, ...],
     prompt: list[int],
 ) -> list[StepInput]:
     """Finish unrelated prompts of `sizes` (each stays in the prefix cache), then decode
@@ -205,7 +209,9 @@ def test_a_tree_row_full_of_cached_entries_is_attended_over_the_seen_columns_onl
     the columns some query sees (it once attended over the whole filled width: the 20 SoT
     questions took 150 s instead of 35 s on the 2-core CPU)."""
     gen = torch.Generator().manual_seed(14)
-    eng, lm = make_engine(llama, mode="tree", budget_tokens=512)
+    eng, lm = make_engine(
+        llama, mode="tree", budget_tokens=512, attention="native"
+    )  # the mask path (ordered: key lists)
     prompt = rand_prompt(gen, 20)
     steps = _after_three_cached(eng, lm, ref, gen, (30, 31, 32), prompt)
     assert steps
@@ -249,7 +255,9 @@ def test_rows_without_queries_between_live_rows_are_not_attended(
     attend over rows 0 and 2 one run at a time (`spans`), not over the cached row between."""
     gen = torch.Generator().manual_seed(16)
     prompts = [rand_prompt(gen, 12) for _ in range(3)]
-    eng, lm = make_engine(llama, mode="rows", budget_tokens=4 * 64, rows=4)
+    eng, lm = make_engine(
+        llama, mode="rows", budget_tokens=4 * 64, rows=4, attention="native"
+    )  # the mask path (ordered: key lists)
     budgets = [16, 3, 16]
     ids = [eng.submit(p, greedy(n)) for p, n in zip(prompts, budgets, strict=True)]
     run = Run()

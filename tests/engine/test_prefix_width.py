@@ -35,7 +35,9 @@ def test_a_step_attends_over_written_columns_only(llama: torch.nn.Module, ref: R
     empty columns held for tokens not yet generated (two rows decoding: the mask spans both)."""
     gen = torch.Generator().manual_seed(5)
     prompts = [rand_prompt(gen, 20), rand_prompt(gen, 20)]
-    eng, lm = make_engine(llama, mode="rows", budget_tokens=2 * 256, rows=2, prefill_chunk=64)
+    eng, lm = make_engine(
+        llama, mode="rows", budget_tokens=2 * 256, rows=2, prefill_chunk=64, attention="native"
+    )  # the mask's width (ordered attention reads each query's own key list)
     ids = [eng.submit(p, greedy(200)) for p in prompts]
     run = Run()
     for _ in range(12):

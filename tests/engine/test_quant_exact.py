@@ -1,8 +1,9 @@
 """Token-exactness with packed weights (int8 / int4): every packing mode, shared prefixes, the
 static decode step and the fillers give the tokens of one-at-a-time autoregressive decoding
-with the same weights. Attention then runs in float64 (EngineConfig.attention "auto"); in the
-model's fp32 these prompts flipped tokens under tree packing, prefix sharing and n-gram or
-Jacobi verification (1-2 of 9 requests per mode, int4, 48 tokens)."""
+with the same weights. Attention is ordered (kernels.c: each query's keys in position order,
+fixed-order sums) with fp32 K/V where parafill's CPU kernels are built, float64 elsewhere; with
+torch's fp32 attention these prompts flipped tokens under tree packing, prefix sharing and
+n-gram or Jacobi verification (1-2 of 9 requests per mode, int4, 48 tokens)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 import torch
 from engine_ref import Run, Smol, drain
 
+from parafill.backends.engine import kernels
 from parafill.backends.engine.engine import Engine, EngineConfig
 from parafill.backends.engine.gguf_q4 import q4_blocks
-from parafill.backends.engine.model import CompactLM, kv_dtype
+from parafill.backends.engine.model import CompactLM, attention_kind, kv_dtype
 from parafill.backends.engine.quant import quantize
 from parafill.backends.engine.sampling import GenParams
 from parafill.backends.engine.weights import default_gguf
@@ -109,20 +111,25 @@ def test_packed_weights_are_token_exact_in_every_mode(
     assert _decode(packed[fmt], case, prompts, eos) == reference[fmt], (fmt, case)
 
 
-def test_attention_runs_in_float64_only_where_it_buys_exactness(
+def test_attention_precision_follows_the_kernels_available(
     smol: Smol, packed: dict[str, CompactLM]
 ) -> None:
+    """Ordered fp32 attention wherever parafill's CPU kernels are built (any x86-64 CPU with
+    a C compiler); float64 only for packed weights without them."""
     dense = CompactLM(smol[0], 64)
-    assert kv_dtype(packed["int4"], "auto") == torch.float64
+    ordered = kernels.available()
+    assert attention_kind(packed["int4"], "auto") == ("ordered" if ordered else "fp64")
+    assert kv_dtype(packed["int4"], "auto") == (torch.float32 if ordered else torch.float64)
     assert kv_dtype(packed["int4"], "native") == torch.float32
     assert kv_dtype(dense, "auto") == torch.float32
     assert kv_dtype(dense, "fp64") == torch.float64
     engine = Engine(packed["int4"], EngineConfig(budget_tokens=64, rows=1))
-    assert engine.cache.k.dtype == torch.float64
-    with pytest.raises(ValueError, match="attention must be auto, native or fp64"):
+    assert engine.cache.k.dtype == (torch.float32 if ordered else torch.float64)
+    with pytest.raises(ValueError, match="attention must be one of auto, ordered, native, fp64"):
         kv_dtype(dense, "fp16")
     # a byte budget counts float64 K/V: twice the bytes per token
     per_token = 2 * 30 * 3 * 64  # SmolLM2: K and V, 30 layers, 3 KV heads of 64
-    wide = Engine(packed["int4"], EngineConfig(budget_bytes=2**22, rows=1)).config.budget_tokens
+    wide_cfg = EngineConfig(budget_bytes=2**22, rows=1, attention="fp64")
+    wide = Engine(packed["int4"], wide_cfg).config.budget_tokens
     narrow = Engine(dense, EngineConfig(budget_bytes=2**22, rows=1)).config.budget_tokens
     assert (wide, narrow) == (2**22 // (8 * per_token) - 8, 2**22 // (4 * per_token) - 8)

@@ -22,9 +22,11 @@ class EngineConfig:
     # fixed shapes with device-side state (CUDA graphs on a GPU); "auto": static on CUDA
     decode: Literal["auto", "eager", "static"] = "auto"
     compile: bool = False  # static decode: torch.compile the step first (slow start, faster)
-    # attention's and the KV cache's precision: "auto" = fp64 where the projections are packed
+    # attention's and the KV cache's precision (model.attention_kind): "auto" = ordered fp32
+    # attention on the CPU (kernels.c; exact in every mode), else fp64 where the projections
+    # are packed; "ordered" requires the CPU kernels
     # (bf16 / int8 / int4; model.kv_dtype says why), the model's own dtype elsewhere
-    attention: Literal["auto", "native", "fp64"] = "auto"
+    attention: Literal["auto", "ordered", "native", "fp64"] = "auto"
     # keep a finished sequence's KV as a prefix cache (like vLLM's automatic prefix caching):
     # a later request sharing its prefix reuses it instead of prefilling; evicted, least
     # recently used first, the moment its room is needed

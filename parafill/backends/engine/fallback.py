@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from parafill.backends.engine.engine import Engine, EngineConfig, StepOutput
-from parafill.backends.engine.gguf_q4 import q4_blocks
+from parafill.backends.engine.gguf_q4 import q4_blocks, wide
 from parafill.backends.engine.kv import BudgetError, tokens_in
 from parafill.backends.engine.limits import Limits
 from parafill.backends.engine.loop import Inbox, serve
@@ -172,10 +172,11 @@ def _compact(
     hf_model: Any, max_positions: int, fmt: str, gguf: Path | None, notify: Callable[[str], None]
 ) -> CompactLM:
     lm = CompactLM(hf_model, max_positions)
-    blocks = q4_blocks(gguf, lm) if fmt in ("int4", "int8") and gguf is not None else None
-    report = quantize(lm, fmt, blocks)
+    packs = fmt in ("int4", "int8") and gguf is not None
+    blocks = q4_blocks(gguf, lm) if packs and gguf is not None else None
+    report = quantize(lm, fmt, blocks, wide(gguf, lm) if packs and gguf is not None else set())
     if fmt != "fp32":
-        kept = f", {report.from_gguf} from the GGUF's own Q4 blocks" if fmt == "int4" else ""
+        kept = f", {report.from_gguf} from the GGUF's own blocks" if report.from_gguf else ""
         notify(
             f"weights {fmt}: projections {report.bytes_before / 2**20:.0f} MiB → "
             f"{report.bytes_after / 2**20:.0f} MiB{kept}"

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from parafill.backends.engine.kv import KVCache
-from parafill.backends.engine.model import CompactLM, StepInput
+from parafill.backends.engine.model import CompactLM, Keys, StepInput
 from parafill.backends.engine.sampling import TOP_MAX, Top, select_rows
 from parafill.backends.engine.schedule import Seq
+from parafill.backends.engine.step import _cols_array
 
 TOKEN, POSITION, SLOT, LIVE, SEED, DRAW = range(6)
 TEMP, TOP_P = range(2)
@@ -57,7 +58,10 @@ class StaticDecoder:
         max_lanes: int,
         graphs: bool,
         compile: bool = False,
+        ordered: bool = False,
     ) -> None:
+        """`ordered`: the model runs ordered attention (CPU only): each lane's key list is
+        built on the host every step (no graphs)."""
         self.model, self.cache, self.vis = model, cache, vis  # vis: (slots + 1, width)
         self.tree = cache.spec.mode == "tree"
         self.max_lanes = max_lanes
@@ -80,10 +84,15 @@ class StaticDecoder:
         self._apply_bitmask = apply_bitmask
         self._pool: Any = None  # one CUDA graph memory pool for every bucket
         self._key: tuple[int, ...] = ()
+        self.ordered = ordered
+        self._keys: Keys | None = None  # this step's key lists (ordered attention)
         self.fresh = False  # device lane state matches the host's sequences
         self.replays = 0  # static steps run (for tests and benchmarks)
-        # torch.compile fuses the step's many small kernels; the graph then replays those
-        self._fn = torch.compile(self._body, dynamic=False) if compile else self._body
+        # torch.compile fuses the step's many small kernels; the graph then replays those (not
+        # with ordered attention: its C kernels are opaque to the compiler, and a layer is one
+        # call already)
+        compiled = compile and not ordered
+        self._fn = torch.compile(self._body, dynamic=False) if compiled else self._body
 
     @torch.inference_mode()
     def step(self, work: list[Seq]) -> tuple[list[int], list[float], list[Top]] | None:
@@ -98,6 +107,8 @@ class StaticDecoder:
         if key != self._key or not self.fresh:
             self._upload(lanes, layout)
             self._key = key
+        if self.ordered:
+            self._keys = self._key_lists(layout)
         self._run(lanes)
         self.replays += 1
         toks = lanes.out.tolist()  # the one host sync per step
@@ -115,6 +126,26 @@ class StaticDecoder:
             [float(logps[lane_of[s.id]]) for s in work],
             tops,
         )
+
+    def _key_lists(self, layout: list[Seq | None]) -> Keys:
+        """Each lane's key columns in position order (a padding lane: its scratch column)."""
+        rows, cols, ptrs, lens = [], [], [], []
+        pad = torch.tensor([self.cache.scratch], dtype=torch.int32)
+        for b, s in enumerate(layout):
+            rows.append(0 if self.tree else b)
+            if s is None:
+                cols.append(self.cache.scratch)
+                ptrs.append(pad.data_ptr())
+                lens.append(1)
+                continue
+            cols.append(s.cols[s.fed])
+            ptrs.append(_cols_array(s).data_ptr())
+            lens.append(s.fed + 1)
+        i32 = torch.int32
+        return Keys(
+            torch.tensor(rows, dtype=i32), torch.tensor(cols, dtype=i32),
+            torch.tensor(ptrs, dtype=torch.int64), torch.tensor(lens, dtype=i32), (pad,),
+        )  # fmt: skip
 
     def _set_mask(self, lanes: _Lanes, layout: list[Seq | None]) -> bool:
         """Fill the constrained lanes' bitmask rows on the host (one batched call) and copy
@@ -205,8 +236,9 @@ class StaticDecoder:
         seen = self.vis[slots]  # (B, width)
         mask = seen[None, None] if self.tree else seen[:, None, None]  # (R, 1, Q, width)
         step = StepInput(
-            lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index, dense=True
-        )
+            lanes.state[TOKEN], pos, lanes.rows, cols, lanes.qslots, mask, lanes.index, dense=True,
+            keys=self._keys if self.ordered else None,
+        )  # fmt: skip
         logits = self.model.run(step, self.cache.k, self.cache.v)
         lanes.logits.copy_(logits)
         chooser = logits

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from parafill.backends.engine import kernels
 from parafill.backends.engine.quant import Packed
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
@@ -76,6 +77,19 @@ def _fuse(mods: list[Any], attr: str) -> Tensor | None:
 
 
 @dataclass(frozen=True)
+class Keys:
+    """Ordered attention's inputs (kernels.c): per new token, its KV row and the column it
+    writes, and the columns it attends to in its sequence's position order (an int32 array's
+    address and length). `hold` keeps the arrays alive for the step."""
+
+    rows: Tensor  # (N,) int32
+    cols: Tensor  # (N,) int32
+    ptrs: Tensor  # (N,) int64
+    lens: Tensor  # (N,) int32
+    hold: tuple[Tensor, ...] = ()
+
+
+@dataclass(frozen=True)
 class StepInput:
     """One forward's worth of new tokens. N new tokens over R rows, Q query slots per row."""
 
@@ -84,7 +98,7 @@ class StepInput:
     rows: Tensor  # (N,) KV row each token is written to
     cols: Tensor  # (N,) KV column each token is written to
     qslots: Tensor  # (N,) index of the token among its row's queries
-    mask: Tensor  # (R, 1, Q, L) bool: may query attend to column
+    mask: Tensor | None  # (R, 1, Q, L) bool: may query attend to column (None: `keys`)
     logits_at: Tensor  # (M,) indices into N whose next-token logits are wanted
     dense: bool = False  # token b is query slot b % Q of row b // Q (no scatter/gather needed)
     row0: int = 0  # the mask's first row is this KV row (rows below it have no queries)
@@ -97,6 +111,7 @@ class StepInput:
     # every new token in one KV row at consecutive columns: (row, first column), so that the
     # K/V writes are slices (one request's step) rather than scattered index writes
     write: tuple[int, int] | None = None
+    keys: Keys | None = None  # ordered attention (kernels.c) instead of the mask
 
 
 class CompactLM:
@@ -123,6 +138,7 @@ class CompactLM:
         self.dtype: torch.dtype = self.embed.dtype
         self.device: torch.device = self.embed.device
         self.cos, self.sin = _rotary_table(base.rotary_emb, max_positions, self.embed)
+        self._fused: tuple[int, kernels.Layers | None] | None = None  # (id of layers, built)
 
     @torch.inference_mode()
     def forward(
@@ -147,6 +163,9 @@ class CompactLM:
     ) -> Tensor:
         """`forward` without its inference-mode wrapper (for torch.compile and graph capture).
         `trace` receives the hidden state before the first layer and after each one."""
+        if step.keys is not None:
+            return self._run_ordered(step, (k_cache, v_cache), layers, trace)
+        assert step.mask is not None
         x = F.embedding(step.tokens, self.embed)  # (N, d)
         # q / k / v are computed in the cache's dtype from the projection on (its output cast
         # once, not q, k and v each): RoPE in that dtype too
@@ -173,9 +192,92 @@ class CompactLM:
             x = x + _linear(F.silu(gu[:, :half]) * gu[:, half:], layer.down)
             if trace is not None:
                 trace.append(x)
-        x = _rms(x[step.logits_at], self.norm, self.shapes.eps)
+        return self._head(x, step.logits_at)
+
+    def _head(self, x: Tensor, at: Tensor) -> Tensor:
+        x = _rms(x[at], self.norm, self.shapes.eps)
         logits = _linear(x, self.lm_head).float()
         return logits if self.head_exact is None else _refine(logits, x, self.head_exact)
+
+    def _run_ordered(
+        self,
+        step: StepInput,
+        kv: tuple[Tensor, Tensor],
+        layers: Sequence[int] | None,
+        trace: list[Tensor] | None,
+    ) -> Tensor:
+        """The forward with ordered attention (kernels.c): whole layers in one call where every
+        projection is in the kernels' own format, else torch's projections around it."""
+        keys = step.keys
+        assert keys is not None
+        x = F.embedding(step.tokens, self.embed)  # (N, d)
+        order = list(range(len(self.layers))) if layers is None else list(layers)
+        fused = self._fused_layers()
+        if trace is not None:
+            trace.append(x)
+        if fused is not None:
+            inputs = (
+                step.positions,
+                self.cos,
+                self.sin,
+                keys.rows,
+                keys.cols,
+                keys.ptrs,
+                keys.lens,
+            )
+            if trace is None:
+                which = None if layers is None else torch.tensor(order, dtype=torch.int32)
+                x = fused.run(x, inputs, kv, which)
+            else:
+                for i in order:
+                    x = fused.run(x.clone(), inputs, kv, torch.tensor([i], dtype=torch.int32))
+                    trace.append(x)
+            return self._head(x, step.logits_at)
+        cos, sin = _rope_tables(self.cos[step.positions], self.sin[step.positions])
+        for i in order:
+            layer = self.layers[i]
+            h = _rms(x, layer.ln1, self.shapes.eps)
+            x = x + self._ordered_attention(i, layer, h, (cos, sin), keys, kv)
+            h = _rms(x, layer.ln2, self.shapes.eps)
+            gu = _linear(h, layer.gate_up)
+            half = gu.shape[-1] // 2
+            x = x + _linear(F.silu(gu[:, :half]) * gu[:, half:], layer.down)
+            if trace is not None:
+                trace.append(x)
+        return self._head(x, step.logits_at)
+
+    def _ordered_attention(
+        self,
+        i: int,
+        layer: _Layer,
+        h: Tensor,
+        rope: tuple[Tensor, Tensor],
+        keys: Keys,
+        kv: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        s = self.shapes
+        n = h.shape[0]
+        qkv = _linear(h, layer.qkv, layer.qkv_bias)
+        nqk = (s.heads + s.kv_heads) * s.head_dim
+        qk = _rope(qkv[:, :nqk].view(n, s.heads + s.kv_heads, s.head_dim), *rope)
+        q, k = qk[:, : s.heads], qk[:, s.heads :]
+        v = qkv[:, nqk:].view(n, s.kv_heads, s.head_dim)
+        rows, cols = keys.rows.long(), keys.cols.long()
+        kv[0][i, rows, :, cols] = k
+        kv[1][i, rows, :, cols] = v
+        out = kernels.attention(
+            q, kv[0][i], kv[1][i], (keys.rows, keys.ptrs, keys.lens), s.head_dim**-0.5
+        )
+        return _linear(out.reshape(n, s.heads * s.head_dim), layer.o, layer.o_bias)
+
+    def _fused_layers(self) -> kernels.Layers | None:
+        """The layers for `kernels.Layers` when every projection is in its format (built once
+        per set of layers; None where some is not)."""
+        if self._fused is not None and self._fused[0] == id(self.layers):
+            return self._fused[1]
+        built = _fuse_layers(self)
+        self._fused = (id(self.layers), built)
+        return built
 
     def _attention(
         self,
@@ -203,6 +305,7 @@ class CompactLM:
         else:
             k_cache[i, step.rows, :, step.cols] = k
             v_cache[i, step.rows, :, step.cols] = v
+        assert step.mask is not None
         r, _, nq, length = step.mask.shape
         if step.dense:
             qp = q.reshape(r, nq, s.heads, s.head_dim)
@@ -233,6 +336,7 @@ class CompactLM:
     ) -> Tensor:
         """Attention over the KV rows row0.. (all of them, or their columns `step.keep`)."""
         k_cache, v_cache = kv
+        assert step.mask is not None
         r, length = qp.shape[0], step.mask.shape[-1]
         rows = slice(step.row0, step.row0 + r)
         if step.keep is None:
@@ -243,29 +347,45 @@ class CompactLM:
         return _grouped_attention(qp, keys, values, mask, self.shapes.kv_heads)  # (R, Q, H, D)
 
 
-ATTENTION = ("auto", "native", "fp64")  # EngineConfig.attention
+ATTENTION = ("auto", "ordered", "native", "fp64")  # EngineConfig.attention
+
+
+def can_order(lm: CompactLM) -> bool:
+    """Whether ordered attention (kernels.c) can run this model: fp32 on the CPU, kernels built."""
+    return lm.device.type == "cpu" and lm.dtype == torch.float32 and kernels.available()
+
+
+def attention_kind(lm: CompactLM, choice: str) -> str:
+    """What `EngineConfig.attention` means for this model: "ordered", "native" or "fp64".
+
+    "auto": ordered attention where it can run (can_order): each query reads its keys in its
+    sequence's position order with fixed-order sums, whatever row or column they sit in and
+    whatever else the step holds, so every packing mode and filler gives the same tokens with
+    fp32 K/V (kernels.c). Elsewhere float64 where the projections are int8 / int4 (torch's
+    kernels are batch-invariant but take bf16 activations, and rounding to bf16 turns
+    attention's last-bit fp32 differences between packing modes into different tokens; in
+    float64 they stay far below fp32's last bit; it costs 1.07-1.6x per step and twice the KV
+    bytes), the model's own dtype otherwise. bf16 weights gain nothing from float64: oneDNN's
+    bf16 GEMM changes a row's sums with the number of rows, so bf16 stays inexact across
+    modes."""
+    if choice not in ATTENTION:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, not {choice!r}")
+    if choice == "ordered" and not can_order(lm):
+        raise ValueError(
+            "ordered attention needs an fp32 model on the CPU and parafill's CPU kernels "
+            "(built with the system C compiler; PARAFILL_KERNELS=0 turns them off)"
+        )
+    if choice != "auto":
+        return choice
+    if can_order(lm):
+        return "ordered"
+    w = lm.layers[0].qkv
+    return "fp64" if isinstance(w, Packed) and w.kind not in ("bf16",) else "native"
 
 
 def kv_dtype(lm: CompactLM, choice: str) -> torch.dtype:
-    """The KV cache's dtype, which attention computes in (`EngineConfig.attention`).
-
-    "auto": float64 where the projections are int8 / int4, the model's dtype elsewhere. Their
-    kernels are batch-invariant but take bf16 activations, and rounding to bf16 turns
-    attention's last-bit fp32 differences between packing modes (its sums depend on the key
-    width, the number of queries and where a tree puts a sequence's keys) into different
-    tokens; in float64 those differences stay far below fp32's last bit, and every packing
-    mode and filler gave the tokens of one-at-a-time decoding
-    (tests/engine/test_quant_exact.py). It costs 1.07x (128 keys) to 1.6x (1024 keys, 8
-    rows) per int4 step on the 2-core CPU (twice the KV bytes). bf16 weights gain nothing
-    from it: oneDNN's bf16 GEMM changes a row's sums with the number of rows (from 24 rows
-    at 1536 inputs), so bf16 stays inexact across modes."""
-    if choice not in ATTENTION:
-        raise ValueError(f"attention must be auto, native or fp64, not {choice!r}")
-    w = lm.layers[0].qkv
-    invariant = isinstance(w, Packed) and w.kind != "bf16"
-    if choice == "fp64" or (choice == "auto" and invariant):
-        return torch.float64
-    return lm.dtype
+    """The KV cache's dtype, which attention computes in (`attention_kind`)."""
+    return torch.float64 if attention_kind(lm, choice) == "fp64" else lm.dtype
 
 
 def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: int) -> Tensor:
@@ -281,6 +401,37 @@ def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, kv_heads: 
     qg = q.view(r, nq, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(r, kv_heads, g * nq, d)
     out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (R, Hkv, G*Q, D)
     return out.view(r, kv_heads, g, nq, d).permute(0, 3, 1, 2, 4).reshape(r, nq, h, d)
+
+
+def _fuse_layers(lm: CompactLM) -> kernels.Layers | None:
+    def part(w: Weight, bias: Tensor | None) -> kernels.Proj:
+        assert isinstance(w, Packed)
+        b = bias.float().contiguous() if bias is not None else None
+        return (w.data, w.shape, 4 if w.kind == "q4" else 8, b)
+
+    names = ("qkv", "o", "gate_up", "down")
+    ok = (
+        lm.dtype == torch.float32
+        and lm.device.type == "cpu"
+        and all(
+            isinstance(getattr(x, n), Packed) and getattr(x, n).kind in ("q4", "q8")
+            for x in lm.layers
+            for n in names
+        )
+    )
+    if not ok:
+        return None
+    s = lm.shapes
+    inter = lm.layers[0].down.shape[1]
+    hidden = lm.embed.shape[1]
+    layers = [
+        kernels.LayerWeights(
+            x.ln1.float().contiguous(), x.ln2.float().contiguous(), part(x.qkv, x.qkv_bias),
+            part(x.o, x.o_bias), part(x.gate_up, None), part(x.down, None),
+        )
+        for x in lm.layers
+    ]  # fmt: skip
+    return kernels.Layers(layers, (hidden, s.heads, s.kv_heads, s.head_dim, inter), s.eps)
 
 
 def _layer(layer: Any) -> _Layer:
@@ -366,4 +517,4 @@ def _rotary_table(rotary: Any, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
     pos = torch.arange(n, device=like.device)[None]
     with torch.no_grad():
         cos, sin = rotary(like[:1], pos)
-    return cos[0].to(like.dtype), sin[0].to(like.dtype)  # (P, D)
+    return cos[0].to(like.dtype).contiguous(), sin[0].to(like.dtype).contiguous()  # (P, D)

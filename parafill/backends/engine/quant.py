@@ -59,7 +59,7 @@ def check_format(name: str) -> Format:
 class Packed:
     """A linear layer's weight in a packed format; `matmul(x)` is x @ W.T in x's dtype."""
 
-    kind: Literal["bf16", "int8", "int4", "int8c"]
+    kind: Literal["bf16", "int8", "int4", "int8c", "q4", "q8"]
     data: Tensor  # bf16 (N, K) | int4: uint8 (N, K/2) in the int4 kernel's layout | int8: two
     scales: Tensor | None  # int4: (K/GROUP, N, 2) bf16 (scale, zero) | int8: two
     shape: tuple[int, int]  # (N, K): output and input features
@@ -67,6 +67,11 @@ class Packed:
     def matmul(self, x: Tensor, out: torch.dtype | None = None) -> Tensor:
         """x @ W.T in `out` (default x's dtype): x is cast to bf16 for the kernel."""
         out = out or x.dtype
+        if self.kind in ("q4", "q8"):  # parafill's own kernels: fp32 activations
+            from parafill.backends.engine import kernels
+
+            bits = 4 if self.kind == "q4" else 8
+            return kernels.linear(x.float(), self.data, self.shape[0], bits).to(out)
         a = x.to(_ACT)
         if self.kind == "bf16":
             y = _bf16_linear(a, self.data)
@@ -115,6 +120,8 @@ def pack_int8(w: Tensor) -> Packed:
     """Asymmetric per group of 32 inputs (llama.cpp's 8-bit granularity): w ≈ d * q + m, q in
     0..255."""
     q, d, low = _groups(w, 255)
+    if _own_kernels():
+        return pack_q8_blocks(q, d, low)
     return pack_int8_blocks(q, d, low)
 
 
@@ -133,7 +140,37 @@ def pack_int8_blocks(q: Tensor, d: Tensor, m: Tensor, levels: int = 256) -> Pack
 
 def pack_int4(w: Tensor) -> Packed:
     """Asymmetric per group of 32 inputs (Q4_1's rule): w ≈ d * q + m, q in 0..15."""
+    if _own_kernels():
+        return pack_q4_blocks(*_groups(w, 15))
     return pack_int4_blocks(*_groups(w, 15))
+
+
+def pack_q4_blocks(q: Tensor, d: Tensor, m: Tensor) -> Packed:
+    """For parafill's kernels (kernels.c, `kernels.block`'s layout): q (N, K) in 0..15, d and m
+    (N, K/32), w = d * q + m; two values a byte as in GGUF blocks, d and m in fp32 (a GGUF's
+    fp16 scales exactly)."""
+    from parafill.backends.engine import kernels
+
+    n, k = q.shape
+    return Packed("q4", kernels.block(q, d, m, 4), None, (n, k))
+
+
+def pack_q8_blocks(q: Tensor, d: Tensor, m: Tensor) -> Packed:
+    """For parafill's kernels: q (N, K) integers, d and m (N, K/32), w = d * q + m, stored as
+    signed bytes (values past 127 shifted down by 128, m taking 128 * d)."""
+    from parafill.backends.engine import kernels
+
+    n, k = q.shape
+    q, d, m = q.to(torch.int32), d.float(), m.float()
+    if int(q.max()) > 127:
+        q, m = q - 128, m + 128.0 * d
+    return Packed("q8", kernels.block(q, d, m, 8), None, (n, k))
+
+
+def _own_kernels() -> bool:
+    from parafill.backends.engine import kernels
+
+    return kernels.available()
 
 
 def _groups(w: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -170,6 +207,13 @@ def dequantize(p: Packed) -> Tensor:
     if p.kind == "int8c":
         assert p.scales is not None
         return p.data.float() * p.scales.float()[:, None]
+    if p.kind in ("q4", "q8"):
+        from parafill.backends.engine import kernels
+
+        n, k = p.shape
+        q, d, m = kernels.unblock(p.data, n, k, 4 if p.kind == "q4" else 8)
+        g = q.view(n, k // GROUP, GROUP).float()
+        return (g * d[..., None] + m[..., None]).view(n, k)
     eye = torch.eye(p.shape[1], dtype=_ACT)
     return p.matmul(eye).float().T.contiguous()
 
@@ -184,11 +228,15 @@ class QuantReport:
 
 
 def quantize(
-    lm: CompactLM, fmt: str, blocks: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None
+    lm: CompactLM,
+    fmt: str,
+    blocks: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None,
+    wide: set[str] | frozenset[str] = frozenset(),
 ) -> QuantReport:
     """Replace `lm`'s projection weights (and LM head) with `fmt`, in place. `blocks` maps a
     projection ("layers.3.qkv", ...) to GGUF Q4 blocks (q, d, m) that reproduce its weight
-    exactly (gguf_q4.py); int4 uses them instead of re-quantizing."""
+    exactly (gguf_q4.py); int4 uses them instead of re-quantizing. `wide`: projections whose
+    source tensors are stored wider than 4 bits: kept at 8 bits under int4."""
     fmt = check_format(fmt)
     if fmt == "fp32":
         return QuantReport(fmt, 0, 0, 0)
@@ -203,8 +251,14 @@ def quantize(
         for name in ("qkv", "o", "gate_up", "down"):
             w = getattr(layer, name)
             got = (blocks or {}).get(f"layers.{i}.{name}") if fmt in ("int4", "int8") else None
-            packed[name] = _from_blocks(fmt, got) if got else _pack(fmt, w)
-            used += got is not None
+            fixed = _from_blocks(fmt, got) if got else None
+            if f"layers.{i}.{name}" in wide and fmt == "int4" and _own_kernels():
+                # a wider source tensor: 8 bits (its own values where they are 8-bit blocks)
+                fixed = fixed if fixed is not None and fixed.kind == "q8" else None
+                packed[name] = fixed if fixed is not None else pack_int8(w)
+            else:
+                packed[name] = fixed if fixed is not None else _pack(fmt, w)
+            used += fixed is not None
             before += w.numel() * w.element_size()
             after += packed[name].nbytes
         layers.append(
@@ -216,14 +270,25 @@ def quantize(
     lm.layers = layers
     head = lm.lm_head
     assert isinstance(head, Tensor)
-    lm.lm_head = pack_int8_channels(head) if fmt in ("int4", "int8") else _pack(fmt, head)
+    if fmt in ("int4", "int8"):  # 8 bits per group with our kernels, else per channel
+        lm.lm_head = pack_int8(head) if _own_kernels() else pack_int8_channels(head)
+    else:
+        lm.lm_head = _pack(fmt, head)
     lm.head_exact = head  # top logits recomputed from it (model._refine); tied: no extra bytes
     before += head.numel() * head.element_size()
     after += lm.lm_head.nbytes
     return QuantReport(fmt, before, after, used)
 
 
-def _from_blocks(fmt: Format, blocks: tuple[Tensor, Tensor, Tensor]) -> Packed:
+def _from_blocks(fmt: Format, blocks: tuple[Tensor, Tensor, Tensor]) -> Packed | None:
+    """A GGUF tensor's own groups: 4-bit values stay 4-bit in int4 (8-bit in int8), wider
+    ones 8-bit (parafill's kernels; None without them: torch's kernels take 4-bit only)."""
+    q = blocks[0]
+    four = int(q.min()) >= 0 and int(q.max()) <= 15
+    if _own_kernels():
+        return (pack_q4_blocks if fmt == "int4" and four else pack_q8_blocks)(*blocks)
+    if not four:
+        return None
     return pack_int4_blocks(*blocks) if fmt == "int4" else pack_int8_blocks(*blocks, levels=16)
 
 

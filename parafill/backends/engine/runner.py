@@ -13,7 +13,7 @@ from torch import Tensor
 from parafill.backends.engine.config import EngineConfig
 from parafill.backends.engine.graphs import StaticDecoder
 from parafill.backends.engine.kv import KVCache
-from parafill.backends.engine.model import CompactLM
+from parafill.backends.engine.model import CompactLM, attention_kind
 from parafill.backends.engine.plan import StepPlan, StepResult
 from parafill.backends.engine.schedule import Seq
 from parafill.backends.engine.spec import Shape
@@ -26,11 +26,14 @@ class ModelRunner:
         """`vis`: the scheduler's visibility table (slots + 1, width); read here, and marked by
         the static decoder on the device."""
         self.model, self.cache, self.vis = model, cache, vis
+        self.ordered = attention_kind(model, config.attention) == "ordered"
         cuda = model.device.type == "cuda"
         static = config.decode == "static" or (config.decode == "auto" and cuda)
         slots = vis.shape[0] - 1  # the last slot is for padding lanes
         self.decoder = (
-            StaticDecoder(model, cache, vis, slots, cuda, config.compile) if static else None
+            StaticDecoder(model, cache, vis, slots, cuda, config.compile, self.ordered)
+            if static
+            else None
         )
 
     def execute(self, plan: StepPlan) -> StepResult:
@@ -50,7 +53,7 @@ class ModelRunner:
         return StepResult(windows, tuple((s.cols[s.fed],) for s in seqs), marked=True)
 
     def _eager(self, plan: StepPlan) -> StepResult:
-        step, layout = build_step(list(plan.feeds), self.vis, self.model.device)
+        step, layout = build_step(list(plan.feeds), self.vis, self.model.device, self.ordered)
         if self.decoder is not None:
             self.decoder.fresh = False  # its device-side tokens and positions are now stale
         t0 = time.perf_counter()
@@ -58,7 +61,7 @@ class ModelRunner:
         windows = decide(logits, layout.sampled)  # the host sync
         cost = None
         if plan.decode_only:  # the costs drafting is weighed against: decode and verify steps
-            r, _, q, length = step.mask.shape
+            r, q, length = layout.shape if step.mask is None else _mask_shape(step.mask)
             shape = Shape(int(step.tokens.numel()), r * q, length)
             cost = (shape, time.perf_counter() - t0)
         kept = {id(w.seq): w.path for w in windows if w.seq.draft}
@@ -80,6 +83,11 @@ class ModelRunner:
         if moves:
             self.cache.copy(seq.row, [a for a, _ in moves], seq.row, [b for _, b in moves])
         return own
+
+
+def _mask_shape(mask: Tensor) -> tuple[int, int, int]:
+    r, _, q, length = mask.shape
+    return r, q, length
 
 
 __all__ = ["ModelRunner"]

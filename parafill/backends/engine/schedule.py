@@ -33,6 +33,7 @@ class Seq:
     row: int = -1
     slot: int = -1
     cols: list[int] = field(default_factory=list)  # KV column of each position
+    cols_arr: Any = None  # (cols, the same as an int32 tensor): ordered attention's key lists
     max_col: int = 0  # the highest column it holds (written or not)
     hi: int = -1  # the highest column among its first `hi_n` positions (`reach`'s cache)
     hi_n: int = 0

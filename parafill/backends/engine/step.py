@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from parafill.backends.engine.model import StepInput
+from parafill.backends.engine.model import Keys, StepInput
 from parafill.backends.engine.schedule import Seq, lineage, reach
 
 
@@ -23,11 +23,13 @@ class Layout:
     written: list[tuple[Seq, list[int]]]  # columns each sequence writes this step
     sampled: list[tuple[Seq, int]]  # sequences choosing tokens, in logits order, and how
     # many logits rows each has (1 + its drafts)
+    shape: tuple[int, int, int]  # (rows, queries per row, key width): the step's cost shape
 
 
 def build_step(
-    feeds: list[tuple[Seq, int]], vis: Tensor, device: torch.device
+    feeds: list[tuple[Seq, int]], vis: Tensor, device: torch.device, ordered: bool = False
 ) -> tuple[StepInput, Layout]:
+    """`ordered`: each query's key list (model.Keys) instead of the attention mask."""
     tokens: list[int] = []
     pos, rows, cols, qslots, owner, order = [], [], [], [], [], []
     per_row: dict[int, int] = {}
@@ -57,13 +59,21 @@ def build_step(
     r = len(per_row) if spans else max(rows) + 1 - row0
     q = max(per_row.values())
     length = max(_extent(s, n) for s, n in feeds) + 1
+    layout = Layout(written, sampled, (r, q, length))
+
+    def t(xs: list[int]) -> Tensor:
+        return torch.tensor(xs, dtype=torch.long, device=device)
+
+    if ordered:
+        keys = _keys(feeds, rows, cols)
+        step = StepInput(
+            t(tokens), t(pos), t(rows), t(cols), t(qslots), None, t(logits_at), keys=keys
+        )
+        return step, layout
     pair = _pairs(owner, order, trees, vis.device)
     rel = [index[x] for x in rows] if spans else [x - row0 for x in rows]
     mask = _mask(feeds, vis, owner, pair, cols, (r, q, length), rel, qslots)
     mask, keep = _compact(mask)
-
-    def t(xs: list[int]) -> Tensor:
-        return torch.tensor(xs, dtype=torch.long, device=device)
 
     dense = len(tokens) == r * q and all(
         a == b // q and c == b % q for b, (a, c) in enumerate(zip(rel, qslots, strict=True))
@@ -74,7 +84,45 @@ def build_step(
         row0=row0, keep=keep, spans=spans, mrows=t(rel) if spans else None,
         write=(rows[0], cols[0]) if one_run else None,
     )  # fmt: skip
-    return step, Layout(written, sampled)
+    return step, layout
+
+
+def _keys(feeds: list[tuple[Seq, int]], rows: list[int], cols: list[int]) -> Keys:
+    """Per new token, the columns it attends to in position order: its sequence's columns up
+    to and including its own; a draft, the last token's and its ancestor drafts' and its own.
+    A sequence's own columns are one int32 array made once (`s.cols` is fixed at placement)."""
+    ptrs: list[int] = []
+    lens: list[int] = []
+    hold: list[Tensor] = []
+    for s, n in feeds:
+        base = _cols_array(s)
+        if not s.draft:
+            ptrs += [base.data_ptr()] * n
+            lens += range(s.fed + 1, s.fed + n + 1)
+            continue
+        head = s.cols[: s.fed + 1]
+        ptrs.append(base.data_ptr())
+        lens.append(s.fed + 1)
+        for line in lineage(s.parents):
+            arr = torch.tensor(head + [s.draft_cols[j] for j in line], dtype=torch.int32)
+            hold.append(arr)
+            ptrs.append(arr.data_ptr())
+            lens.append(len(arr))
+    return Keys(
+        torch.tensor(rows, dtype=torch.int32),
+        torch.tensor(cols, dtype=torch.int32),
+        torch.tensor(ptrs, dtype=torch.int64),
+        torch.tensor(lens, dtype=torch.int32),
+        tuple(hold),
+    )
+
+
+def _cols_array(s: Seq) -> Tensor:
+    got = s.cols_arr
+    if got is None or got[0] is not s.cols:
+        got = s.cols_arr = (s.cols, torch.tensor(s.cols, dtype=torch.int32))
+    arr: Tensor = got[1]
+    return arr
 
 
 def _spans(per_row: dict[int, int]) -> tuple[tuple[tuple[int, int], ...] | None, dict[int, int]]:
