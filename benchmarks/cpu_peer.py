@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
-import torch
+from hardware import describe
 from openai import AsyncOpenAI
 from serve_load import PROMPTS, free_port
 
@@ -153,6 +152,7 @@ async def measure(args: argparse.Namespace) -> str:
         for i, (name, (port, cmd)) in enumerate(specs.items())
     }
     rates: dict[tuple[str, int], list[float]] = {}
+    ops: dict[str, int] = {}
     try:
         for port, _ in specs.values():  # warm every server once
             await level(port, 1, 16)
@@ -171,7 +171,10 @@ async def measure(args: argparse.Namespace) -> str:
         name = f"engine in-process --weights {w}"
         fmt, attention = spec(w)
         config = LocalConfig(
-            weights=fmt, attention=attention, rows=rows, budget_tokens=512 * rows  # type: ignore[arg-type]
+            weights=fmt,
+            attention=attention,
+            rows=rows,
+            budget_tokens=512 * rows,  # type: ignore[arg-type]
         )
         async with LocalBackend.open(config) as backend:
             await local_level(backend, 1, 16)
@@ -179,10 +182,11 @@ async def measure(args: argparse.Namespace) -> str:
                 for n in args.levels:
                     got = await local_level(backend, n, args.max_tokens)
                     rates.setdefault((name, n), []).append(got)
+        ops[w] = await anyio.to_thread.run_sync(ops_per_step, fmt, attention)
     med = {k: statistics.median(v) for k, v in rates.items()}
     lines = [
         "# parafill serve vs llama.cpp's llama-server (CPU, same GGUF, same requests)", "",
-        f"- hardware: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"- hardware: {describe()}; "
         f"llama-server from llama-cpp-python 0.3.36's vendored llama.cpp, `-t {args.threads} "
         f"-np {args.slots}`; `parafill serve` and the in-process engine with {rows} rows; "
         f"greedy, max_tokens {args.max_tokens}, streaming chat over HTTP (in-process: the same "
@@ -196,7 +200,34 @@ async def measure(args: argparse.Namespace) -> str:
     for name in dict.fromkeys(k for k, _ in rates):  # servers, then the in-process engines
         cells = [f"{med[name, n]:.0f} ({med[name, n] / med[base, n]:.2f}x)" for n in args.levels]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if ops:
+        counts = ", ".join(f"{w} {n}" for w, n in ops.items())
+        lines += ["", f"Ops dispatched per width-1 decode step (torch profiler): {counts}."]
     return "\n".join(lines) + "\n"
+
+
+def ops_per_step(fmt: str, attention: str) -> int:
+    """torch ops (aten::*, the profiler's count) of one width-1 decode step of an engine over
+    the embedded model in `fmt` (a fresh engine: the served ones run in their own threads)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from parafill.backends.engine.engine import Engine, EngineConfig
+    from parafill.backends.engine.gguf_q4 import q4_blocks
+    from parafill.backends.engine.model import CompactLM
+    from parafill.backends.engine.quant import quantize
+    from parafill.backends.engine.sampling import GenParams
+    from parafill.backends.engine.weights import load
+
+    hf, _ = load(None)
+    lm = CompactLM(hf, 1024)
+    quantize(lm, fmt, q4_blocks(default_gguf(), lm) if fmt in ("int4", "int8") else None)
+    engine = Engine(lm, EngineConfig(rows=1, budget_tokens=1024, attention=attention))  # type: ignore[arg-type]
+    engine.submit(list(range(1, 33)), GenParams(max_tokens=8))
+    for _ in range(3):  # the prompt, then decode steps
+        engine.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.step()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parafill import api
+from parafill.backends.engine import kernels
 from parafill.backends.engine.weights import ModelNotFound
 from parafill.backends.local import LocalBackend, LocalConfig
 from parafill.cli import app
@@ -106,10 +107,12 @@ def test_router_costs_are_kept_per_weight_format():
     fp32 = api.cost_key(LocalConfig(device="cpu", weights="fp32"))
     assert fp32 == "embedded-smollm2-rows-cpu"  # the key measured before formats existed
     assert api.cost_key(LocalConfig(device="cpu", weights="int4")) == f"{fp32}-int4"
-    # the default: int4 for the embedded model on the CPU, fp32 for another model or an adapter
+    # the default: int4 on the CPU (another model too, where parafill's kernels are built),
+    # fp32 with an adapter
     assert api.cost_key(LocalConfig(device="cpu")) == f"{fp32}-int4"
     assert api.cost_key(LocalConfig(device="cpu", adapter="a")) == fp32
-    assert api.cost_key(LocalConfig(device="cpu", model="m")) == "m-rows-cpu"
+    other = "m-rows-cpu-int4" if kernels.available() else "m-rows-cpu"
+    assert api.cost_key(LocalConfig(device="cpu", model="m")) == other
     assert api.cost_key(LocalConfig(device="cuda")) == "embedded-smollm2-rows-cuda"
 
 

@@ -68,7 +68,8 @@ class LocalConfig(EngineConfig):
     # "auto": int4 for every model on the CPU where parafill's kernels are built (a GGUF's own
     # blocks kept, its wider tensors at 8 bits; other weights quantized on load): the fastest
     # format, token-exact in every mode with ordered attention; without the kernels, int4 for
-    # the embedded model only (fp64 attention); fp32 elsewhere (GPUs: the model's dtype)
+    # the embedded model only (fp64 attention); fp32 with an adapter (the NER adapter lost its
+    # training entities at 4 bits) and elsewhere (GPUs: the model's dtype)
     weights: str = "auto"
     # a second, smaller model (HF directory or .gguf) with the same tokenizer, for the `draft`
     # filler; loaded in the same device, dtype and weight format
@@ -295,12 +296,11 @@ def weights_for(cfg: LocalConfig, device: str) -> str:
     """`cfg.weights`, with "auto" resolved for `device` (see LocalConfig.weights)."""
     if cfg.weights != "auto":
         return cfg.weights
-    if device.split(":")[0] != "cpu":
-        return "fp32"
+    if device.split(":")[0] != "cpu" or cfg.adapter is not None:
+        return "fp32"  # a LoRA adapter's small deltas do not survive 4-bit rounding (NER's)
     if kernels.available():  # any model a user brings, packed (a GGUF's own blocks kept)
         return "int4"
-    embedded = cfg.model is None and cfg.adapter is None
-    return "int4" if embedded else "fp32"
+    return "int4" if cfg.model is None else "fp32"
 
 
 def _auto_device() -> str:

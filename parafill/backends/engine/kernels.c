@@ -493,14 +493,16 @@ static void attend_c(const float *qh, const float *kh, const float *vh, const in
     for (int64_t i = 0; i < dim; i++) out[i] *= inv;
 }
 
-/* inside a parallel region: one task per (query, head) */
+/* inside a parallel region: one task per (query, head), in contiguous runs per thread, so the
+ * heads sharing a KV head mostly run on one thread one after another and read its keys and
+ * values from that core's cache */
 static void attention_omp(const float *q, int64_t t, int64_t h, int64_t hkv, int64_t dim,
                           const float *kc, const float *vc, int64_t row_stride, int64_t width,
                           const int32_t *rows, const int64_t *col_ptrs, const int32_t *lens,
                           float scale, float *out, int avx2) {
     int64_t group = h / hkv;
     (void)avx2;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
     for (int64_t task = 0; task < t * h; task++) {
         int64_t i = task / h, head = task % h, kvh = head / group;
         const int32_t *cols = (const int32_t *)(intptr_t)col_ptrs[i];
