@@ -37,6 +37,7 @@ from serve_load import PROMPTS, free_port
 from parafill.backends.base import Request, Sampling, complete
 from parafill.backends.engine.weights import default_gguf
 from parafill.backends.local import LocalBackend, LocalConfig
+from parafill.cli.serve import served_name
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "backends"))
@@ -63,7 +64,7 @@ def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
 
 def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
     slots, rows, ctx = args.slots, max(args.levels), 512
-    gguf = str(default_gguf())
+    gguf = args.gguf or str(default_gguf())
     out: dict[str, tuple[int, list[str]]] = {}
     port = free_port()
     out["llama-server"] = (port, [
@@ -85,6 +86,7 @@ def servers(args: argparse.Namespace) -> dict[str, tuple[int, list[str]]]:
         fmt, attention = spec(w)
         out[f"parafill serve --weights {w}"] = (port, [
             exe, "serve", "--port", str(port), "--weights", fmt, "--attention", attention,
+            *(["--model", args.gguf] if args.gguf else []),
             "--rows", str(rows),
             "--budget-tokens", str(ctx * rows), "--max-tokens", str(args.max_tokens)])  # fmt: skip
     if args.ngram:
@@ -118,7 +120,7 @@ async def local_level(backend: LocalBackend, n: int, max_tokens: int) -> float:
     return sum(tokens) / (anyio.current_time() - t0)
 
 
-async def level(port: int, n: int, max_tokens: int) -> float:
+async def level(port: int, n: int, max_tokens: int, model: str) -> float:
     """Tokens/s of n concurrent greedy streaming chat completions."""
     tokens = [0] * n
     async with AsyncOpenAI(
@@ -127,7 +129,7 @@ async def level(port: int, n: int, max_tokens: int) -> float:
 
         async def one(i: int) -> None:
             stream = await client.chat.completions.create(
-                model="SmolLM2-135M-Instruct",  # parafill checks it; llama-server does not
+                model=model,  # parafill checks it; llama-server does not
                 messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                 max_tokens=max_tokens,
                 temperature=0.0,
@@ -155,11 +157,13 @@ async def measure(args: argparse.Namespace) -> str:
     ops: dict[str, int] = {}
     try:
         for port, _ in specs.values():  # warm every server once
-            await level(port, 1, 16)
+            await level(port, 1, 16, args.name)
         for _ in range(args.rounds):
             for n in args.levels:
                 for name, (port, _) in specs.items():
-                    rates.setdefault((name, n), []).append(await level(port, n, args.max_tokens))
+                    rates.setdefault((name, n), []).append(
+                        await level(port, n, args.max_tokens, args.name)
+                    )
     finally:
         for p in procs.values():
             p.terminate()
@@ -175,6 +179,7 @@ async def measure(args: argparse.Namespace) -> str:
             attention=attention,
             rows=rows,
             budget_tokens=512 * rows,  # type: ignore[arg-type]
+            model=args.gguf,
         )
         async with LocalBackend.open(config) as backend:
             await local_level(backend, 1, 16)
@@ -182,10 +187,12 @@ async def measure(args: argparse.Namespace) -> str:
                 for n in args.levels:
                     got = await local_level(backend, n, args.max_tokens)
                     rates.setdefault((name, n), []).append(got)
-        ops[w] = await anyio.to_thread.run_sync(ops_per_step, fmt, attention)
+        if not args.gguf:
+            ops[w] = await anyio.to_thread.run_sync(ops_per_step, fmt, attention)
     med = {k: statistics.median(v) for k, v in rates.items()}
     lines = [
         "# parafill serve vs llama.cpp's llama-server (CPU, same GGUF, same requests)", "",
+        f"- model: {args.gguf or 'the embedded SmolLM2-135M-Instruct Q4_1 GGUF'}",
         f"- hardware: {describe()}; "
         f"llama-server from llama-cpp-python 0.3.36's vendored llama.cpp, `-t {args.threads} "
         f"-np {args.slots}`; `parafill serve` and the in-process engine with {rows} rows; "
@@ -240,8 +247,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ngram", action="store_true", help="also both with n-gram speculation")
     ap.add_argument("--no-local", action="store_true", help="skip the in-process engines")
+    ap.add_argument("--gguf", help="another GGUF than the embedded SmolLM2 (both sides)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu_peer_cpu.md"))
     args = ap.parse_args()
+    args.name = served_name(args.gguf)
     report = anyio.run(measure, args)
     print(report)
     Path(args.out).write_text(report)

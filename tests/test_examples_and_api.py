@@ -226,7 +226,7 @@ async def test_leaving_stream_early_cancels_the_local_run(backend):
 
 
 async def test_dag_example_prints_steps_with_their_inputs(capsys):
-    question = "How much do 3 books at 12 dollars each and 2 pens at 3 dollars each cost in total?"
+    question = "What is the total cost of 3 books at 12 dollars each and 2 pens at 3 dollars each?"
     result = await _load("dag_question").main(question, 10, 12)
     printed = capsys.readouterr().out
     # SmolLM2's plan for this question parses: a direct-answer fallback fails here

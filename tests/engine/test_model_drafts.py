@@ -265,9 +265,7 @@ def test_the_drafters_keep_rate_is_learned_from_verdicts(
     assert drafter is not None
     # the bins below 1/2 that got 3+ verdicts: kept far more often than their centre says
     low = [kept / seen for kept, seen in drafter.bins[:5] if seen >= 5]
-    # (at least 1/2, above every such bin's centre: the int4 drafter rounds its activations to
-    # int8 per group, as llama.cpp does, and agrees with the fp32 target a little less)
-    assert len(low) >= 2 and all(rate >= 0.5 for rate in low), drafter.bins
+    assert len(low) >= 2 and all(rate >= 0.6 for rate in low), drafter.bins
     assert eng.accepted / max(1, eng.drafted) > 0.8
 
 

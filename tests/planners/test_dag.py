@@ -178,7 +178,7 @@ async def test_real_model_grows_a_dag_whose_deps_are_the_parsed_references():
     except ModelNotFound as exc:
         pytest.skip(str(exc))
     planner = DagPlanner(step_tokens=12, join_tokens=16)
-    question = "How much do 3 books at 12 dollars each and 2 pens at 3 dollars each cost in total?"
+    question = "What is the total cost of 3 books at 12 dollars each and 2 pens at 3 dollars each?"
     async with LocalBackend.open(LocalConfig(budget_tokens=4096, rows=8)) as backend:
         result = await run_plan(planner.plan(question), backend, expanders=planner.expanders)
     plan_text = "1." + result.results["plan"].text

@@ -100,7 +100,10 @@ def _bf16_linear(a: Tensor, w: Tensor) -> Tensor:
     if op is not None and a.device.type == "cpu" and not torch.is_grad_enabled():
         if torch.compiler.is_compiling():  # inductor cannot lower the oneDNN op
             return torch.nn.functional.linear(a, w)
-        return op(a, w, None, "none", [], "")  # type: ignore[no-any-return]
+        try:
+            return op(a, w, None, "none", [], "")  # type: ignore[no-any-return]
+        except RuntimeError:  # no oneDNN bf16 primitive for this shape (AVX2-only CPUs)
+            return torch.nn.functional.linear(a, w)
     return torch.nn.functional.linear(a, w)
 
 
