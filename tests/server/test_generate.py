@@ -246,13 +246,12 @@ def test_n_choices_are_the_seeded_single_answers(client: OpenAI) -> None:
     many = client.chat.completions.create(n=3, seed=7, **kw)  # type: ignore[call-overload]
     assert [c.index for c in many.choices] == [0, 1, 2]
     texts = [c.message.content for c in many.choices]
-    singles = [
-        client.chat.completions.create(seed=7 + i, **kw).choices[0].message.content  # type: ignore[call-overload]
-        for i in range(3)
-    ]
+    alone = [client.chat.completions.create(seed=7 + i, **kw) for i in range(3)]  # type: ignore[call-overload]
+    singles = [r.choices[0].message.content for r in alone]
     assert texts == singles
     assert len(set(texts)) > 1
-    assert many.usage is not None and many.usage.completion_tokens == 30
+    used = sum(r.usage.completion_tokens for r in alone if r.usage is not None)
+    assert many.usage is not None and many.usage.completion_tokens == used > 10
     streamed: dict[int, str] = {0: "", 1: "", 2: ""}
     finishes: dict[int, str | None] = {}
     roles = []
@@ -262,7 +261,8 @@ def test_n_choices_are_the_seeded_single_answers(client: OpenAI) -> None:
             roles += [c.index] if c.delta.role else []
             finishes[c.index] = c.finish_reason or finishes.get(c.index)
     assert [streamed[i] for i in range(3)] == texts
-    assert sorted(roles) == [0, 1, 2] and all(finishes[i] == "length" for i in range(3))
+    assert sorted(roles) == [0, 1, 2]
+    assert [finishes[i] for i in range(3)] == [c.finish_reason for c in many.choices]
 
 
 def test_n_greedy_completions_are_identical(client: OpenAI) -> None:

@@ -173,6 +173,8 @@ def _compact(
 ) -> CompactLM:
     lm = CompactLM(hf_model, max_positions)
     packs = fmt in ("int4", "int8") and gguf is not None
+    if fmt != "fp32":
+        notify(f"weights {fmt}: packing the projections...")
     blocks = q4_blocks(gguf, lm) if packs and gguf is not None else None
     report = quantize(lm, fmt, blocks, wide(gguf, lm) if packs and gguf is not None else set())
     if fmt != "fp32":
