@@ -186,10 +186,7 @@ class CompactLM:
             layer = self.layers[i]
             h = _rms(x, layer.ln1, self.shapes.eps)
             x = x + self._attention(i, layer, h, cos, sin, (step, mask, qrows), k_cache, v_cache)
-            h = _rms(x, layer.ln2, self.shapes.eps)
-            gu = _linear(h, layer.gate_up)
-            half = gu.shape[-1] // 2
-            x = x + _linear(F.silu(gu[:, :half]) * gu[:, half:], layer.down)
+            x = x + _mlp(_rms(x, layer.ln2, self.shapes.eps), layer)
             if trace is not None:
                 trace.append(x)
         return self._head(x, step.logits_at)
@@ -238,10 +235,7 @@ class CompactLM:
             layer = self.layers[i]
             h = _rms(x, layer.ln1, self.shapes.eps)
             x = x + self._ordered_attention(i, layer, h, (cos, sin), keys, kv)
-            h = _rms(x, layer.ln2, self.shapes.eps)
-            gu = _linear(h, layer.gate_up)
-            half = gu.shape[-1] // 2
-            x = x + _linear(F.silu(gu[:, :half]) * gu[:, half:], layer.down)
+            x = x + _mlp(_rms(x, layer.ln2, self.shapes.eps), layer)
             if trace is not None:
                 trace.append(x)
         return self._head(x, step.logits_at)
@@ -492,6 +486,13 @@ def _linear(
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _ONEDNN(x, w, b, "none", [], "")  # type: ignore[no-any-return]
     return F.linear(x, w, b)
+
+
+def _mlp(h: Tensor, layer: _Layer) -> Tensor:
+    """down(SiLU(gate(h)) * up(h)), gate and up as one fused projection."""
+    gu = _linear(h, layer.gate_up)
+    half = gu.shape[-1] // 2
+    return _linear(F.silu(gu[:, :half]) * gu[:, half:], layer.down)
 
 
 def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
