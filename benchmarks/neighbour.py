@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,20 +24,13 @@ from pathlib import Path
 import anyio
 import torch
 from cpu_peer import local_level
+from hardware import describe
 
 from parafill.backends.local import LocalBackend, LocalConfig
 
 OUT = Path(__file__).parent / "results" / "neighbour_cpu.md"
 DEFAULT_THREADS = torch.get_num_threads()
 SETTINGS = {"all threads": os.cpu_count() or 1, "one thread": 1, "auto": "auto"}
-
-
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((x.split(":", 1)[1].strip() for x in info.splitlines() if "model name" in x), "")
-    flags = next((x.split(":", 1)[1].split() for x in info.splitlines() if x.startswith("flags")), [])
-    simd = " ".join(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f)
-    return f"{name or platform.processor()} ({os.cpu_count()} cores; {simd or 'no AVX flags'})"
 
 
 def neighbour(kind: str, setting: str) -> subprocess.Popen[bytes] | None:
@@ -79,7 +71,7 @@ async def twin(setting: str) -> None:
 def report(med: dict[tuple[str, str, int], float], args: argparse.Namespace) -> str:
     lines = [
         "# Decode speed on a shared CPU: idle, beside a busy process, beside a second engine", "",
-        f"- hardware: {cpu()}; torch {torch.__version__} (default {DEFAULT_THREADS} "
+        f"- hardware: {describe()} (default {DEFAULT_THREADS} "
         f"threads); embedded SmolLM2-135M-Instruct, default weights; greedy, {args.tokens} "
         f"tokens a request; median of {args.rounds}; `python benchmarks/neighbour.py`", "",
         "| neighbour | setting | " + " | ".join(f"width {w} tok/s" for w in args.widths) + " |",

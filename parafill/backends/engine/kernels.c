@@ -158,19 +158,6 @@ static float feature_c(const int16_t *xq, const float *dx, const float *xs, int6
 }
 
 #ifdef PF_X86
-__attribute__((target("avx2,fma"), always_inline)) static inline __m256 pair_scale(
-    const float *p) { /* [p0 x4, p1 x4] */
-    __m256 v = _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)p)));
-    return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-}
-
-/* eight int32 lanes of one 8-bit group: lane l = sum of w_i * x_i, i = 4l .. 4l+3 (exact) */
-__attribute__((target("avx2,fma"), always_inline)) static inline __m256 dot8(__m256i w,
-                                                                            __m256i x) {
-    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
-
 /* one block of 4 features for CNT rows (from r0): y[r][n0 + f] */
 #define PF_BLOCK_KERNEL(BITS, CNT)                                                               \
     __attribute__((target("avx2,fma"))) static void block_##BITS##_##CNT(                       \
@@ -370,21 +357,11 @@ __attribute__((target("avx2,fma"))) static void softmax_weights_avx2(float *s, i
     *inv = 1.0f / sum;
 }
 
-__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b,
-                                                           int64_t dim) {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= dim; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    float s = hsum8(acc);
-    for (; i < dim; i++) s += a[i] * b[i];
-    return s;
-}
-
 __attribute__((target("avx2,fma"))) static void attend_avx2_any(
     const float *qh, const float *kh, const float *vh, const int32_t *cols, int64_t len,
     int64_t dim, float scale, float *s, float *out) {
-    for (int64_t j = 0; j < len; j++) s[j] = dot_avx2(qh, kh + (int64_t)cols[j] * dim, dim) * scale;
+    for (int64_t j = 0; j < len; j++)
+        s[j] = mdot_avx2(qh, kh + (int64_t)cols[j] * dim, dim) * scale;
     float inv;
     softmax_weights_avx2(s, len, &inv);
     if (dim % 8 == 0 && dim <= 256) {
